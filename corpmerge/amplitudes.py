@@ -1,0 +1,70 @@
+"""Amplitude space: every update is Δ = Σₛ aₛ·ε(s), stored as (seeds, amplitudes).
+
+Distinct ε(s)/√D are orthonormal up to O(1/√D), so inner products of updates (in
+per-coordinate units) are inner products of their amplitude vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from corpmerge.noise import add_noise_
+from corpmerge.population import Entry
+
+
+@dataclass(frozen=True)
+class Amplitudes:
+    """Δ = Σ values[j]·ε(seeds[j])."""
+
+    seeds: np.ndarray
+    values: np.ndarray
+
+    def scaled(self, factor: float) -> "Amplitudes":
+        return Amplitudes(self.seeds, self.values * factor)
+
+    def nonzero(self) -> "Amplitudes":
+        keep = self.values != 0
+        return Amplitudes(self.seeds[keep], self.values[keep])
+
+    def rms(self) -> float:
+        """Per-coordinate RMS of Δ (= ‖a‖₂ under orthonormal noises)."""
+        return float(np.linalg.norm(self.values))
+
+    def table(self) -> list[dict[str, float | int]]:
+        """The lineage table: one row per seed with a non-zero amplitude."""
+        nz = self.nonzero()
+        return [{"seed": int(s), "amplitude": float(a)} for s, a in zip(nz.seeds, nz.values)]
+
+    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """Materialise Δ for one tensor, accumulated in float32."""
+        acc = torch.zeros(shape, dtype=torch.float32)
+        nz = self.nonzero()
+        for seed, amp in zip(nz.seeds.tolist(), nz.values.tolist()):
+            add_noise_(acc, int(seed), name, float(amp), scratch)
+        return acc
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """The rewarded population in amplitude space: row i of ``vectors`` is entry i's update."""
+
+    seeds: np.ndarray
+    vectors: np.ndarray
+    rewards: np.ndarray
+
+    @classmethod
+    def from_entries(cls, entries: list[Entry]) -> "Cloud":
+        """Single-seed entries: entry i is σᵢ·ε(sᵢ), a scaled basis vector."""
+        if any(e.reward is None for e in entries):
+            raise ValueError("every entry needs a reward")
+        seeds = np.array([e.seed for e in entries], dtype=np.int64)
+        vectors = np.diag(np.array([e.sigma for e in entries], dtype=np.float64))
+        rewards = np.array([e.reward for e in entries], dtype=np.float64)
+        return cls(seeds, vectors, rewards)
+
+    def combine(self, rows: np.ndarray, weights: np.ndarray) -> Amplitudes:
+        """Σ weights[k]·vectors[rows[k]]."""
+        return Amplitudes(self.seeds, weights @ self.vectors[rows])

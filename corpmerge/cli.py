@@ -1,0 +1,140 @@
+"""The `corpmerge` command line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from corpmerge import __version__, progress
+from corpmerge.errors import CorpmergeError
+
+app = typer.Typer(
+    name="corpmerge",
+    help="Merge rewarded weight-space perturbations of a Hugging Face model into one deployable model (CoRP).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+RecipeArg = typer.Argument(..., exists=False, dir_okay=False, help="Path to a corpmerge YAML recipe.")
+
+
+def _rich_reporter(quiet: bool) -> progress.Reporter | None:
+    if quiet:
+        return None
+
+    @contextmanager
+    def reporter(description: str, total: int) -> Iterator[progress.Advance]:
+        columns = [
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        ]
+        with Progress(*columns, console=err, transient=False) as bar:
+            tid = bar.add_task(description, total=total, status="")
+
+            def advance(steps: int = 1, *, status: str | None = None) -> None:
+                bar.update(tid, advance=steps, **({"status": status} if status is not None else {}))
+
+            yield advance
+
+    return reporter
+
+
+@app.callback()
+def _setup(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; only results and errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (debug level)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """Shared options: set up logging and progress reporting."""
+    if version:
+        out.print(f"corpmerge {__version__}")
+        raise typer.Exit()
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s", force=True)
+    logging.getLogger("corpmerge").setLevel(level)
+    progress.set_reporter(_rich_reporter(quiet))
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn CorpmergeError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CorpmergeError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to continue")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@_user_errors
+def validate(recipe: Path = RecipeArg) -> None:
+    """Check a recipe (schema, method parameters, base model location, noise scheme) without loading weights."""
+    from corpmerge.merge import check_recipe
+    from corpmerge.recipe import load_recipe
+
+    parsed = load_recipe(recipe)
+    checked = check_recipe(parsed, needs_rewards=parsed.scoring is None)
+    out.print(
+        f"[green]ok[/]: {recipe} — base {parsed.base_model}, {len(checked.entries)} entries, "
+        f"method {checked.method.name}, {len(checked.grid)} grid point(s), gate {'on' if parsed.gate.enabled else 'off'}",
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def merge(
+    recipe: Path = RecipeArg,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (atomically, once the new one is complete)."),
+) -> None:
+    """Merge a population whose entries already carry rewards (gate disabled) into a model folder."""
+    from corpmerge.merge import merge_recipe
+    from corpmerge.recipe import load_recipe
+
+    path, result = merge_recipe(load_recipe(recipe), output, overwrite)
+    amps = result.final_amplitudes()
+    detail = f"{amps.nonzero().seeds.size} seeds, update RMS {amps.rms():.3g}" if amps is not None else "tensorwise update"
+    out.print(f"[green]merged[/] with {result.method} ({len(result.elites)} elites, {detail}) → {path}", highlight=False)
+
+
+@app.command()
+def methods() -> None:
+    """List the merge methods and their parameters (defaults)."""
+    from corpmerge.methods import get_method, method_names
+
+    table = Table("method", "what it does", "parameters (default)")
+    for name in method_names():
+        method = get_method(name)
+        params = ", ".join(f"{f.alias or n}={f.default}" for n, f in method.params.model_fields.items()) or "—"
+        table.add_row(name, method.summary, params)
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

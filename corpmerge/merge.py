@@ -1,0 +1,72 @@
+"""`corpmerge merge`: a population that already carries rewards → one merged model folder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from corpmerge.amplitudes import Cloud
+from corpmerge.errors import CorpmergeError
+from corpmerge.methods import MergeMethod, MergeResult, MethodParams, get_method
+from corpmerge.model_io import load_base, load_tokenizer, resolve_base
+from corpmerge.noise import check_scheme
+from corpmerge.population import Entry
+from corpmerge.recipe import Recipe, SampledPopulation
+from corpmerge.output import write_output
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A recipe that passed every check short of loading weights."""
+
+    recipe: Recipe
+    method: MergeMethod
+    grid: list[MethodParams]
+    entries: list[Entry]
+
+
+def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
+    """Cross-field checks shared by validate/merge/run (no weights are touched)."""
+    check_scheme(recipe.noise)
+    resolve_base(recipe.base_model)
+    method = get_method(recipe.merge_method)
+    grid = method.grid(recipe.parameters)
+    entries = recipe.entries()
+    if needs_rewards:
+        if isinstance(recipe.population, SampledPopulation):
+            raise CorpmergeError(
+                "population: a sampled population has no rewards yet; add a `scoring:` section and use `corpmerge run`"
+            )
+        for i, entry in enumerate(entries):
+            if entry.reward is None:
+                raise CorpmergeError(
+                    f"population[{i}].reward: missing; merge_method '{method.name}' needs a reward for every entry "
+                    "(give rewards, or add a `scoring:` section and use `corpmerge run`)"
+                )
+        if recipe.gate.enabled:
+            raise CorpmergeError(
+                "gate.enabled: the gate needs scoring, which `corpmerge merge` does not do; "
+                "set `gate: {enabled: false}` to merge from the given rewards, or use `corpmerge run` with a `scoring:` section"
+            )
+        if len(grid) > 1:
+            raise CorpmergeError(
+                "parameters: a list value is a grid, and only the gate can choose from a grid; "
+                "give single values, or use `corpmerge run` with the gate"
+            )
+    return Checked(recipe, method, grid, entries)
+
+
+def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> tuple[Path, MergeResult]:
+    """Merge a rewarded population (gate disabled) and write the output folder."""
+    checked = check_recipe(recipe, needs_rewards=True)
+    result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
+    ref = resolve_base(recipe.base_model)
+    log.info("loading base %s", recipe.base_model)
+    model = load_base(ref)
+    tokenizer = load_tokenizer(ref)
+    out = Path(out_dir or recipe.output.path)
+    write_output(out, recipe=recipe, entries=checked.entries, result=result, model=model, tokenizer=tokenizer, ref=ref, overwrite=overwrite)
+    return out, result

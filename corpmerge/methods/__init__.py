@@ -1,0 +1,6 @@
+"""Merge methods. Importing this package registers every built-in method."""
+
+from corpmerge.methods import best, corp, reward_avg, ties, topk_subspace  # noqa: F401  (registration)
+from corpmerge.methods.registry import MergeMethod, MergeResult, MethodParams, get_method, merge_method, method_names
+
+__all__ = ["MergeMethod", "MergeResult", "MethodParams", "get_method", "merge_method", "method_names"]

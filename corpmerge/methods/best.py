@@ -1,0 +1,22 @@
+"""RandOpt K=1: the single best-rewarded entry."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from corpmerge.amplitudes import Cloud
+from corpmerge.methods.registry import MergeResult, MethodParams, merge_method
+
+
+class BestParams(MethodParams):
+    pass
+
+
+@merge_method("best", BestParams)
+def best(cloud: Cloud, p: BestParams) -> MergeResult:
+    """θ₀ + σ·ε(s) of the top entry (the first one listed when rewards tie)."""
+    top = np.array([int(np.argmax(cloud.rewards))])
+    weights = np.ones(1)
+    return MergeResult(
+        method="best", params={}, elites=top, weights=weights, amplitudes=cloud.combine(top, weights)
+    )

@@ -1,0 +1,42 @@
+"""Reward-weighted mean projected onto the top-k principal subspace of the elite cloud."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from corpmerge.amplitudes import Amplitudes, Cloud
+from corpmerge.methods.registry import MergeResult, MethodParams, merge_method
+from corpmerge.methods.weights import elite_indices, softmax
+
+
+class TopkSubspaceParams(MethodParams):
+    quantile: float = Field(default=0.7, ge=0, lt=1)
+    beta: float = Field(default=10.0, ge=0)
+    alpha: float = Field(default=1.0, gt=0)
+    k: int = Field(default=8, ge=1)
+
+
+def principal_directions(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Top-k right singular vectors (rows) of the uncentred elite matrix."""
+    _, singular, vt = np.linalg.svd(vectors, full_matrices=False)
+    rank = int((singular > singular.max() * 1e-12).sum()) if singular.size else 0
+    return vt[: min(k, rank)]
+
+
+@merge_method("topk_subspace", TopkSubspaceParams)
+def topk_subspace(cloud: Cloud, p: TopkSubspaceParams) -> MergeResult:
+    """Δ = α·P_k m, m the softmax(β·r)-weighted elite mean, P_k onto the top-k principal subspace."""
+    elite = elite_indices(cloud.rewards, p.quantile)
+    weights = softmax(p.beta * cloud.rewards[elite])
+    mean = cloud.combine(elite, weights)
+    basis = principal_directions(cloud.vectors[elite], p.k)
+    projected = (mean.values @ basis.T) @ basis
+    return MergeResult(
+        method="topk_subspace",
+        params=p.model_dump(by_alias=True),
+        elites=elite,
+        weights=weights,
+        amplitudes=Amplitudes(mean.seeds, projected).scaled(p.alpha),
+        info={"subspace_rank": int(basis.shape[0])},
+    )

@@ -1,0 +1,87 @@
+"""The model card (README.md) of a merged model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from corpmerge import __version__
+
+
+def _front_matter(base_model: str) -> str:
+    meta = {"base_model": base_model, "library_name": "transformers", "tags": ["corpmerge", "merge"]}
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = None, max_rows: int = 20) -> str:
+    """Markdown model card from the lineage document (and the run report, when there is one)."""
+    recipe = lineage["recipe"]
+    merge = lineage["merge"]
+    pop = lineage["population_summary"]
+    parts = [
+        _front_matter(recipe["base_model"]),
+        f"# {recipe['base_model'].rstrip('/').split('/')[-1]} — corpmerge `{merge['method']}` merge\n",
+        "This model is its base plus a weighted sum of seeded Gaussian perturbations, "
+        f"θ = θ₀ + Σₛ aₛ·ε(s), made with [corpmerge](https://pypi.org/project/corpmerge/) {__version__} "
+        f"(noise scheme `{lineage['noise']}`). No gradient was used.\n",
+        "## Merge\n",
+        _table(["field", "value"], [
+            ["base model", f"`{recipe['base_model']}`"],
+            ["method", f"`{merge['method']}`"],
+            ["parameters", f"`{merge['parameters']}`"],
+            ["step multiplier", merge["multiplier"]],
+            ["elites", len(merge["elite_seeds"])],
+            ["output dtype", recipe["dtype"]],
+        ]) + "\n",
+        "## Population\n",
+        _table(["entries", "σ values (count)", "reward min", "reward mean", "reward max"], [[
+            pop["size"],
+            ", ".join(f"{s:g} ({n})" for s, n in pop["sigmas"].items()),
+            f"{pop['reward_min']:.4f}", f"{pop['reward_mean']:.4f}", f"{pop['reward_max']:.4f}",
+        ]]) + "\n",
+    ]
+    if report:
+        parts.append(_report_section(report))
+    rows = lineage.get("lineage")
+    parts.append("## Lineage\n")
+    if rows:
+        top = sorted(rows, key=lambda r: -abs(r["amplitude"]))[:max_rows]
+        parts.append(
+            f"Δ = Σ amplitude·ε(seed) over the perturbed tensors; {len(rows)} seeds in all "
+            f"(largest {len(top)} below, the full table is in `corpmerge.yaml`).\n\n"
+            + _table(["seed", "amplitude"], [[r["seed"], f"{r['amplitude']:.6g}"] for r in top]) + "\n"
+        )
+    else:
+        parts.append("This method is not linear in the noise; `corpmerge.yaml` holds the recipe and elites that reproduce it.\n")
+    parts.append(
+        "## Reproduce and evaluate\n\n`corpmerge.yaml` holds the resolved recipe (the population with its rewards) "
+        "and the lineage: the base, the noise scheme and that table determine every weight. "
+        "Evaluate with `lm_eval --model hf --model_args pretrained=<this folder or repo> --tasks <task>`.\n"
+    )
+    return "\n".join(parts)
+
+
+def _report_section(report: dict[str, Any]) -> str:
+    gate = report.get("gate", {})
+    lines = ["## Validation gate\n"]
+    if gate.get("accepted"):
+        lines.append(
+            f"Accepted on the validate fold: fixes {gate['fixes']}, regressions {gate['regressions']}, "
+            f"constructive score {gate['constructive_score']:.4f}, LCB {gate['lcb']:.4f}; "
+            f"probe multiplier {gate['multiplier']} (LCB {gate['probe_lcb']:.4f}).\n"
+        )
+    else:
+        lines.append(f"Abstained: {gate.get('reason', 'no candidate passed')}.\n")
+    held = report.get("evaluation")
+    if held:
+        rows = [[name, f"{v['base']:.4f}", f"{v['merged']:.4f}", f"{v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]", v["n"]]
+                for name, v in held.items()]
+        lines.append("## Held-out evaluation\n\n" + _table(["task", "base", "merged", "diff (95% CI)", "n"], rows) + "\n")
+    return "\n".join(lines)

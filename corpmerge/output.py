@@ -1,0 +1,106 @@
+"""The output folder: weights, config, tokenizer, model card and ``corpmerge.yaml`` lineage."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from corpmerge import __version__
+from corpmerge.methods import MergeResult
+from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
+from corpmerge.modelcard import render_model_card
+from corpmerge.noise import SCHEME
+from corpmerge.population import Entry
+from corpmerge.progress import task
+from corpmerge.recipe import Recipe
+from corpmerge.writer import DTYPES, staging_dir, write_weights
+
+log = logging.getLogger(__name__)
+
+
+def population_summary(entries: list[Entry]) -> dict[str, Any]:
+    rewards = np.array([e.reward for e in entries if e.reward is not None], dtype=float)
+    return {
+        "size": len(entries),
+        "sigmas": dict(sorted(Counter(e.sigma for e in entries).items())),
+        "reward_min": float(rewards.min()) if rewards.size else float("nan"),
+        "reward_mean": float(rewards.mean()) if rewards.size else float("nan"),
+        "reward_max": float(rewards.max()) if rewards.size else float("nan"),
+    }
+
+
+def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult) -> dict[str, Any]:
+    """Everything needed to explain and rebuild the model: resolved recipe, merge choice, amplitudes."""
+    resolved = recipe.dump()
+    resolved["population"] = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
+    amplitudes = result.final_amplitudes()
+    return {
+        "corpmerge_version": __version__,
+        "noise": SCHEME,
+        "recipe": resolved,
+        "merge": {
+            "method": result.method,
+            "parameters": result.params,
+            "multiplier": result.multiplier,
+            "elite_seeds": [entries[i].seed for i in result.elites.tolist()],
+            "elite_weights": [float(w) for w in result.weights],
+            **({"info": result.info} if result.info else {}),
+        },
+        "population_summary": population_summary(entries),
+        "lineage": amplitudes.table() if amplitudes is not None else None,
+    }
+
+
+def _save_config(model: torch.nn.Module, ref: BaseRef, folder: Path, dtype: str) -> None:
+    config = copy.deepcopy(model.config)
+    config.dtype = DTYPES[dtype]
+    config.save_pretrained(folder)
+    has_generation = ref.gguf_file is not None or (Path(ref.source) / "generation_config.json").is_file() or not ref.is_local
+    if has_generation and getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+
+
+def write_output(
+    out_dir: str | Path,
+    *,
+    recipe: Recipe,
+    entries: list[Entry],
+    result: MergeResult | None,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    ref: BaseRef,
+    report: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically."""
+    out_dir = Path(out_dir)
+    tensors = unique_tensors(model)
+    perturbed = set(perturbed_names(model, recipe.perturb)) if result is not None else set()
+    scratch = torch.empty(max(t.numel() for t in tensors.values()), dtype=torch.float32)
+
+    def delta(name: str, shape: torch.Size) -> torch.Tensor:
+        return result.delta(name, shape, scratch)
+
+    with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(tensors)) as advance:
+        files = write_weights(
+            tmp, tensors, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance()
+        )
+        _save_config(model, ref, tmp, recipe.dtype)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if result is not None:
+            lineage = lineage_document(recipe, entries, result)
+            (tmp / "corpmerge.yaml").write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
+            (tmp / "README.md").write_text(render_model_card(lineage, report))
+        if report is not None:
+            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("wrote %s (%d weight file(s))", out_dir, len(files))
+    return out_dir

@@ -1,0 +1,103 @@
+"""Streaming writer: θ₀ + Δ tensor by tensor into sharded safetensors, published atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors.torch import save_file
+
+from corpmerge.errors import CorpmergeError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DeltaFn = Callable[[str, torch.Size], torch.Tensor]
+
+
+def plan_shards(tensors: dict[str, torch.Tensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * (dtype.itemsize if tensor.is_floating_point() else tensor.element_size())
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def shard_file_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+@contextmanager
+def staging_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden folder beside ``out_dir`` that replaces it only when the block completes."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CorpmergeError(f"output.path: '{out_dir}' already exists; remove it, choose another path or pass --overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_weights(
+    folder: Path,
+    tensors: dict[str, torch.Tensor],
+    delta: DeltaFn,
+    perturbed: set[str],
+    dtype: str,
+    max_shard_bytes: int,
+    on_tensor: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Write θ₀ + Δ (float32 sum, one rounding to ``dtype``) as safetensors shards (+ index)."""
+    out_dtype = DTYPES[dtype]
+    shards = plan_shards(tensors, out_dtype, max_shard_bytes)
+    files = shard_file_names(len(shards))
+    weight_map: dict[str, str] = {}
+    total = 0
+    for names, file in zip(shards, files):
+        shard: dict[str, torch.Tensor] = {}
+        for name in names:
+            base = tensors[name]
+            if name in perturbed:
+                value = base.to(torch.float32) + delta(name, base.shape)
+            else:
+                value = base
+            if value.is_floating_point():
+                value = value.to(out_dtype)
+            shard[name] = value.contiguous()
+            weight_map[name] = file
+            total += shard[name].numel() * shard[name].element_size()
+            if on_tensor:
+                on_tensor(name)
+        save_file(shard, str(folder / file), metadata={"format": "pt"})
+        log.debug("wrote %s (%d tensors)", file, len(names))
+    if len(files) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return files
