@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
 from corpmerge import __version__, progress
 from corpmerge.errors import CorpmergeError
@@ -116,6 +119,38 @@ def merge(
     amps = result.final_amplitudes()
     detail = f"{amps.nonzero().seeds.size} seeds, update RMS {amps.rms():.3g}" if amps is not None else "tensorwise update"
     out.print(f"[green]merged[/] with {result.method} ({len(result.elites)} elites, {detail}) → {path}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def score(recipe: Path = RecipeArg) -> None:
+    """Score every population entry on the support fold A with lm-eval (resumable); write rewards.yaml."""
+    from corpmerge.pipeline import score_recipe
+    from corpmerge.recipe import load_recipe
+
+    result = score_recipe(load_recipe(recipe))
+    entries = sorted(result["entries"], key=lambda e: -e.reward)
+    table = Table("rank", "seed", "sigma", "reward", title=f"top entries (base on fold A: {result['base_accuracy_A']:.4f})")
+    for rank, entry in enumerate(entries[:10], 1):
+        table.add_row(str(rank), str(entry.seed), f"{entry.sigma:g}", f"{entry.reward:.4f}")
+    out.print(table)
+    out.print(f"{len(entries)} rewards → {result['rewards_path']}", highlight=False)
+
+
+@app.command()
+@_user_errors
+def run(
+    recipe: Path = RecipeArg,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (atomically, once the new one is complete)."),
+) -> None:
+    """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
+    from corpmerge.pipeline import run_recipe
+    from corpmerge.recipe import load_recipe
+    from corpmerge.report_view import render_report
+
+    report = run_recipe(load_recipe(recipe), output, overwrite)
+    render_report(out, report)
 
 
 @app.command()

@@ -51,11 +51,11 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
                 "gate.enabled: the gate needs scoring, which `corpmerge merge` does not do; "
                 "set `gate: {enabled: false}` to merge from the given rewards, or use `corpmerge run` with a `scoring:` section"
             )
-        if len(grid) > 1:
-            raise CorpmergeError(
-                "parameters: a list value is a grid, and only the gate can choose from a grid; "
-                "give single values, or use `corpmerge run` with the gate"
-            )
+    if len(grid) > 1 and (needs_rewards or not recipe.gate.enabled):
+        raise CorpmergeError(
+            "parameters: a list value is a grid, and only the gate can choose from a grid; "
+            "give single values, or enable the gate and use `corpmerge run`"
+        )
     return Checked(recipe, method, grid, entries)
 
 

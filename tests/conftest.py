@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiny import build_tiny_model
+from tiny import build_tiny_model, write_mc_task
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,6 +21,31 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_untied(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-untied") / "model", tie=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory) -> Path:
+    return write_mc_task(tmp_path_factory.mktemp("tasks"))
+
+
+def scoring_recipe(base: Path, tasks: Path, out: Path, **overrides) -> dict:
+    """A recipe with a sampled population scored on the tiny task."""
+    data = {
+        "base_model": str(base),
+        "population": {"size": 6, "sigmas": [0.02, 0.05], "seed": 3},
+        "scoring": {
+            "tasks": ["tiny_mc"],
+            "include_path": str(tasks),
+            "support": {"limit": 24, "split_seed": 0},
+            "batch_size": 8,
+        },
+        "merge_method": "corp",
+        "parameters": {"quantile": [0.5], "beta": [1, 10], "alpha": [1]},
+        "gate": {"enabled": True, "z": 0.0, "regression_penalty": 1.0},
+        "output": {"path": str(out)},
+    }
+    data.update(overrides)
+    return data
 
 
 def write_recipe(folder: Path, data: dict, name: str = "recipe.yaml") -> Path:

@@ -35,3 +35,44 @@ def build_tiny_model(folder: Path, *, tie: bool = True, seed: int = 0, dtype: to
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
+
+
+def write_mc_task(folder: Path, name: str = "tiny_mc", n_train: int = 24, n_test: int = 16) -> Path:
+    """A 4-choice loglikelihood task over additions, as local JSONL files (absolute paths)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def rows(n: int) -> list[dict]:
+        out = []
+        for _ in range(n):
+            a, b = rng.randint(0, 20), rng.randint(0, 20)
+            wrong = rng.sample([x for x in range(41) if x != a + b], 3)
+            choices = [a + b, *wrong]
+            rng.shuffle(choices)
+            out.append({"question": f"{a}+{b}=", "choices": [str(c) for c in choices], "answer": choices.index(a + b)})
+        return out
+
+    for split, n in (("train", n_train), ("test", n_test)):
+        (folder / f"{name}_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n)))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        "dataset_kwargs:\n"
+        "  data_files:\n"
+        f"    train: {folder / (name + '_train.jsonl')}\n"
+        f"    test: {folder / (name + '_test.jsonl')}\n"
+        "output_type: multiple_choice\n"
+        "training_split: train\n"
+        "test_split: test\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: answer\n"
+        "metric_list:\n"
+        "  - metric: acc\n"
+        "    aggregation: mean\n"
+        "    higher_is_better: true\n"
+    )
+    return folder

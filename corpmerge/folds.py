@@ -1,0 +1,42 @@
+"""Deterministic support folds: A (construct), B (validate), C (probe)."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import numpy as np
+
+from corpmerge.errors import CorpmergeError
+from corpmerge.recipe import SupportSpec
+
+FOLDS = ("A", "B", "C")
+Docs = dict[str, list[int]]
+
+
+def assign_folds(doc_counts: dict[str, int], support: SupportSpec) -> dict[str, Docs]:
+    """Shuffle each task's support docs with ``split_seed``, keep ``limit``, cut into A/B/C by the fractions."""
+    folds: dict[str, Docs] = {fold: {} for fold in FOLDS}
+    for task in sorted(doc_counts):
+        rng = np.random.default_rng([support.split_seed, zlib.crc32(task.encode())])
+        ids = rng.permutation(doc_counts[task])[: support.limit].tolist()
+        n = len(ids)
+        n_a = round(support.folds.construct_ * n)
+        n_b = round(support.folds.validate_ * n)
+        if min(n_a, n_b, n - n_a - n_b) < 1:
+            raise CorpmergeError(
+                f"scoring.support: task '{task}' has {n} support examples, too few for three non-empty folds; raise support.limit"
+            )
+        folds["A"][task] = sorted(ids[:n_a])
+        folds["B"][task] = sorted(ids[n_a : n_a + n_b])
+        folds["C"][task] = sorted(ids[n_a + n_b :])
+    return folds
+
+
+def fold_fingerprint(folds: dict[str, Docs]) -> str:
+    blob = repr(sorted((f, t, tuple(ids)) for f, docs in folds.items() for t, ids in docs.items()))
+    return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+
+
+def count(docs: Docs) -> int:
+    return sum(len(ids) for ids in docs.values())

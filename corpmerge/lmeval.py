@@ -1,0 +1,151 @@
+"""Adapter to lm-evaluation-harness: tasks built once, evaluated on chosen examples of a live model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from corpmerge.errors import CorpmergeError
+from corpmerge.recipe import ScoringSpec
+
+log = logging.getLogger(__name__)
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Silence lm-eval/datasets/transformers progress bars and INFO chatter (corpmerge shows its own)."""
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+@dataclass(frozen=True)
+class ExampleScore:
+    """One example's score: the reward metric's value and whether it counts as correct."""
+
+    value: float
+    correct: bool
+
+
+def _leaf_tasks(loaded: dict[str, Any]) -> dict[str, Any]:
+    return dict(loaded["tasks"]) if "tasks" in loaded else dict(loaded)
+
+
+class TaskSuite:
+    """The recipe's lm-eval tasks, loaded once, with a chosen split as the evaluated one."""
+
+    def __init__(self, spec: ScoringSpec, tasks: list[str] | None = None, split: str | None = None):
+        from lm_eval.tasks import TaskManager
+
+        self.spec = spec
+        names = tasks or spec.tasks
+        include = [spec.include_path] if spec.include_path else None
+        if spec.include_path and not os.path.exists(spec.include_path):
+            raise CorpmergeError(f"scoring.include_path: '{spec.include_path}' not found")
+        manager = TaskManager(include_defaults=not include, include_path=include)
+        try:
+            self.loaded = manager.load(list(names))
+        except Exception as exc:  # lm-eval raises several types for unknown/broken tasks
+            raise CorpmergeError(f"scoring.tasks: cannot load {names}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        self.tasks = _leaf_tasks(self.loaded)
+        if not self.tasks:
+            raise CorpmergeError(f"scoring.tasks: {names} contain no task")
+        self.split = {name: self._use_split(name, task, split) for name, task in self.tasks.items()}
+
+    def _use_split(self, name: str, task: Any, split: str | None) -> str:
+        """Point the task's evaluated split at ``split`` (support: training split by default)."""
+        config = task.config
+        if split is None:  # support set: never the test split
+            split = self.spec.support.split or config.training_split or config.validation_split
+            if split is None:
+                raise CorpmergeError(
+                    f"scoring.support.split: task '{name}' has no training or validation split to draw support examples from; name one"
+                )
+            if split == config.test_split:
+                raise CorpmergeError(f"scoring.support.split: '{split}' is task '{name}''s test split; the support set must not use it")
+        available = list(task.dataset.keys()) if getattr(task, "dataset", None) is not None else []
+        if available and split not in available:
+            raise CorpmergeError(f"split '{split}' not found in task '{name}' (it has {', '.join(available)})")
+        config.test_split = split
+        return split
+
+    def doc_count(self, name: str) -> int:
+        return len(self.tasks[name].eval_docs)
+
+    def fingerprint(self) -> str:
+        """Hash of the task configs, evaluated splits and scoring options."""
+        configs = {name: task.dump_config() for name, task in sorted(self.tasks.items())}
+        options = {
+            "split": self.split, "chat": self.spec.apply_chat_template,
+            "fewshot": self.spec.num_fewshot, "metric": self.spec.metric,
+        }
+        blob = json.dumps([configs, options], sort_keys=True, default=str)
+        return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
+
+    def evaluate(self, lm: Any, docs: dict[str, list[int]]) -> dict[tuple[str, int], ExampleScore]:
+        """Evaluate the live model on ``docs`` ({task: doc ids}); one score per example."""
+        from lm_eval import evaluator
+
+        wanted = {name: sorted(ids) for name, ids in docs.items() if ids}
+        if not wanted:
+            return {}
+        if self.spec.num_fewshot is not None:
+            for name in wanted:
+                self.tasks[name].set_config(key="num_fewshot", value=self.spec.num_fewshot)
+        subset = {"tasks": {n: self.tasks[n] for n in wanted}, "groups": {}, "group_map": {}}
+        with torch.inference_mode():
+            result = evaluator.evaluate(
+                lm, subset, samples=wanted, bootstrap_iters=0, log_samples=True,
+                apply_chat_template=self.spec.apply_chat_template, verbosity="ERROR",
+            )
+        metric, _, wanted_filter = (self.spec.metric or "").partition(",")
+        scores: dict[tuple[str, int], ExampleScore] = {}
+        for name in wanted:
+            for sample in result["samples"][name]:
+                key = (name, int(sample["doc_id"]))
+                if key in scores or (wanted_filter and sample["filter"] != wanted_filter):
+                    continue  # one filter per example: the named one, else the first reported
+                scores[key] = self._score(name, sample, metric)
+            if wanted_filter and not any(k[0] == name for k in scores):
+                raise CorpmergeError(f"scoring.metric: task '{name}' has no filter '{wanted_filter}'")
+        return scores
+
+    @staticmethod
+    def _score(name: str, sample: dict[str, Any], metric: str) -> ExampleScore:
+        metric = metric or sample["metrics"][0]
+        if metric not in sample:
+            raise CorpmergeError(f"scoring.metric: task '{name}' reports {sample['metrics']}, not '{metric}'")
+        value = float(sample[metric])
+        correct = bool(sample["correct"]) if "correct" in sample else value >= 1.0 - 1e-9
+        return ExampleScore(value, correct)
+
+
+def make_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int | str) -> Any:
+    """An lm-eval HFLM around the live model object (sees in-place weight edits), without tqdm bars."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):  # type: ignore[override]
+            return super().generate_until(requests, disable_tqdm=True)
+
+    device = str(next(model.parameters()).device)
+    return QuietHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)

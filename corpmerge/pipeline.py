@@ -1,0 +1,257 @@
+"""`corpmerge score` and `corpmerge run`: sample → score → candidates → gate → probe → write → evaluate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import yaml
+
+from corpmerge.amplitudes import Cloud
+from corpmerge.folds import Docs, count
+from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_multiplier
+from corpmerge.lmeval import TaskSuite
+from corpmerge.merge import Checked, check_recipe
+from corpmerge.methods import MergeResult
+from corpmerge.output import population_summary, write_output
+from corpmerge.population import Entry
+from corpmerge.progress import task
+from corpmerge.recipe import Recipe
+from corpmerge.scorer import entry_subject, entry_update, ordered, update_subject
+from corpmerge.session import Session, open_session
+
+log = logging.getLogger(__name__)
+
+
+class PhaseTimer:
+    """Wall time per phase, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+
+def score_population(session: Session, entries: list[Entry]) -> list[Entry]:
+    """Give every entry its fold-A reward (mean reward metric), scoring those not yet in the store."""
+    docs = session.folds["A"]
+    scored: list[Entry] = []
+    best = -np.inf
+    with task("scoring population", len(entries)) as advance:
+        for entry in entries:
+            if entry.reward is None:
+                scores = session.scorer.scores(
+                    entry_subject(entry), "A", docs, entry_update(entry), {"seed": entry.seed, "sigma": entry.sigma}
+                )
+                entry = Entry(entry.seed, entry.sigma, float(ordered(scores, docs, "value").mean()))
+            scored.append(entry)
+            best = max(best, entry.reward)
+            advance(status=f"best reward {best:.3f}")
+    return scored
+
+
+@dataclass
+class Candidate:
+    params: dict[str, Any]
+    result: MergeResult
+    subject: str
+    validate: PairedStats | None = None
+    probe: dict[float, PairedStats] = field(default_factory=dict)
+
+
+def _subject(result: MergeResult) -> str:
+    amps = result.final_amplitudes()
+    if amps is not None:
+        nz = amps.nonzero()
+        payload = (nz.seeds.tobytes(), nz.values.tobytes())
+    else:
+        payload = (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier)
+    return update_subject("update", payload)
+
+
+@dataclass
+class GateDecision:
+    accepted: Candidate | None
+    multiplier: float | None
+    candidates: list[Candidate]
+    reason: str
+
+    @property
+    def result(self) -> MergeResult | None:
+        return None if self.accepted is None else self.accepted.result.scaled(self.multiplier)
+
+
+def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
+    """Candidates over the grid (fold-A rewards) → fold B gate → fold C probe multiplier."""
+    gate = session.recipe.gate
+    scorer, folds = session.scorer, session.folds
+    base_b = ordered(scorer.scores("base", "B", folds["B"]), folds["B"])
+    base_c = ordered(scorer.scores("base", "C", folds["C"]), folds["C"])
+    candidates: dict[str, Candidate] = {}
+    for point in checked.grid:
+        result = checked.method(cloud, point)
+        candidates.setdefault(_subject(result), Candidate(point.model_dump(by_alias=True), result, _subject(result)))
+    with task("gate: candidates on fold B", len(candidates)) as advance:
+        for cand in candidates.values():
+            scores = scorer.scores(cand.subject, "B", folds["B"], cand.result, {"params": cand.params})
+            cand.validate = paired_stats(base_b, ordered(scores, folds["B"]), gate.z, gate.regression_penalty)
+            advance()
+    ranked = sorted(candidates.values(), key=lambda c: (c.validate.lcb, c.validate.constructive_score), reverse=True)
+    passing = [c for c in ranked if c.validate.passes]
+    for cand in passing:
+        with task("probe: step multipliers on fold C", len(gate.probe_multipliers)) as advance:
+            for m in gate.probe_multipliers:
+                scaled = cand.result.scaled(m)
+                scores = scorer.scores(_subject(scaled), "C", folds["C"], scaled, {"params": cand.params, "multiplier": m})
+                cand.probe[m] = paired_stats(base_c, ordered(scores, folds["C"]), gate.z, gate.regression_penalty)
+                advance()
+        chosen = pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
+        if chosen is not None:
+            return GateDecision(cand, chosen, ranked, "accepted")
+    if not passing:
+        top = ranked[0].validate
+        reason = (
+            f"no candidate beat the base on fold B (best of {len(ranked)}: fixes {top.fixes}, regressions {top.regressions}, "
+            f"S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
+        )
+    else:
+        reason = f"{len(passing)} candidate(s) passed on fold B, but no probe multiplier had LCB > 0 on fold C"
+    return GateDecision(None, None, ranked, reason)
+
+
+def _accuracy(scores: dict, docs: Docs) -> float:
+    return float(ordered(scores, docs).mean())
+
+
+def evaluate_held_out(session: Session, subjects: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+    """Accuracy on the evaluate split for each subject, and paired 95% intervals vs the base."""
+    spec = session.recipe.evaluate
+    suite = TaskSuite(session.recipe.scoring, tasks=spec.tasks, split=spec.split)
+    docs = {name: list(range(min(spec.limit or suite.doc_count(name), suite.doc_count(name)))) for name in suite.tasks}
+    fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
+    vectors = {}
+    with task(f"held-out evaluation ({spec.split})", len(subjects)) as advance:
+        for label, (subject, update) in subjects.items():
+            scores = session.scorer.scores(subject, fold, docs, update, suite=suite)
+            vectors[label] = ordered(scores, docs)
+            advance()
+    base = vectors["base"]
+    rows = {"base": {"accuracy": float(base.mean()), "n": int(base.size)}}
+    for label, vec in vectors.items():
+        if label == "base":
+            continue
+        diff, low, high = paired_interval(base, vec)
+        rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
+    return {"split": spec.split, "tasks": sorted(suite.tasks), "rows": rows}
+
+
+def score_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
+    checked = check_recipe(recipe, needs_rewards=False)
+    session = open_session(recipe)
+    try:
+        entries = score_population(session, checked.entries)
+        base = _accuracy(session.scorer.scores("base", "A", session.folds["A"]), session.folds["A"])
+    finally:
+        session.close()
+    path = recipe.output.work_path / "rewards.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
+    path.write_text(yaml.safe_dump({"noise": recipe.noise, "base_accuracy_A": base, "population": rows}, sort_keys=False))
+    return {"entries": entries, "base_accuracy_A": base, "rewards_path": str(path)}
+
+
+def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """The whole job. Returns the report (also written as report.json)."""
+    timer = PhaseTimer()
+    checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
+    out = Path(out_dir or recipe.output.path)
+    with timer("load"):
+        session = open_session(recipe)
+    try:
+        with timer("score"):
+            entries = score_population(session, checked.entries)
+        cloud = Cloud.from_entries(entries)
+        with timer("gate"):
+            if recipe.gate.enabled:
+                decision = run_gate(session, checked, cloud)
+            else:
+                result = checked.method(cloud, checked.grid[0])
+                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, _subject(result)), 1.0, [], "gate disabled")
+        final = decision.result
+        report = _report(session, entries, checked, decision)
+        best_index = int(np.argmax([e.reward for e in entries]))
+        if recipe.evaluate is not None:
+            with timer("evaluate"):
+                subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
+                if final is not None:
+                    subjects["merged"] = (_subject(final), final)
+                report["evaluation"] = evaluate_held_out(session, subjects)
+        report["evaluations"] = session.scorer.evaluations
+        written = final is not None or recipe.output.write_on_abstain
+        report["output"] = str(out) if written else None
+        with timer("write"):
+            if written:
+                write_output(
+                    out, recipe=recipe, entries=entries, result=final, model=session.model, tokenizer=session.tokenizer,
+                    ref=session.ref, report=report, overwrite=overwrite,
+                )
+        report["timings_s"] = timer.seconds
+        report_dir = out if written else recipe.output.work_path
+        _write_json_atomic(report_dir / "report.json", report)
+        report["report_path"] = str(report_dir / "report.json")
+        return report
+    finally:
+        session.close()
+
+
+def _report(session: Session, entries: list[Entry], checked: Checked, decision: GateDecision) -> dict[str, Any]:
+    """Base vs chosen on the folds, the gate's numbers and every candidate tried."""
+    folds, scorer = session.folds, session.scorer
+    used = ("A", "B", "C") if session.recipe.gate.enabled else ("A",)
+    report: dict[str, Any] = {
+        "base_model": session.recipe.base_model,
+        "method": checked.method.name,
+        "population": population_summary(entries),
+        "folds": {f: count(d) for f, d in folds.items()},
+        "base": {f: _accuracy(scorer.scores("base", f, folds[f]), folds[f]) for f in used},
+        "candidates_tried": len(decision.candidates),
+        "gate": {"enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason},
+    }
+    if decision.candidates:
+        report["candidates"] = [{"params": c.params, "validate": c.validate.as_dict()} for c in decision.candidates]
+    final, cand = decision.result, decision.accepted
+    if final is None:
+        return report
+    report["gate"].update(params=cand.params, multiplier=decision.multiplier)
+    if cand.validate is not None:
+        probe = cand.probe[decision.multiplier]
+        report["gate"].update(
+            fixes=cand.validate.fixes, regressions=cand.validate.regressions,
+            constructive_score=cand.validate.constructive_score, lcb=cand.validate.lcb,
+            probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
+        )
+    subject = _subject(final)
+    report["chosen"] = {f: _accuracy(scorer.scores(subject, f, folds[f], final), folds[f]) for f in used}
+    return report
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)

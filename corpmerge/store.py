@@ -1,0 +1,120 @@
+"""Resumable SQLite store of per-example scores: one row per (subject, example).
+
+A *subject* is what was evaluated (the base, a population entry, a candidate update); a
+(subject, fold) unit is committed in one transaction together with its "finished" mark, so
+a killed run loses at most the unit in flight. The store is bound to an identity (base
+fingerprint, task config, fold assignment, noise scheme, perturbed parameters); opening it
+with a different identity is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from corpmerge import __version__
+from corpmerge.errors import CorpmergeError
+from corpmerge.lmeval import ExampleScore
+
+Scores = dict[tuple[str, int], ExampleScore]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS units (
+    subject TEXT NOT NULL, fold TEXT NOT NULL, spec TEXT, finished REAL NOT NULL,
+    PRIMARY KEY (subject, fold)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    subject TEXT NOT NULL, fold TEXT NOT NULL, task TEXT NOT NULL, doc_id INTEGER NOT NULL,
+    value REAL NOT NULL, correct INTEGER NOT NULL,
+    PRIMARY KEY (subject, fold, task, doc_id)
+);
+"""
+IDENTITY_LABELS = {
+    "base": "base model",
+    "tasks": "task configuration",
+    "folds": "fold assignment",
+    "noise": "noise scheme",
+    "perturb": "set of perturbed parameters",
+}
+
+
+class ScoreStore:
+    """Per-example scores keyed by subject, resumable across runs and processes."""
+
+    def __init__(self, path: str | Path, identity: dict[str, str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._bind(identity)
+
+    def _bind(self, identity: dict[str, str]) -> None:
+        with self._transaction():
+            stored = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            for key, value in identity.items():
+                if key in stored and stored[key] != value:
+                    label = IDENTITY_LABELS.get(key, key)
+                    raise CorpmergeError(
+                        f"{self.path}: this score store was made for a different {label} ({stored[key]} ≠ {value}); "
+                        "set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
+                    )
+            rows = [(k, v) for k, v in identity.items() if k not in stored]
+            rows += [("created", str(time.time())), ("corpmerge_version", __version__)] if not stored else []
+            self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", rows)
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self.db)
+
+    def done(self, subject: str, fold: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM units WHERE subject=? AND fold=?", (subject, fold)).fetchone()
+        return row is not None
+
+    def finished(self, fold: str) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT subject FROM units WHERE fold=?", (fold,))}
+
+    def save(self, subject: str, fold: str, scores: Scores, spec: dict[str, Any] | None = None) -> bool:
+        """Commit a unit atomically; returns False when another process finished it first."""
+        with self._transaction():
+            if self.done(subject, fold):
+                return False
+            self.db.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
+                [(subject, fold, task, doc, s.value, int(s.correct)) for (task, doc), s in scores.items()],
+            )
+            self.db.execute(
+                "INSERT INTO units VALUES (?, ?, ?, ?)",
+                (subject, fold, json.dumps(spec, sort_keys=True) if spec else None, time.time()),
+            )
+        return True
+
+    def load(self, subject: str, fold: str) -> Scores:
+        rows = self.db.execute(
+            "SELECT task, doc_id, value, correct FROM scores WHERE subject=? AND fold=?", (subject, fold)
+        )
+        return {(t, d): ExampleScore(v, bool(c)) for t, d, v, c in rows}
+
+    def count_rows(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Tx:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on error (serialises writers across processes)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
