@@ -68,20 +68,38 @@ def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = N
     return "\n".join(parts)
 
 
+def render_abstain_card(base_model: str, report: dict[str, Any]) -> str:
+    """Card for ``write_on_abstain``: the folder holds the base weights, and says why."""
+    return "\n".join([
+        _front_matter(base_model),
+        f"# {base_model.rstrip('/').split('/')[-1]} — corpmerge abstained\n",
+        "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
+        _report_section(report),
+    ])
+
+
 def _report_section(report: dict[str, Any]) -> str:
     gate = report.get("gate", {})
     lines = ["## Validation gate\n"]
-    if gate.get("accepted"):
+    if not gate.get("enabled", True):
+        lines.append("The gate was disabled for this merge: it was not validated on held-out support examples.\n")
+    elif gate.get("accepted"):
         lines.append(
             f"Accepted on the validate fold: fixes {gate['fixes']}, regressions {gate['regressions']}, "
             f"constructive score {gate['constructive_score']:.4f}, LCB {gate['lcb']:.4f}; "
-            f"probe multiplier {gate['multiplier']} (LCB {gate['probe_lcb']:.4f}).\n"
+            f"probe multiplier {gate['multiplier']} (LCB {gate['probe_lcb']:.4f} on the probe fold). "
+            f"{report.get('candidates_tried', 0)} candidates were tried.\n"
         )
     else:
-        lines.append(f"Abstained: {gate.get('reason', 'no candidate passed')}.\n")
+        lines.append(f"Abstained: {gate.get('reason', 'no candidate passed')}. These are the base model's weights.\n")
     held = report.get("evaluation")
     if held:
-        rows = [[name, f"{v['base']:.4f}", f"{v['merged']:.4f}", f"{v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}]", v["n"]]
-                for name, v in held.items()]
-        lines.append("## Held-out evaluation\n\n" + _table(["task", "base", "merged", "diff (95% CI)", "n"], rows) + "\n")
+        rows = []
+        for label, row in held["rows"].items():
+            diff = f"{row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" if "diff" in row else "—"
+            rows.append([label, f"{row['accuracy']:.4f}", diff, row["n"]])
+        lines.append(
+            f"## Held-out evaluation ({', '.join(held['tasks'])}, split `{held['split']}`)\n\n"
+            + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows) + "\n"
+        )
     return "\n".join(lines)

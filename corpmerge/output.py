@@ -16,7 +16,7 @@ import yaml
 from corpmerge import __version__
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
-from corpmerge.modelcard import render_model_card
+from corpmerge.modelcard import render_abstain_card, render_model_card
 from corpmerge.noise import SCHEME
 from corpmerge.population import Entry
 from corpmerge.progress import task
@@ -100,6 +100,8 @@ def write_output(
             lineage = lineage_document(recipe, entries, result)
             (tmp / "corpmerge.yaml").write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
             (tmp / "README.md").write_text(render_model_card(lineage, report))
+        elif report is not None:
+            (tmp / "README.md").write_text(render_abstain_card(recipe.base_model, report))
         if report is not None:
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("wrote %s (%d weight file(s))", out_dir, len(files))
