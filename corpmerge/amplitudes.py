@@ -6,12 +6,13 @@ per-coordinate units) are inner products of their amplitude vectors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from corpmerge.noise import add_noise_
+from corpmerge.noise import fill_gaussian
 from corpmerge.population import Entry
 
 
@@ -39,12 +40,23 @@ class Amplitudes:
         return [{"seed": int(s), "amplitude": float(a)} for s, a in zip(nz.seeds, nz.values)]
 
     def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """Materialise Δ for one tensor, accumulated in float32."""
-        acc = torch.zeros(shape, dtype=torch.float32)
+        """Materialise Δ for one tensor in float32: Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order.
+
+        ``scratch`` (float32, ≥ numel) is reused for the noise; the result is a new tensor.
+        """
         nz = self.nonzero()
+        numel = math.prod(shape)
+        if scratch is None or scratch.numel() < numel:
+            scratch = torch.empty(numel, dtype=torch.float32)
+        noise = scratch[:numel]
+        acc = torch.zeros(numel, dtype=torch.float32) if nz.seeds.size == 0 else None
         for seed, amp in zip(nz.seeds.tolist(), nz.values.tolist()):
-            add_noise_(acc, int(seed), name, float(amp), scratch)
-        return acc
+            fill_gaussian(noise.numpy(), int(seed), name)
+            if acc is None:
+                acc = torch.mul(noise, amp)
+            else:
+                acc.add_(noise, alpha=amp)
+        return acc.view(shape)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,18 @@ def run(
 
 
 @app.command()
+def tasks() -> None:
+    """List corpmerge's lm-eval tasks and the include path that lets `lm_eval` use them too."""
+    from corpmerge.tasks import list_tasks, tasks_dir
+
+    table = Table("task", "what it is")
+    for name, summary in list_tasks().items():
+        table.add_row(name, summary)
+    out.print(table)
+    out.print(f"lm_eval --model hf --include_path {tasks_dir()} --tasks <task> ...", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def methods() -> None:
     """List the merge methods and their parameters (defaults)."""
     from corpmerge.methods import get_method, method_names

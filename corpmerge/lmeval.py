@@ -13,6 +13,7 @@ import torch
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import ScoringSpec
+from corpmerge.tasks import tasks_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,25 @@ class ExampleScore:
     correct: bool
 
 
+def _load_tasks(names: list[str], include: list[str]) -> dict[str, Any]:
+    """Load from corpmerge's tasks and the include path; lm-eval's own index only if needed (~10 s)."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_defaults=False, include_path=include)
+    if not all(name in manager.all_tasks for name in names):
+        manager = TaskManager(include_defaults=True, include_path=include)
+    missing = [name for name in names if name not in manager.all_tasks]
+    if missing:
+        raise CorpmergeError(
+            f"scoring.tasks: unknown task(s) {', '.join(missing)}; see `corpmerge tasks`, or set scoring.include_path to your task YAML folder"
+        )
+    try:
+        return manager.load(names)
+    except Exception as exc:  # lm-eval raises many types for broken task files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorpmergeError(f"scoring.tasks: cannot load {', '.join(names)}: {first}") from None
+
+
 def _leaf_tasks(loaded: dict[str, Any]) -> dict[str, Any]:
     return dict(loaded["tasks"]) if "tasks" in loaded else dict(loaded)
 
@@ -48,18 +68,11 @@ class TaskSuite:
     """The recipe's lm-eval tasks, loaded once, with a chosen split as the evaluated one."""
 
     def __init__(self, spec: ScoringSpec, tasks: list[str] | None = None, split: str | None = None):
-        from lm_eval.tasks import TaskManager
-
         self.spec = spec
-        names = tasks or spec.tasks
-        include = [spec.include_path] if spec.include_path else None
+        names = list(tasks or spec.tasks)
         if spec.include_path and not os.path.exists(spec.include_path):
             raise CorpmergeError(f"scoring.include_path: '{spec.include_path}' not found")
-        manager = TaskManager(include_defaults=not include, include_path=include)
-        try:
-            self.loaded = manager.load(list(names))
-        except Exception as exc:  # lm-eval raises several types for unknown/broken tasks
-            raise CorpmergeError(f"scoring.tasks: cannot load {names}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        self.loaded = _load_tasks(names, [str(tasks_dir())] + ([spec.include_path] if spec.include_path else []))
         self.tasks = _leaf_tasks(self.loaded)
         if not self.tasks:
             raise CorpmergeError(f"scoring.tasks: {names} contain no task")

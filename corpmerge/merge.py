@@ -9,7 +9,7 @@ from pathlib import Path
 from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeMethod, MergeResult, MethodParams, get_method
-from corpmerge.model_io import load_base, load_tokenizer, resolve_base
+from corpmerge.model_io import ensure_checkpoint, load_base, load_tokenizer, resolve_base
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
@@ -63,7 +63,7 @@ def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: b
     """Merge a rewarded population (gate disabled) and write the output folder."""
     checked = check_recipe(recipe, needs_rewards=True)
     result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
-    ref = resolve_base(recipe.base_model)
+    ref = ensure_checkpoint(resolve_base(recipe.base_model))
     log.info("loading base %s", recipe.base_model)
     model = load_base(ref)
     tokenizer = load_tokenizer(ref)

