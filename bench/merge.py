@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="corpmerge-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
     base = Path(ensure_checkpoint(resolve_base("embedded:smollm2-135m-instruct")).source)
     rows = []
     for k in (1, 64):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from corpmerge.noise import fill_gaussian
+from corpmerge.noise import NOISE_BATCH, fill_many
 from corpmerge.population import Entry
 
 
@@ -42,20 +42,27 @@ class Amplitudes:
     def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """Materialise Δ for one tensor in float32: Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order.
 
-        ``scratch`` (float32, ≥ numel) is reused for the noise; the result is a new tensor.
+        Noise for several seeds is drawn in one parallel batch (``scratch`` is reused for it
+        when large enough); the result is a new tensor.
         """
         nz = self.nonzero()
         numel = math.prod(shape)
-        if scratch is None or scratch.numel() < numel:
-            scratch = torch.empty(numel, dtype=torch.float32)
-        noise = scratch[:numel]
-        acc = torch.zeros(numel, dtype=torch.float32) if nz.seeds.size == 0 else None
-        for seed, amp in zip(nz.seeds.tolist(), nz.values.tolist()):
-            fill_gaussian(noise.numpy(), int(seed), name)
-            if acc is None:
-                acc = torch.mul(noise, amp)
-            else:
-                acc.add_(noise, alpha=amp)
+        if nz.seeds.size == 0:
+            return torch.zeros(shape, dtype=torch.float32)
+        per_batch = max(1, min(nz.seeds.size, NOISE_BATCH // max(1, numel)))
+        if scratch is None or scratch.numel() < per_batch * numel:
+            scratch = torch.empty(per_batch * numel, dtype=torch.float32)
+        acc: torch.Tensor | None = None
+        pairs = list(zip(nz.seeds.tolist(), nz.values.tolist()))
+        for start in range(0, len(pairs), per_batch):
+            batch = pairs[start : start + per_batch]
+            noises = [scratch[k * numel : (k + 1) * numel] for k in range(len(batch))]
+            fill_many([(noise.numpy(), int(seed), name) for noise, (seed, _) in zip(noises, batch)])
+            for noise, (_, amp) in zip(noises, batch):
+                if acc is None:
+                    acc = torch.mul(noise, amp)
+                else:
+                    acc.add_(noise, alpha=amp)
         return acc.view(shape)
 
 

@@ -41,13 +41,13 @@ class ExampleScore:
     correct: bool
 
 
-def _load_tasks(names: list[str], include: list[str]) -> dict[str, Any]:
+def _load_tasks(names: list[str], include: list[str], metadata: dict[str, Any]) -> dict[str, Any]:
     """Load from corpmerge's tasks and the include path; lm-eval's own index only if needed (~10 s)."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_defaults=False, include_path=include)
+    manager = TaskManager(include_defaults=False, include_path=include, metadata=metadata or None)
     if not all(name in manager.all_tasks for name in names):
-        manager = TaskManager(include_defaults=True, include_path=include)
+        manager = TaskManager(include_defaults=True, include_path=include, metadata=metadata or None)
     missing = [name for name in names if name not in manager.all_tasks]
     if missing:
         raise CorpmergeError(
@@ -72,7 +72,8 @@ class TaskSuite:
         names = list(tasks or spec.tasks)
         if spec.include_path and not os.path.exists(spec.include_path):
             raise CorpmergeError(f"scoring.include_path: '{spec.include_path}' not found")
-        self.loaded = _load_tasks(names, [str(tasks_dir())] + ([spec.include_path] if spec.include_path else []))
+        include = [str(tasks_dir())] + ([spec.include_path] if spec.include_path else [])
+        self.loaded = _load_tasks(names, include, spec.task_args)
         self.tasks = _leaf_tasks(self.loaded)
         if not self.tasks:
             raise CorpmergeError(f"scoring.tasks: {names} contain no task")

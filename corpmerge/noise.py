@@ -36,6 +36,7 @@ BLOCK = 1 << 16
 _SCHEME_TAG = 0x5F3C_0001
 _REFERENCE_DIGEST = "5e0aa0a6c6e085dd"  # blake2b-64 of gaussian(0, "corpmerge.selftest", (4096,))
 _PARALLEL_MIN = 4 * BLOCK
+NOISE_BATCH = 1 << 25  # float32 values a caller should draw per parallel batch (128 MiB)
 
 
 @lru_cache(maxsize=65536)

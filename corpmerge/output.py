@@ -17,7 +17,7 @@ from corpmerge import __version__
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
 from corpmerge.modelcard import render_abstain_card, render_model_card
-from corpmerge.noise import SCHEME
+from corpmerge.noise import NOISE_BATCH, SCHEME
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import Recipe
@@ -84,7 +84,7 @@ def write_output(
     out_dir = Path(out_dir)
     tensors = unique_tensors(model)
     perturbed = set(perturbed_names(model, recipe.perturb)) if result is not None else set()
-    scratch = torch.empty(max(t.numel() for t in tensors.values()), dtype=torch.float32)
+    scratch = torch.empty(max(max(t.numel() for t in tensors.values()), NOISE_BATCH), dtype=torch.float32)
 
     def delta(name: str, shape: torch.Size) -> torch.Tensor:
         return result.delta(name, shape, scratch)

@@ -87,6 +87,7 @@ class ScoringSpec(_Strict):
     apply_chat_template: bool = False
     num_fewshot: int | None = Field(default=None, ge=0)
     metric: str | None = Field(default=None, description="per-example metric used as the reward; default: the task's first")
+    task_args: dict[str, Any] = Field(default_factory=dict, description="lm-eval task metadata, e.g. {data_dir: ./gsm8k}")
     store: str | None = Field(default=None, description="SQLite score store; default: <work_dir>/scores.sqlite")
 
 

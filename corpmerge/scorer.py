@@ -17,13 +17,11 @@ import torch
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.folds import Docs
 from corpmerge.lmeval import TaskSuite, make_lm
-from corpmerge.noise import fill_many
+from corpmerge.noise import NOISE_BATCH, fill_many
 from corpmerge.population import Entry
 from corpmerge.store import Scores, ScoreStore
 
 log = logging.getLogger(__name__)
-
-_NOISE_BATCH = 1 << 26  # float32 noise values drawn per parallel batch (256 MiB)
 
 
 class Update(Protocol):
@@ -65,7 +63,7 @@ class Scorer:
         self.snapshot = {name: p.detach().to(torch.float32, copy=True).cpu() for name, p in self.params.items()}
         largest = max(p.numel() for p in self.params.values())
         self.scratch = torch.empty(largest, dtype=torch.float32)
-        self.noise_buffer = torch.empty(max(largest, min(sum(p.numel() for p in self.params.values()), _NOISE_BATCH)))
+        self.noise_buffer = torch.empty(max(largest, min(sum(p.numel() for p in self.params.values()), NOISE_BATCH)))
         self._on_cpu_f32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.params.values())
         self.lm = make_lm(model, tokenizer, batch_size)
         self.evaluations = 0

@@ -28,7 +28,7 @@ def build_tiny_model(folder: Path, *, tie: bool = True, seed: int = 0, dtype: to
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         tie_word_embeddings=tie, eos_token_id=256, pad_token_id=257, bos_token_id=None,
     )
     model = LlamaForCausalLM(config).to(dtype)

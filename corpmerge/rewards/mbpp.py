@@ -1,0 +1,35 @@
+"""MBPP: extract the model's code and run it against the task's asserts in the sandbox."""
+
+from __future__ import annotations
+
+import re
+
+from corpmerge.rewards.sandbox import run_python
+
+PROMPT = (
+    "You are an expert Python programmer, and here is your task: {text} "
+    "Your code should pass these tests:\n\n{tests}\n\n"
+    "Write the complete Python solution inside <answer></answer> tags."
+)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(completion: str) -> str | None:
+    """Code from the last <answer> block, else the last fenced block (a fence inside <answer> is unwrapped)."""
+    blocks = _ANSWER.findall(completion)
+    if blocks:
+        inner = _FENCED.findall(blocks[-1])
+        return (inner[-1] if inner else blocks[-1]).strip("\n")
+    fenced = _FENCED.findall(completion)
+    return fenced[-1].strip("\n") if fenced else None
+
+
+def score(completion: str, setup_code: str, tests: list[str], wall_seconds: float = 10.0) -> tuple[float, bool]:
+    """Correct = every assert passes in the sandbox; reward = correct."""
+    code = extract_code(completion)
+    if not code:
+        return 0.0, False
+    program = "\n".join([setup_code or "", code, *tests]) + "\n"
+    result = run_python(program, wall_seconds=wall_seconds)
+    return float(result.passed), result.passed
