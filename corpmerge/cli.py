@@ -154,6 +154,22 @@ def run(
 
 
 @app.command()
+@_user_errors
+def push(
+    out_dir: Path = typer.Argument(..., help="A finished corpmerge output folder."),
+    repo_id: str = typer.Argument(..., help="Hub repository, e.g. user/my-corp-model (created if missing)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch to push to (created if missing)."),
+    commit_message: str | None = typer.Option(None, "--commit-message", help="Commit message."),
+) -> None:
+    """Push an output folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT)."""
+    from corpmerge.hub import push_folder
+
+    url = push_folder(out_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
+    out.print(f"[green]pushed[/] {out_dir} → {url}", highlight=False)
+
+
+@app.command()
 def tasks() -> None:
     """List corpmerge's lm-eval tasks and the include path that lets `lm_eval` use them too."""
     from corpmerge.tasks import list_tasks, tasks_dir

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
+from corpmerge.hub import push_folder
 from corpmerge.methods import MergeMethod, MergeResult, MethodParams, get_method
 from corpmerge.model_io import ensure_checkpoint, load_base, load_tokenizer, resolve_base
 from corpmerge.noise import check_scheme
@@ -61,12 +62,15 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
 
 def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> tuple[Path, MergeResult]:
     """Merge a rewarded population (gate disabled) and write the output folder."""
+    recipe = recipe.with_output(out_dir)
     checked = check_recipe(recipe, needs_rewards=True)
     result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
     ref = ensure_checkpoint(resolve_base(recipe.base_model))
     log.info("loading base %s", recipe.base_model)
     model = load_base(ref)
     tokenizer = load_tokenizer(ref)
-    out = Path(out_dir or recipe.output.path)
+    out = Path(recipe.output.path)
     write_output(out, recipe=recipe, entries=checked.entries, result=result, model=model, tokenizer=tokenizer, ref=ref, overwrite=overwrite)
+    if recipe.output.push_to_hub:
+        push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
     return out, result

@@ -17,6 +17,7 @@ import yaml
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.folds import Docs, count
+from corpmerge.hub import push_folder
 from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_multiplier
 from corpmerge.lmeval import TaskSuite
 from corpmerge.merge import Checked, check_recipe
@@ -178,8 +179,9 @@ def score_recipe(recipe: Recipe) -> dict[str, Any]:
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """The whole job. Returns the report (also written as report.json)."""
     timer = PhaseTimer()
+    recipe = recipe.with_output(out_dir)
     checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
-    out = Path(out_dir or recipe.output.path)
+    out = Path(recipe.output.path)
     with timer("load"):
         session = open_session(recipe)
     try:
@@ -210,6 +212,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                     out, recipe=recipe, entries=entries, result=final, model=session.model, tokenizer=session.tokenizer,
                     ref=session.ref, report=report, overwrite=overwrite,
                 )
+        if final is not None and recipe.output.push_to_hub:
+            with timer("push"):
+                report["pushed"] = push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
         report["timings_s"] = timer.seconds
         report_dir = out if written else recipe.output.work_path
         _write_json_atomic(report_dir / "report.json", report)

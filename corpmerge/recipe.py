@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -124,6 +125,13 @@ class OutputSpec(_Strict):
         parse_size(value)
         return value
 
+    @field_validator("push_to_hub")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", value):
+            raise ValueError(f"'{value}' is not a Hub repo id; use 'user/name' (letters, digits, - _ .)")
+        return value
+
     @property
     def shard_bytes(self) -> int:
         return parse_size(self.max_shard_size)
@@ -160,6 +168,12 @@ class Recipe(_Strict):
                     )
                 first[entry.seed] = i
         return value
+
+    def with_output(self, path: str | Path | None) -> "Recipe":
+        """The recipe with ``output.path`` replaced (the work folder follows unless set explicitly)."""
+        if path is None:
+            return self
+        return self.model_copy(update={"output": self.output.model_copy(update={"path": str(path)})})
 
     def entries(self) -> list[Entry]:
         """The population as entries (a sampled spec expanded deterministically)."""
