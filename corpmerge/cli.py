@@ -129,6 +129,8 @@ def score(recipe: Path = RecipeArg) -> None:
     from corpmerge.recipe import load_recipe
 
     result = score_recipe(load_recipe(recipe))
+    if result is None:
+        return  # a non-main process of a launched run: rank 0 reports
     entries = sorted(result["entries"], key=lambda e: -e.reward)
     table = Table("rank", "seed", "sigma", "reward", title=f"top entries (base on fold A: {result['base_accuracy_A']:.4f})")
     for rank, entry in enumerate(entries[:10], 1):
@@ -150,7 +152,8 @@ def run(
     from corpmerge.report_view import render_report
 
     report = run_recipe(load_recipe(recipe), output, overwrite)
-    render_report(out, report)
+    if report is not None:  # None on the non-main processes of a launched run
+        render_report(out, report)
 
 
 @app.command()

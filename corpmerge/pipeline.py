@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from corpmerge.amplitudes import Cloud
+from corpmerge.distributed import World, current_world
 from corpmerge.folds import Docs, count
 from corpmerge.hub import push_folder
 from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_multiplier
@@ -47,22 +48,33 @@ class PhaseTimer:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
-def score_population(session: Session, entries: list[Entry]) -> list[Entry]:
-    """Give every entry its fold-A reward (mean reward metric), scoring those not yet in the store."""
-    docs = session.folds["A"]
-    scored: list[Entry] = []
+def score_population(session: Session, entries: list[Entry], world: World | None = None) -> list[Entry]:
+    """Give every entry its fold-A reward (mean reward metric), scoring those not yet in the store.
+
+    Under a launcher the unfinished entries are dealt round-robin to the processes; every
+    process then reads all rewards back from the shared store.
+    """
+    world = world or current_world()
+    docs, store = session.folds["A"], session.store
+    pending = [e for e in entries if e.reward is None and not store.done(entry_subject(e), "A")]
+    world.barrier()  # every process has read the same pending list before anyone adds to the store
+    mine = pending[world.rank :: world.size]
     best = -np.inf
-    with task("scoring population", len(entries)) as advance:
-        for entry in entries:
-            if entry.reward is None:
-                scores = session.scorer.scores(
-                    entry_subject(entry), "A", docs, entry_update(entry), {"seed": entry.seed, "sigma": entry.sigma}
-                )
-                entry = Entry(entry.seed, entry.sigma, float(ordered(scores, docs, "value").mean()))
-            scored.append(entry)
-            best = max(best, entry.reward)
+    with task("scoring population" + (f" (rank {world.rank}/{world.size})" if world.size > 1 else ""), len(mine)) as advance:
+        for entry in mine:
+            scores = session.scorer.scores(
+                entry_subject(entry), "A", docs, entry_update(entry), {"seed": entry.seed, "sigma": entry.sigma}
+            )
+            best = max(best, float(ordered(scores, docs, "value").mean()))
             advance(status=f"best reward {best:.3f}")
-    return scored
+    world.barrier()
+    return [e if e.reward is not None else _rewarded(session, e) for e in entries]
+
+
+def _rewarded(session: Session, entry: Entry) -> Entry:
+    docs = session.folds["A"]
+    reward = float(ordered(session.store.load(entry_subject(entry), "A"), docs, "value").mean())
+    return Entry(entry.seed, entry.sigma, reward)
 
 
 @dataclass
@@ -160,12 +172,18 @@ def evaluate_held_out(session: Session, subjects: dict[str, tuple[str, Any]]) ->
     return {"split": spec.split, "tasks": sorted(suite.tasks), "rows": rows}
 
 
-def score_recipe(recipe: Recipe) -> dict[str, Any]:
-    """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
+def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
+    """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder.
+
+    Returns None on the non-main processes of a launched run.
+    """
     checked = check_recipe(recipe, needs_rewards=False)
-    session = open_session(recipe)
+    world = current_world()
+    session = open_session(recipe, world.device)
     try:
-        entries = score_population(session, checked.entries)
+        entries = score_population(session, checked.entries, world)
+        if not world.is_main:
+            return None
         base = _accuracy(session.scorer.scores("base", "A", session.folds["A"]), session.folds["A"])
     finally:
         session.close()
@@ -176,17 +194,20 @@ def score_recipe(recipe: Recipe) -> dict[str, Any]:
     return {"entries": entries, "base_accuracy_A": base, "rewards_path": str(path)}
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """The whole job. Returns the report (also written as report.json)."""
+def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any] | None:
+    """The whole job. Returns the report (also written as report.json); None on non-main processes."""
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
     checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
     out = Path(recipe.output.path)
+    world = current_world()
     with timer("load"):
-        session = open_session(recipe)
+        session = open_session(recipe, world.device)
     try:
         with timer("score"):
-            entries = score_population(session, checked.entries)
+            entries = score_population(session, checked.entries, world)
+        if not world.is_main:
+            return None  # only scoring is distributed; the gate and the merge run once, on rank 0
         cloud = Cloud.from_entries(entries)
         with timer("gate"):
             if recipe.gate.enabled:

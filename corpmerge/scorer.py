@@ -60,7 +60,7 @@ class Scorer:
         self.model, self.suite, self.store = model, suite, store
         params = dict(model.named_parameters())
         self.params = {name: params[name] for name in names}
-        self.snapshot = {name: p.detach().to(torch.float32, copy=True).cpu() for name, p in self.params.items()}
+        self.snapshot = {name: p.detach().to(torch.float32, copy=True) for name, p in self.params.items()}
         largest = max(p.numel() for p in self.params.values())
         self.scratch = torch.empty(largest, dtype=torch.float32)
         self.noise_buffer = torch.empty(max(largest, min(sum(p.numel() for p in self.params.values()), NOISE_BATCH)))
@@ -76,10 +76,10 @@ class Scorer:
             return
         for name, param in self.params.items():
             delta = update.delta(name, param.shape, self.scratch)
-            if param.dtype == torch.float32 and param.device.type == "cpu":
+            if self._on_cpu_f32:
                 torch.add(self.snapshot[name], delta, out=param.data)
             else:
-                param.copy_(self.snapshot[name] + delta)
+                param.copy_(self.snapshot[name] + delta.to(param.device))
 
     def _apply_single_seed(self, seed: int, amplitude: float) -> None:
         """Fast path for population entries: noise for many tensors drawn in one parallel batch.

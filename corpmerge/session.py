@@ -42,7 +42,7 @@ def store_path(recipe: Recipe) -> Path:
     return Path(recipe.scoring.store) if recipe.scoring.store else recipe.output.work_path / "scores.sqlite"
 
 
-def open_session(recipe: Recipe, device: str | None = None) -> Session:
+def open_session(recipe: Recipe, device: torch.device | str | None = None) -> Session:
     """Load the base once, build the support tasks and folds, open (or resume) the store."""
     if recipe.scoring is None:
         raise CorpmergeError("scoring: this command needs a `scoring:` section (lm-eval tasks to score the population on)")
