@@ -158,6 +158,22 @@ def run(
 
 @app.command()
 @_user_errors
+def ensemble(
+    recipe: Path = RecipeArg,
+    top_k: list[int] = typer.Option([1, 50], "--top-k", "-k", help="Vote sizes to report (repeat the option), e.g. -k 1 -k 50."),
+) -> None:
+    """RandOpt baseline: majority vote of the top-K perturbed models on the evaluate split, vs the base (and the merged model in output.path, if any)."""
+    from corpmerge.pipeline import ensemble_recipe
+    from corpmerge.recipe import load_recipe
+    from corpmerge.report_view import render_evaluation
+
+    if any(k < 1 for k in top_k):
+        raise CorpmergeError("--top-k: vote sizes must be ≥ 1")
+    render_evaluation(out, ensemble_recipe(load_recipe(recipe), sorted(set(top_k))))
+
+
+@app.command()
+@_user_errors
 def push(
     out_dir: Path = typer.Argument(..., help="A finished corpmerge output folder."),
     repo_id: str = typer.Argument(..., help="Hub repository, e.g. user/my-corp-model (created if missing)."),

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from corpmerge.answers import prediction
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import ScoringSpec
 from corpmerge.tasks import tasks_dir
@@ -39,6 +40,7 @@ class ExampleScore:
 
     value: float
     correct: bool
+    prediction: str | None = None
 
 
 def _load_tasks(names: list[str], include: list[str], metadata: dict[str, Any]) -> dict[str, Any]:
@@ -137,14 +139,15 @@ class TaskSuite:
                 raise CorpmergeError(f"scoring.metric: task '{name}' has no filter '{wanted_filter}'")
         return scores
 
-    @staticmethod
-    def _score(name: str, sample: dict[str, Any], metric: str) -> ExampleScore:
+    def _score(self, name: str, sample: dict[str, Any], metric: str) -> ExampleScore:
         metric = metric or sample["metrics"][0]
         if metric not in sample:
             raise CorpmergeError(f"scoring.metric: task '{name}' reports {sample['metrics']}, not '{metric}'")
         value = float(sample[metric])
         correct = bool(sample["correct"]) if "correct" in sample else value >= 1.0 - 1e-9
-        return ExampleScore(value, correct)
+        task = self.tasks[name]
+        response = sample["filtered_resps"][0] if task.OUTPUT_TYPE == "generate_until" else sample["filtered_resps"]
+        return ExampleScore(value, correct, prediction(name, task.OUTPUT_TYPE, response))
 
 
 def make_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int | str) -> Any:

@@ -15,10 +15,11 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
-from corpmerge.amplitudes import Cloud
+from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.distributed import World, current_world
 from corpmerge.folds import Docs, count
 from corpmerge.hub import push_folder
+from corpmerge.ensemble import majority_vote, recovered_fraction
 from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_multiplier
 from corpmerge.lmeval import TaskSuite
 from corpmerge.merge import Checked, check_recipe
@@ -26,7 +27,7 @@ from corpmerge.methods import MergeResult
 from corpmerge.output import population_summary, write_output
 from corpmerge.population import Entry
 from corpmerge.progress import task
-from corpmerge.recipe import Recipe
+from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.scorer import entry_subject, entry_update, ordered, update_subject
 from corpmerge.session import Session, open_session
 
@@ -89,11 +90,13 @@ class Candidate:
 def _subject(result: MergeResult) -> str:
     amps = result.final_amplitudes()
     if amps is not None:
-        nz = amps.nonzero()
-        payload = (nz.seeds.tobytes(), nz.values.tobytes())
-    else:
-        payload = (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier)
-    return update_subject("update", payload)
+        return _subject_of(amps)
+    return update_subject("update", (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier))
+
+
+def _subject_of(amps: Amplitudes) -> str:
+    nz = amps.nonzero()
+    return update_subject("update", (nz.seeds.astype(np.int64).tobytes(), nz.values.astype(np.float64).tobytes()))
 
 
 @dataclass
@@ -150,26 +153,60 @@ def _accuracy(scores: dict, docs: Docs) -> float:
     return float(ordered(scores, docs).mean())
 
 
-def evaluate_held_out(session: Session, subjects: dict[str, tuple[str, Any]]) -> dict[str, Any]:
-    """Accuracy on the evaluate split for each subject, and paired 95% intervals vs the base."""
+def evaluate_held_out(
+    session: Session, subjects: dict[str, tuple[str, Any]], ranked: list[Entry] | None = None, ensemble_k: list[int] | None = None,
+) -> dict[str, Any]:
+    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base."""
     spec = session.recipe.evaluate
     suite = TaskSuite(session.recipe.scoring, tasks=spec.tasks, split=spec.split)
     docs = {name: list(range(min(spec.limit or suite.doc_count(name), suite.doc_count(name)))) for name in suite.tasks}
     fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
-    vectors = {}
-    with task(f"held-out evaluation ({spec.split})", len(subjects)) as advance:
-        for label, (subject, update) in subjects.items():
-            scores = session.scorer.scores(subject, fold, docs, update, suite=suite)
-            vectors[label] = ordered(scores, docs)
+    voters = (ranked or [])[: max(ensemble_k or [0])]
+    todo = dict(subjects) | {f"entry:{e.seed}": (entry_subject(e), entry_update(e)) for e in voters}
+    results = {}
+    with task(f"held-out evaluation ({spec.split})", len(todo)) as advance:
+        for label, (subject, update) in todo.items():
+            results[label] = session.scorer.scores(subject, fold, docs, update, suite=suite)
             advance()
+    vectors = {label: ordered(results[label], docs) for label in subjects}
+    keys = [(t, d) for t in sorted(docs) for d in docs[t]]
+    for k in ensemble_k or []:
+        members = [results[f"entry:{e.seed}"] for e in voters[:k]]
+        vectors[f"randopt_top{k}"] = majority_vote(
+            [[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members]
+        )
     base = vectors["base"]
-    rows = {"base": {"accuracy": float(base.mean()), "n": int(base.size)}}
+    rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size)}}
     for label, vec in vectors.items():
-        if label == "base":
-            continue
-        diff, low, high = paired_interval(base, vec)
-        rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
-    return {"split": spec.split, "tasks": sorted(suite.tasks), "rows": rows}
+        if label != "base":
+            diff, low, high = paired_interval(base, vec)
+            rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
+    report: dict[str, Any] = {"split": spec.split, "tasks": sorted(suite.tasks), "rows": rows}
+    if ensemble_k and "merged" in rows:
+        biggest = f"randopt_top{max(ensemble_k)}"
+        report["recovered_fraction"] = recovered_fraction(rows["base"]["accuracy"], rows[biggest]["accuracy"], rows["merged"]["accuracy"])
+    return report
+
+
+def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
+    """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
+    recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
+    checked = check_recipe(recipe, needs_rewards=False)
+    session = open_session(recipe)
+    try:
+        entries = score_population(session, checked.entries)
+        ranked = sorted(entries, key=lambda e: -e.reward)
+        subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
+        lineage = Path(recipe.output.path) / "corpmerge.yaml"
+        if lineage.is_file():
+            table = yaml.safe_load(lineage.read_text()).get("lineage") or []
+            if table:
+                amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
+                subjects["merged"] = (_subject_of(amps), amps)
+        return {"base_model": recipe.base_model, "method": recipe.merge_method,
+                "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
+    finally:
+        session.close()
 
 
 def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
@@ -223,7 +260,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
                 if final is not None:
                     subjects["merged"] = (_subject(final), final)
-                report["evaluation"] = evaluate_held_out(session, subjects)
+                ranked = sorted(entries, key=lambda e: -e.reward)
+                report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k)
         report["evaluations"] = session.scorer.evaluations
         written = final is not None or recipe.output.write_on_abstain
         report["output"] = str(out) if written else None

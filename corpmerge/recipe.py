@@ -107,6 +107,7 @@ class EvaluateSpec(_Strict):
     tasks: list[str] | None = None
     split: str = "test"
     limit: int | None = Field(default=None, ge=1)
+    ensemble_k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, description="RandOpt top-K vote sizes to report")
 
 
 class OutputSpec(_Strict):

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS units (
 );
 CREATE TABLE IF NOT EXISTS scores (
     subject TEXT NOT NULL, fold TEXT NOT NULL, task TEXT NOT NULL, doc_id INTEGER NOT NULL,
-    value REAL NOT NULL, correct INTEGER NOT NULL,
+    value REAL NOT NULL, correct INTEGER NOT NULL, prediction TEXT,
     PRIMARY KEY (subject, fold, task, doc_id)
 );
 """
@@ -52,6 +52,9 @@ class ScoreStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(scores)")}
+        if "prediction" not in columns:  # stores written before predictions were kept
+            self.db.execute("ALTER TABLE scores ADD COLUMN prediction TEXT")
         self._bind(identity)
 
     def _bind(self, identity: dict[str, str]) -> None:
@@ -84,8 +87,8 @@ class ScoreStore:
             if self.done(subject, fold):
                 return False
             self.db.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)",
-                [(subject, fold, task, doc, s.value, int(s.correct)) for (task, doc), s in scores.items()],
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(subject, fold, task, doc, s.value, int(s.correct), s.prediction) for (task, doc), s in scores.items()],
             )
             self.db.execute(
                 "INSERT INTO units VALUES (?, ?, ?, ?)",
@@ -95,9 +98,9 @@ class ScoreStore:
 
     def load(self, subject: str, fold: str) -> Scores:
         rows = self.db.execute(
-            "SELECT task, doc_id, value, correct FROM scores WHERE subject=? AND fold=?", (subject, fold)
+            "SELECT task, doc_id, value, correct, prediction FROM scores WHERE subject=? AND fold=?", (subject, fold)
         )
-        return {(t, d): ExampleScore(v, bool(c)) for t, d, v, c in rows}
+        return {(t, d): ExampleScore(v, bool(c), p) for t, d, v, c, p in rows}
 
     def count_rows(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
