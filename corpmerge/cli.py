@@ -158,6 +158,28 @@ def run(
 
 @app.command()
 @_user_errors
+def diagnose(
+    recipe: Path = RecipeArg,
+    top: int = typer.Option(64, "--top", min=4, help="Number of top-rewarded elites in the sketch."),
+    coords: int = typer.Option(32, "--coords", min=1, help="Noise coordinates per tensor in the sketch."),
+    k: int = typer.Option(8, "--k", min=1, help="Principal subspace dimension."),
+    splits: int = typer.Option(20, "--splits", min=2, help="Random half splits."),
+) -> None:
+    """Split-half diagnostic (paper §3): mean-consensus and subspace-excess of the elites, with a PNG plot."""
+    from corpmerge.pipeline import diagnose_recipe
+    from corpmerge.recipe import load_recipe
+
+    result = diagnose_recipe(load_recipe(recipe), top, coords, k, splits)
+    table = Table("statistic", "mean", "95% lower bound", "verdict",
+                  title=f"split-half over {result['splits']} splits of {result['elites']} elites ({result['sketch_dims']} sketch dims, k={result['k']})")
+    for name, st in result["statistics"].items():
+        table.add_row(name.replace("_", "-"), f"{st['mean']:+.4f}", f"{st['lower95']:+.4f}", "[green]stable[/]" if st["stable"] else "not stable")
+    out.print(table)
+    out.print(f"plot → {result['plot']}", highlight=False)
+
+
+@app.command()
+@_user_errors
 def ensemble(
     recipe: Path = RecipeArg,
     top_k: list[int] = typer.Option([1, 50], "--top-k", "-k", help="Vote sizes to report (repeat the option), e.g. -k 1 -k 50."),

@@ -16,7 +16,9 @@ import numpy as np
 import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
+from corpmerge.diagnose import plot, sketch, split_half
 from corpmerge.distributed import World, current_world
+from corpmerge.errors import CorpmergeError
 from corpmerge.folds import Docs, count
 from corpmerge.hub import push_folder
 from corpmerge.ensemble import majority_vote, recovered_fraction
@@ -24,6 +26,7 @@ from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_mult
 from corpmerge.lmeval import TaskSuite
 from corpmerge.merge import Checked, check_recipe
 from corpmerge.methods import MergeResult
+from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, resolve_base
 from corpmerge.output import population_summary, write_output
 from corpmerge.population import Entry
 from corpmerge.progress import task
@@ -207,6 +210,35 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
                 "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
         session.close()
+
+
+def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:
+    """Split-half statistics of the top-``top`` elites, printed as a table and plotted to ``diagnose.png``."""
+    checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
+    if recipe.scoring is not None:
+        session = open_session(recipe)
+        try:
+            entries = score_population(session, checked.entries)
+            params = session.scorer.params
+            sizes = {name: p.numel() for name, p in params.items()}
+        finally:
+            session.close()
+    else:
+        entries = checked.entries
+        model = load_base(ensure_checkpoint(resolve_base(recipe.base_model)))
+        sizes = {name: dict(model.named_parameters())[name].numel() for name in perturbed_names(model, recipe.perturb)}
+    elites = sorted(entries, key=lambda e: -e.reward)[:top]
+    if len(elites) < 4:
+        raise CorpmergeError(f"population: the split-half diagnostic needs at least 4 entries (got {len(elites)})")
+    matrix = sketch(elites, list(sizes), coords, sizes)
+    stats = split_half(matrix, k=k, splits=splits)
+    path = recipe.output.work_path / "diagnose.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot(str(path), entries, matrix, stats)
+    return {
+        "elites": len(elites), "sketch_dims": int(matrix.shape[1]), "k": k, "splits": splits, "plot": str(path),
+        "statistics": {name: {"mean": st.mean, "lower95": st.lower, "stable": st.stable} for name, st in stats.items()},
+    }
 
 
 def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
