@@ -26,6 +26,14 @@ class Amplitudes:
     def scaled(self, factor: float) -> "Amplitudes":
         return Amplitudes(self.seeds, self.values * factor)
 
+    def plus(self, other: "Amplitudes") -> "Amplitudes":
+        """The sum of two updates, over the union of their seeds."""
+        seeds = np.union1d(self.seeds, other.seeds)
+        values = np.zeros(seeds.size)
+        np.add.at(values, np.searchsorted(seeds, self.seeds), self.values)
+        np.add.at(values, np.searchsorted(seeds, other.seeds), other.values)
+        return Amplitudes(seeds, values)
+
     def nonzero(self) -> "Amplitudes":
         keep = self.values != 0
         return Amplitudes(self.seeds[keep], self.values[keep])

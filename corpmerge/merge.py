@@ -52,6 +52,10 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
                 "gate.enabled: the gate needs scoring, which `corpmerge merge` does not do; "
                 "set `gate: {enabled: false}` to merge from the given rewards, or use `corpmerge run` with a `scoring:` section"
             )
+    if recipe.iterate is not None and (recipe.scoring is None or not recipe.gate.enabled or recipe.merge_method == "ties"):
+        raise CorpmergeError(
+            "iterate: stage 2 needs `scoring:`, the gate enabled and an amplitude method (corp, reward_avg, topk_subspace, best)"
+        )
     if len(grid) > 1 and (needs_rewards or not recipe.gate.enabled):
         raise CorpmergeError(
             "parameters: a list value is a grid, and only the gate can choose from a grid; "

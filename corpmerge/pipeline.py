@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +19,7 @@ from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.diagnose import plot, sketch, split_half
 from corpmerge.distributed import World, current_world
 from corpmerge.errors import CorpmergeError
-from corpmerge.folds import Docs, count
+from corpmerge.folds import Docs, assign_folds, count
 from corpmerge.hub import push_folder
 from corpmerge.ensemble import majority_vote, recovered_fraction
 from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_multiplier
@@ -33,6 +33,7 @@ from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.scorer import entry_subject, entry_update, ordered, update_subject
 from corpmerge.session import Session, open_session
+from corpmerge.stage2 import principal_directions, propose, shifted
 
 log = logging.getLogger(__name__)
 
@@ -115,28 +116,38 @@ class GateDecision:
 
 
 def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
-    """Candidates over the grid (fold-A rewards) → fold B gate → fold C probe multiplier."""
-    gate = session.recipe.gate
-    scorer, folds = session.scorer, session.folds
-    base_b = ordered(scorer.scores("base", "B", folds["B"]), folds["B"])
-    base_c = ordered(scorer.scores("base", "C", folds["C"]), folds["C"])
+    """Candidates over the grid (fold-A rewards) → fold B gate → fold C probe multiplier, against the base."""
     candidates: dict[str, Candidate] = {}
     for point in checked.grid:
         result = checked.method(cloud, point)
         candidates.setdefault(_subject(result), Candidate(point.model_dump(by_alias=True), result, _subject(result)))
-    with task("gate: candidates on fold B", len(candidates)) as advance:
-        for cand in candidates.values():
-            scores = scorer.scores(cand.subject, "B", folds["B"], cand.result, {"params": cand.params})
-            cand.validate = paired_stats(base_b, ordered(scores, folds["B"]), gate.z, gate.regression_penalty)
+    folds = session.folds
+    return gate_candidates(session, list(candidates.values()), ("B", folds["B"]), ("C", folds["C"]), ("base", None), "the base")
+
+
+def gate_candidates(
+    session: Session, candidates: list[Candidate], validate: tuple[str, Docs], probe: tuple[str, Docs],
+    reference: tuple[str, Any], against: str,
+) -> GateDecision:
+    """Paired gate of each candidate against ``reference`` on the validate fold, then the probe multiplier."""
+    gate = session.recipe.gate
+    scorer = session.scorer
+    (vlabel, vdocs), (plabel, pdocs) = validate, probe
+    ref_b = ordered(scorer.scores(reference[0], vlabel, vdocs, reference[1]), vdocs)
+    ref_c = ordered(scorer.scores(reference[0], plabel, pdocs, reference[1]), pdocs)
+    with task(f"gate: candidates on fold {vlabel}", len(candidates)) as advance:
+        for cand in candidates:
+            scores = scorer.scores(cand.subject, vlabel, vdocs, cand.result, {"params": cand.params})
+            cand.validate = paired_stats(ref_b, ordered(scores, vdocs), gate.z, gate.regression_penalty)
             advance()
-    ranked = sorted(candidates.values(), key=lambda c: (c.validate.lcb, c.validate.constructive_score), reverse=True)
+    ranked = sorted(candidates, key=lambda c: (c.validate.lcb, c.validate.constructive_score), reverse=True)
     passing = [c for c in ranked if c.validate.passes]
     for cand in passing:
-        with task("probe: step multipliers on fold C", len(gate.probe_multipliers)) as advance:
+        with task(f"probe: step multipliers on fold {plabel}", len(gate.probe_multipliers)) as advance:
             for m in gate.probe_multipliers:
                 scaled = cand.result.scaled(m)
-                scores = scorer.scores(_subject(scaled), "C", folds["C"], scaled, {"params": cand.params, "multiplier": m})
-                cand.probe[m] = paired_stats(base_c, ordered(scores, folds["C"]), gate.z, gate.regression_penalty)
+                scores = scorer.scores(_subject(scaled), plabel, pdocs, scaled, {"params": cand.params, "multiplier": m})
+                cand.probe[m] = paired_stats(ref_c, ordered(scores, pdocs), gate.z, gate.regression_penalty)
                 advance()
         chosen = pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
         if chosen is not None:
@@ -144,12 +155,56 @@ def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
     if not passing:
         top = ranked[0].validate
         reason = (
-            f"no candidate beat the base on fold B (best of {len(ranked)}: fixes {top.fixes}, regressions {top.regressions}, "
+            f"no candidate beat {against} on fold {vlabel} (best of {len(ranked)}: fixes {top.fixes}, regressions {top.regressions}, "
             f"S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
         )
     else:
-        reason = f"{len(passing)} candidate(s) passed on fold B, but no probe multiplier had LCB > 0 on fold C"
+        reason = f"{len(passing)} candidate(s) passed on fold {vlabel}, but no probe multiplier had LCB > 0 on fold {plabel}"
     return GateDecision(None, None, ranked, reason)
+
+
+def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[dict[str, Any]]]:
+    """Stage 2 rounds around the accepted stage-1 update; returns the final result and a per-round report."""
+    spec, support = session.recipe.iterate, session.recipe.scoring.support
+    result = stage1.result
+    params = checked.method.params.model_validate(stage1.accepted.params)
+    sigma = spec.sigma or float(np.median(np.diag(cloud.vectors)))
+    rng = np.random.default_rng([support.split_seed, 2])
+    used = {int(s) for s in cloud.seeds}
+    source = (cloud, result.elites, result.weights)
+    accepted = rejected_in_row = 0
+    rounds: list[dict[str, Any]] = []
+    counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
+    for r in range(1, spec.rounds + 1):
+        folds = assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
+        centre = result.final_amplitudes()
+        seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
+        local_rewards = []
+        with task(f"stage 2 round {r}: local population", spec.local_size) as advance:
+            for update in shifted(centre, seeds, vectors):
+                scores = session.scorer.scores(_subject_of(update), f"A{r}", folds["A"], update)
+                local_rewards.append(float(ordered(scores, folds["A"], "value").mean()))
+                advance()
+        local = Cloud(seeds, vectors, np.array(local_rewards))
+        step = replace(checked.method(local, params), offset=centre)
+        decision = gate_candidates(
+            session, [Candidate(params.model_dump(by_alias=True), step, _subject(step))],
+            (f"B{r}", folds["B"]), (f"C{r}", folds["C"]), (_subject_of(centre), centre), "the current centre",
+        )
+        rounds.append({
+            "round": r, "local_size": spec.local_size, "accepted": decision.accepted is not None,
+            "multiplier": decision.multiplier, "reason": decision.reason,
+            "local_reward_max": float(np.max(local_rewards)), "local_reward_mean": float(np.mean(local_rewards)),
+            "validate": decision.candidates[0].validate.as_dict(),
+        })
+        if decision.accepted is None:
+            rejected_in_row += 1
+        else:
+            result, accepted, rejected_in_row = decision.result, accepted + 1, 0
+            source = (local, step.elites, step.weights)
+        if accepted >= 2 or rejected_in_row >= 2:
+            break
+    return result, rounds
 
 
 def _accuracy(scores: dict, docs: Docs) -> float:
@@ -285,7 +340,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 result = checked.method(cloud, checked.grid[0])
                 decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, _subject(result)), 1.0, [], "gate disabled")
         final = decision.result
+        stage2 = None
+        if final is not None and recipe.iterate is not None:
+            with timer("stage2"):
+                final, stage2 = iterate(session, checked, cloud, decision)
         report = _report(session, entries, checked, decision)
+        if stage2 is not None:
+            report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
+            subject = _subject(final)
+            report["chosen"] = {f: _accuracy(session.scorer.scores(subject, f, session.folds[f], final), session.folds[f]) for f in report["chosen"]}
         best_index = int(np.argmax([e.reward for e in entries]))
         if recipe.evaluate is not None:
             with timer("evaluate"):

@@ -101,6 +101,16 @@ class GateSpec(_Strict):
     probe_multipliers: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], min_length=1)
 
 
+class IterateSpec(_Strict):
+    """CoRP stage 2: covariance-adaptive local search around the accepted stage-1 update."""
+
+    rounds: int = Field(default=3, ge=1, le=20)
+    local_size: int = Field(default=100, ge=4)
+    rank: int = Field(default=8, ge=1)
+    isotropic_floor: float = Field(default=0.5, gt=0, le=1, description="ρ: share of proposal variance on a fresh seed")
+    sigma: float | None = Field(default=None, gt=0, description="local scale; default: the population's median σ")
+
+
 class EvaluateSpec(_Strict):
     """Optional held-out report after the merge (never used for any choice)."""
 
@@ -154,6 +164,7 @@ class Recipe(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     gate: GateSpec = Field(default_factory=GateSpec)
     scoring: ScoringSpec | None = None
+    iterate: IterateSpec | None = None
     evaluate: EvaluateSpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
 

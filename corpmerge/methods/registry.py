@@ -38,13 +38,17 @@ class MergeResult:
     tensor_delta: TensorDelta | None = None
     multiplier: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
+    offset: Amplitudes | None = None  # stage 2: Δ = offset + multiplier·step
 
     def scaled(self, multiplier: float) -> "MergeResult":
         """The same update times ``multiplier`` (probe step calibration)."""
         return replace(self, multiplier=self.multiplier * multiplier)
 
     def final_amplitudes(self) -> Amplitudes | None:
-        return None if self.amplitudes is None else self.amplitudes.scaled(self.multiplier)
+        if self.amplitudes is None:
+            return None
+        step = self.amplitudes.scaled(self.multiplier)
+        return step if self.offset is None else self.offset.plus(step)
 
     def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """Materialise Δ for one tensor (float32)."""
