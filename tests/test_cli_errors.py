@@ -72,6 +72,6 @@ def test_validate_ok(tmp_path, tiny_model):
 
 
 def test_help_explains_every_command():
-    for command in ["", "validate", "merge", "methods"]:
+    for command in ["", "validate", "merge", "score", "run", "diagnose", "ensemble", "push", "methods", "tasks"]:
         result = run_cli(*([command] if command else []), "--help")
         assert result.returncode == 0 and "Usage" in result.stdout

