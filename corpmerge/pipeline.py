@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,21 +17,19 @@ from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.diagnose import plot, sketch, split_half
 from corpmerge.distributed import World, current_world
 from corpmerge.errors import CorpmergeError
-from corpmerge.folds import Docs, assign_folds, count
+from corpmerge.folds import count
+from corpmerge.gating import Candidate, GateDecision, run_gate, subject_of, subject_of_result
+from corpmerge.heldout import accuracy, evaluate_held_out
 from corpmerge.hub import push_folder
-from corpmerge.ensemble import majority_vote, recovered_fraction
-from corpmerge.gate import PairedStats, paired_interval, paired_stats, pick_multiplier
-from corpmerge.lmeval import TaskSuite
 from corpmerge.merge import Checked, check_recipe
-from corpmerge.methods import MergeResult
 from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, resolve_base
 from corpmerge.output import population_summary, write_output
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
-from corpmerge.scorer import entry_subject, entry_update, ordered, update_subject
+from corpmerge.rounds import iterate
+from corpmerge.scorer import entry_subject, entry_update, ordered
 from corpmerge.session import Session, open_session
-from corpmerge.stage2 import principal_directions, propose, shifted
 
 log = logging.getLogger(__name__)
 
@@ -82,170 +78,6 @@ def _rewarded(session: Session, entry: Entry) -> Entry:
     return Entry(entry.seed, entry.sigma, reward)
 
 
-@dataclass
-class Candidate:
-    params: dict[str, Any]
-    result: MergeResult
-    subject: str
-    validate: PairedStats | None = None
-    probe: dict[float, PairedStats] = field(default_factory=dict)
-
-
-def _subject(result: MergeResult) -> str:
-    amps = result.final_amplitudes()
-    if amps is not None:
-        return _subject_of(amps)
-    return update_subject("update", (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier))
-
-
-def _subject_of(amps: Amplitudes) -> str:
-    nz = amps.nonzero()
-    return update_subject("update", (nz.seeds.astype(np.int64).tobytes(), nz.values.astype(np.float64).tobytes()))
-
-
-@dataclass
-class GateDecision:
-    accepted: Candidate | None
-    multiplier: float | None
-    candidates: list[Candidate]
-    reason: str
-
-    @property
-    def result(self) -> MergeResult | None:
-        return None if self.accepted is None else self.accepted.result.scaled(self.multiplier)
-
-
-def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
-    """Candidates over the grid (fold-A rewards) → fold B gate → fold C probe multiplier, against the base."""
-    candidates: dict[str, Candidate] = {}
-    for point in checked.grid:
-        result = checked.method(cloud, point)
-        candidates.setdefault(_subject(result), Candidate(point.model_dump(by_alias=True), result, _subject(result)))
-    folds = session.folds
-    return gate_candidates(session, list(candidates.values()), ("B", folds["B"]), ("C", folds["C"]), ("base", None), "the base")
-
-
-def gate_candidates(
-    session: Session, candidates: list[Candidate], validate: tuple[str, Docs], probe: tuple[str, Docs],
-    reference: tuple[str, Any], against: str,
-) -> GateDecision:
-    """Paired gate of each candidate against ``reference`` on the validate fold, then the probe multiplier."""
-    gate = session.recipe.gate
-    scorer = session.scorer
-    (vlabel, vdocs), (plabel, pdocs) = validate, probe
-    ref_b = ordered(scorer.scores(reference[0], vlabel, vdocs, reference[1]), vdocs)
-    ref_c = ordered(scorer.scores(reference[0], plabel, pdocs, reference[1]), pdocs)
-    with task(f"gate: candidates on fold {vlabel}", len(candidates)) as advance:
-        for cand in candidates:
-            scores = scorer.scores(cand.subject, vlabel, vdocs, cand.result, {"params": cand.params})
-            cand.validate = paired_stats(ref_b, ordered(scores, vdocs), gate.z, gate.regression_penalty)
-            advance()
-    ranked = sorted(candidates, key=lambda c: (c.validate.lcb, c.validate.constructive_score), reverse=True)
-    passing = [c for c in ranked if c.validate.passes]
-    for cand in passing:
-        with task(f"probe: step multipliers on fold {plabel}", len(gate.probe_multipliers)) as advance:
-            for m in gate.probe_multipliers:
-                scaled = cand.result.scaled(m)
-                scores = scorer.scores(_subject(scaled), plabel, pdocs, scaled, {"params": cand.params, "multiplier": m})
-                cand.probe[m] = paired_stats(ref_c, ordered(scores, pdocs), gate.z, gate.regression_penalty)
-                advance()
-        chosen = pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
-        if chosen is not None:
-            return GateDecision(cand, chosen, ranked, "accepted")
-    if not passing:
-        top = ranked[0].validate
-        reason = (
-            f"no candidate beat {against} on fold {vlabel} (best of {len(ranked)}: fixes {top.fixes}, regressions {top.regressions}, "
-            f"S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
-        )
-    else:
-        reason = f"{len(passing)} candidate(s) passed on fold {vlabel}, but no probe multiplier had LCB > 0 on fold {plabel}"
-    return GateDecision(None, None, ranked, reason)
-
-
-def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[dict[str, Any]]]:
-    """Stage 2 rounds around the accepted stage-1 update; returns the final result and a per-round report."""
-    spec, support = session.recipe.iterate, session.recipe.scoring.support
-    result = stage1.result
-    params = checked.method.params.model_validate(stage1.accepted.params)
-    sigma = spec.sigma or float(np.median(np.diag(cloud.vectors)))
-    rng = np.random.default_rng([support.split_seed, 2])
-    used = {int(s) for s in cloud.seeds}
-    source = (cloud, result.elites, result.weights)
-    accepted = rejected_in_row = 0
-    rounds: list[dict[str, Any]] = []
-    counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
-    for r in range(1, spec.rounds + 1):
-        folds = assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
-        centre = result.final_amplitudes()
-        seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
-        local_rewards = []
-        with task(f"stage 2 round {r}: local population", spec.local_size) as advance:
-            for update in shifted(centre, seeds, vectors):
-                scores = session.scorer.scores(_subject_of(update), f"A{r}", folds["A"], update)
-                local_rewards.append(float(ordered(scores, folds["A"], "value").mean()))
-                advance()
-        local = Cloud(seeds, vectors, np.array(local_rewards))
-        step = replace(checked.method(local, params), offset=centre)
-        decision = gate_candidates(
-            session, [Candidate(params.model_dump(by_alias=True), step, _subject(step))],
-            (f"B{r}", folds["B"]), (f"C{r}", folds["C"]), (_subject_of(centre), centre), "the current centre",
-        )
-        rounds.append({
-            "round": r, "local_size": spec.local_size, "accepted": decision.accepted is not None,
-            "multiplier": decision.multiplier, "reason": decision.reason,
-            "local_reward_max": float(np.max(local_rewards)), "local_reward_mean": float(np.mean(local_rewards)),
-            "validate": decision.candidates[0].validate.as_dict(),
-        })
-        if decision.accepted is None:
-            rejected_in_row += 1
-        else:
-            result, accepted, rejected_in_row = decision.result, accepted + 1, 0
-            source = (local, step.elites, step.weights)
-        if accepted >= 2 or rejected_in_row >= 2:
-            break
-    return result, rounds
-
-
-def _accuracy(scores: dict, docs: Docs) -> float:
-    return float(ordered(scores, docs).mean())
-
-
-def evaluate_held_out(
-    session: Session, subjects: dict[str, tuple[str, Any]], ranked: list[Entry] | None = None, ensemble_k: list[int] | None = None,
-) -> dict[str, Any]:
-    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base."""
-    spec = session.recipe.evaluate
-    suite = TaskSuite(session.recipe.scoring, tasks=spec.tasks, split=spec.split)
-    docs = {name: list(range(min(spec.limit or suite.doc_count(name), suite.doc_count(name)))) for name in suite.tasks}
-    fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
-    voters = (ranked or [])[: max(ensemble_k or [0])]
-    todo = dict(subjects) | {f"entry:{e.seed}": (entry_subject(e), entry_update(e)) for e in voters}
-    results = {}
-    with task(f"held-out evaluation ({spec.split})", len(todo)) as advance:
-        for label, (subject, update) in todo.items():
-            results[label] = session.scorer.scores(subject, fold, docs, update, suite=suite)
-            advance()
-    vectors = {label: ordered(results[label], docs) for label in subjects}
-    keys = [(t, d) for t in sorted(docs) for d in docs[t]]
-    for k in ensemble_k or []:
-        members = [results[f"entry:{e.seed}"] for e in voters[:k]]
-        vectors[f"randopt_top{k}"] = majority_vote(
-            [[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members]
-        )
-    base = vectors["base"]
-    rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size)}}
-    for label, vec in vectors.items():
-        if label != "base":
-            diff, low, high = paired_interval(base, vec)
-            rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
-    report: dict[str, Any] = {"split": spec.split, "tasks": sorted(suite.tasks), "rows": rows}
-    if ensemble_k and "merged" in rows:
-        biggest = f"randopt_top{max(ensemble_k)}"
-        report["recovered_fraction"] = recovered_fraction(rows["base"]["accuracy"], rows[biggest]["accuracy"], rows["merged"]["accuracy"])
-    return report
-
-
 def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
@@ -260,7 +92,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
             table = yaml.safe_load(lineage.read_text()).get("lineage") or []
             if table:
                 amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
-                subjects["merged"] = (_subject_of(amps), amps)
+                subjects["merged"] = (subject_of(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method,
                 "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
@@ -308,7 +140,7 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
         entries = score_population(session, checked.entries, world)
         if not world.is_main:
             return None
-        base = _accuracy(session.scorer.scores("base", "A", session.folds["A"]), session.folds["A"])
+        base = accuracy(session.scorer.scores("base", "A", session.folds["A"]), session.folds["A"])
     finally:
         session.close()
     path = recipe.output.work_path / "rewards.yaml"
@@ -338,7 +170,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 decision = run_gate(session, checked, cloud)
             else:
                 result = checked.method(cloud, checked.grid[0])
-                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, _subject(result)), 1.0, [], "gate disabled")
+                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, subject_of_result(result)), 1.0, [], "gate disabled")
         final = decision.result
         stage2 = None
         if final is not None and recipe.iterate is not None:
@@ -347,14 +179,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report = _report(session, entries, checked, decision)
         if stage2 is not None:
             report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
-            subject = _subject(final)
-            report["chosen"] = {f: _accuracy(session.scorer.scores(subject, f, session.folds[f], final), session.folds[f]) for f in report["chosen"]}
+            subject = subject_of_result(final)
+            report["chosen"] = {f: accuracy(session.scorer.scores(subject, f, session.folds[f], final), session.folds[f]) for f in report["chosen"]}
         best_index = int(np.argmax([e.reward for e in entries]))
         if recipe.evaluate is not None:
             with timer("evaluate"):
                 subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
                 if final is not None:
-                    subjects["merged"] = (_subject(final), final)
+                    subjects["merged"] = (subject_of_result(final), final)
                 ranked = sorted(entries, key=lambda e: -e.reward)
                 report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k)
         report["evaluations"] = session.scorer.evaluations
@@ -387,7 +219,7 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
         "method": checked.method.name,
         "population": population_summary(entries),
         "folds": {f: count(d) for f, d in folds.items()},
-        "base": {f: _accuracy(scorer.scores("base", f, folds[f]), folds[f]) for f in used},
+        "base": {f: accuracy(scorer.scores("base", f, folds[f]), folds[f]) for f in used},
         "candidates_tried": len(decision.candidates),
         "gate": {"enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason},
     }
@@ -404,8 +236,8 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
             constructive_score=cand.validate.constructive_score, lcb=cand.validate.lcb,
             probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
-    subject = _subject(final)
-    report["chosen"] = {f: _accuracy(scorer.scores(subject, f, folds[f], final), folds[f]) for f in used}
+    subject = subject_of_result(final)
+    report["chosen"] = {f: accuracy(scorer.scores(subject, f, folds[f], final), folds[f]) for f in used}
     return report
 
 

@@ -2,7 +2,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 

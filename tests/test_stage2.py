@@ -5,7 +5,8 @@ from conftest import scoring_recipe
 from corpmerge.amplitudes import Cloud
 from corpmerge.gate import PairedStats
 from corpmerge.merge import check_recipe
-from corpmerge.pipeline import Candidate, GateDecision, iterate
+from corpmerge.gating import Candidate, GateDecision
+from corpmerge.rounds import iterate
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.session import open_session
@@ -61,12 +62,12 @@ def test_rejected_rounds_leave_the_centre_unchanged(tmp_path, tiny_model, tiny_t
 
 
 def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_model, tiny_task, monkeypatch):
-    import corpmerge.pipeline as pipeline
+    import corpmerge.gating as gating
 
     def always_passes(base, candidate, z, penalty):
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 
-    monkeypatch.setattr(pipeline, "paired_stats", always_passes)
+    monkeypatch.setattr(gating, "paired_stats", always_passes)
     data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", parameters={"quantile": 0.5},
                           iterate={"rounds": 3, "local_size": 4, "rank": 2})
     recipe = parse_recipe(data)

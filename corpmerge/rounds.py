@@ -1,0 +1,62 @@
+"""CoRP stage 2 as a procedure: local rounds around the accepted update, each through the gate."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from corpmerge.amplitudes import Cloud
+from corpmerge.folds import assign_folds
+from corpmerge.gating import Candidate, GateDecision, gate_candidates, subject_of, subject_of_result
+from corpmerge.merge import Checked
+from corpmerge.methods import MergeResult
+from corpmerge.progress import task
+from corpmerge.scorer import ordered
+from corpmerge.session import Session
+from corpmerge.stage2 import principal_directions, propose, shifted
+
+
+def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[dict[str, Any]]]:
+    """Stage 2 rounds around the accepted stage-1 update; returns the final result and a per-round report."""
+    spec, support = session.recipe.iterate, session.recipe.scoring.support
+    result = stage1.result
+    params = checked.method.params.model_validate(stage1.accepted.params)
+    sigma = spec.sigma or float(np.median(np.diag(cloud.vectors)))
+    rng = np.random.default_rng([support.split_seed, 2])
+    used = {int(s) for s in cloud.seeds}
+    source = (cloud, result.elites, result.weights)
+    accepted = rejected_in_row = 0
+    rounds: list[dict[str, Any]] = []
+    counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
+    for r in range(1, spec.rounds + 1):
+        folds = assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
+        centre = result.final_amplitudes()
+        seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
+        local_rewards = []
+        with task(f"stage 2 round {r}: local population", spec.local_size) as advance:
+            for update in shifted(centre, seeds, vectors):
+                scores = session.scorer.scores(subject_of(update), f"A{r}", folds["A"], update)
+                local_rewards.append(float(ordered(scores, folds["A"], "value").mean()))
+                advance()
+        local = Cloud(seeds, vectors, np.array(local_rewards))
+        step = replace(checked.method(local, params), offset=centre)
+        decision = gate_candidates(
+            session, [Candidate(params.model_dump(by_alias=True), step, subject_of_result(step))],
+            (f"B{r}", folds["B"]), (f"C{r}", folds["C"]), (subject_of(centre), centre), "the current centre",
+        )
+        rounds.append({
+            "round": r, "local_size": spec.local_size, "accepted": decision.accepted is not None,
+            "multiplier": decision.multiplier, "reason": decision.reason,
+            "local_reward_max": float(np.max(local_rewards)), "local_reward_mean": float(np.mean(local_rewards)),
+            "validate": decision.candidates[0].validate.as_dict(),
+        })
+        if decision.accepted is None:
+            rejected_in_row += 1
+        else:
+            result, accepted, rejected_in_row = decision.result, accepted + 1, 0
+            source = (local, step.elites, step.weights)
+        if accepted >= 2 or rejected_in_row >= 2:
+            break
+    return result, rounds
