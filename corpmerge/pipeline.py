@@ -56,10 +56,18 @@ def score_population(session: Session, entries: list[Entry], world: World | None
     process then reads all rewards back from the shared store.
     """
     world = world or current_world()
-    docs, store = session.folds["A"], session.store
-    pending = [e for e in entries if e.reward is None and not store.done(entry_subject(e), "A")]
+    pending = [e for e in entries if e.reward is None and not session.store.done(entry_subject(e), "A")]
     world.barrier()  # every process has read the same pending list before anyone adds to the store
     mine = pending[world.rank :: world.size]
+    if mine:
+        _score_entries(session, mine, world)
+    world.barrier()
+    return [e if e.reward is not None else _rewarded(session, e) for e in entries]
+
+
+def _score_entries(session: Session, mine: list[Entry], world: World) -> None:
+    """Score this process's share on fold A, with a progress bar showing the best reward so far."""
+    docs = session.folds["A"]
     best = -np.inf
     with task("scoring population" + (f" (rank {world.rank}/{world.size})" if world.size > 1 else ""), len(mine)) as advance:
         for entry in mine:
@@ -68,8 +76,6 @@ def score_population(session: Session, entries: list[Entry], world: World | None
             )
             best = max(best, float(ordered(scores, docs, "value").mean()))
             advance(status=f"best reward {best:.3f}")
-    world.barrier()
-    return [e if e.reward is not None else _rewarded(session, e) for e in entries]
 
 
 def _rewarded(session: Session, entry: Entry) -> Entry:

@@ -84,3 +84,26 @@ def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_mo
         session.scorer.restore()
     finally:
         session.close()
+
+
+def test_run_with_iterate_end_to_end_writes_the_stage2_model(tmp_path, tiny_model, tiny_task, monkeypatch):
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    import corpmerge.gating as gating
+    from corpmerge.pipeline import run_recipe
+
+    def always_passes(base, candidate, z, penalty):
+        return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
+
+    monkeypatch.setattr(gating, "paired_stats", always_passes)  # make every gate pass: this tests the plumbing
+    out = tmp_path / "out"
+    data = scoring_recipe(tiny_model, tiny_task, out, parameters={"quantile": 0.5},
+                          iterate={"rounds": 2, "local_size": 4, "rank": 2}, evaluate={"limit": 8})
+    report = run_recipe(parse_recipe(data))
+    assert report["stage2"]["accepted"] == 2 and len(report["stage2"]["rounds"]) == 2
+    assert set(report["chosen"]) == {"A", "B", "C"} and "stage2" in report["timings_s"]
+    lineage = yaml.safe_load((out / "corpmerge.yaml").read_text())
+    population_seeds = {p["seed"] for p in lineage["recipe"]["population"]}
+    assert {row["seed"] for row in lineage["lineage"]} - population_seeds  # local seeds are part of the lineage
+    AutoModelForCausalLM.from_pretrained(out)
