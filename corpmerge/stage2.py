@@ -29,15 +29,23 @@ class Directions:
 
 
 def principal_directions(cloud: Cloud, rows: np.ndarray, weights: np.ndarray, rank: int) -> Directions:
-    """Eigen-decomposition of the weighted covariance of the elite amplitude vectors."""
+    """Eigen-decomposition of the weighted covariance of the elite amplitude vectors.
+
+    Computed on the seeds the elites use, so every direction is exactly zero elsewhere (SVD
+    round-off would otherwise put 1e-17 amplitudes on every seed of the population, and each
+    non-zero amplitude costs a full noise draw when the model is materialised).
+    """
     v = cloud.vectors[rows]
+    support = np.flatnonzero(np.any(v != 0, axis=0))
     w = weights / weights.sum()
-    centred = (v - w @ v) * np.sqrt(w)[:, None]
+    centred = (v[:, support] - w @ v[:, support]) * np.sqrt(w)[:, None]
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     eig = singular**2
     keep = eig > eig.max() * 1e-12 if eig.size else eig.astype(bool)
     keep[rank:] = False
-    return Directions(cloud.seeds, vt[keep], eig[keep])
+    vectors = np.zeros((int(keep.sum()), cloud.seeds.size))
+    vectors[:, support] = vt[keep]
+    return Directions(cloud.seeds, vectors, eig[keep])
 
 
 def propose(

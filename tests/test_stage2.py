@@ -107,3 +107,14 @@ def test_run_with_iterate_end_to_end_writes_the_stage2_model(tmp_path, tiny_mode
     population_seeds = {p["seed"] for p in lineage["recipe"]["population"]}
     assert {row["seed"] for row in lineage["lineage"]} - population_seeds  # local seeds are part of the lineage
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_directions_live_only_on_the_elites_seeds():
+    rng = np.random.default_rng(1)
+    cloud = Cloud(np.arange(10), np.diag(rng.uniform(1e-3, 3e-3, 10)), rng.uniform(size=10))
+    elites = np.array([2, 5, 7, 9])
+    directions = principal_directions(cloud, elites, np.ones(4), rank=8)
+    outside = np.setdiff1d(np.arange(10), elites)
+    assert np.all(directions.vectors[:, outside] == 0)
+    seeds, vectors = propose(directions, 5, 0.002, 0.5, rng, set(range(10)))
+    assert np.all(vectors[:, outside] == 0)  # so a proposal costs |elites| + 1 noise draws, not |population| + 1
