@@ -45,7 +45,7 @@ def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = N
             ["method", f"`{merge['method']}`"],
             ["parameters", f"`{merge['parameters']}`"],
             ["step multiplier", merge["multiplier"]],
-            ["elites", len(merge["elite_seeds"])],
+            ["elites", len(merge["elite_seeds"]) if merge["elite_seeds"] is not None else "stage 2: see the lineage"],
             ["output dtype", recipe["dtype"]],
         ]) + "\n",
         "## Population\n",

@@ -50,8 +50,9 @@ def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult) 
             "method": result.method,
             "parameters": result.params,
             "multiplier": result.multiplier,
-            "elite_seeds": [entries[i].seed for i in result.elites.tolist()],
-            "elite_weights": [float(w) for w in result.weights],
+            # a stage-2 step's elites index its local population, whose members are in the lineage table
+            "elite_seeds": [entries[i].seed for i in result.elites.tolist()] if result.offset is None else None,
+            "elite_weights": [float(w) for w in result.weights] if result.offset is None else None,
             **({"info": result.info} if result.info else {}),
         },
         "population_summary": population_summary(entries),

@@ -55,7 +55,8 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
         if decision.accepted is None:
             rejected_in_row += 1
         else:
-            result, accepted, rejected_in_row = decision.result, accepted + 1, 0
+            result = replace(decision.result, info={"stage2_round": r, "local_size": spec.local_size})
+            accepted, rejected_in_row = accepted + 1, 0
             source = (local, step.elites, step.weights)
         if accepted >= 2 or rejected_in_row >= 2:
             break

@@ -99,13 +99,15 @@ def test_run_with_iterate_end_to_end_writes_the_stage2_model(tmp_path, tiny_mode
     monkeypatch.setattr(gating, "paired_stats", always_passes)  # make every gate pass: this tests the plumbing
     out = tmp_path / "out"
     data = scoring_recipe(tiny_model, tiny_task, out, parameters={"quantile": 0.5},
-                          iterate={"rounds": 2, "local_size": 4, "rank": 2}, evaluate={"limit": 8})
+                          iterate={"rounds": 2, "local_size": 9, "rank": 2}, evaluate={"limit": 8})
     report = run_recipe(parse_recipe(data))
     assert report["stage2"]["accepted"] == 2 and len(report["stage2"]["rounds"]) == 2
     assert set(report["chosen"]) == {"A", "B", "C"} and "stage2" in report["timings_s"]
     lineage = yaml.safe_load((out / "corpmerge.yaml").read_text())
     population_seeds = {p["seed"] for p in lineage["recipe"]["population"]}
     assert {row["seed"] for row in lineage["lineage"]} - population_seeds  # local seeds are part of the lineage
+    assert lineage["merge"]["elite_seeds"] is None and lineage["merge"]["info"]["stage2_round"] == 2
+    assert "stage 2" in (out / "README.md").read_text()
     AutoModelForCausalLM.from_pretrained(out)
 
 
