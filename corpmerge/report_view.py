@@ -57,5 +57,6 @@ def render_evaluation(console: Console, report: dict[str, Any]) -> None:
             ci = "—" if "diff" not in row else f"[{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
             held.add_row(labels.get(key, key), _pct(row["accuracy"]), diff, ci, str(row["n"]))
         console.print(held)
-        if evaluation.get("recovered_fraction") is not None:
-            console.print(f"the merged model keeps {100 * evaluation['recovered_fraction']:.0f}% of the largest ensemble's gain over the base", highlight=False)
+        fraction = evaluation.get("recovered_fraction")
+        if fraction is not None:
+            console.print(f"the merged model's gain over the base is {fraction:.2f}× the largest ensemble's gain", highlight=False)
