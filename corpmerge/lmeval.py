@@ -80,6 +80,9 @@ class TaskSuite:
         if not self.tasks:
             raise CorpmergeError(f"scoring.tasks: {names} contain no task")
         self.split = {name: self._use_split(name, task, split) for name, task in self.tasks.items()}
+        if spec.num_fewshot is not None:  # once here, not on every evaluation
+            for task in self.tasks.values():
+                task.set_config(key="num_fewshot", value=spec.num_fewshot)
 
     def _use_split(self, name: str, task: Any, split: str | None) -> str:
         """Point the task's evaluated split at ``split`` (support: training split by default)."""
@@ -118,9 +121,6 @@ class TaskSuite:
         wanted = {name: sorted(ids) for name, ids in docs.items() if ids}
         if not wanted:
             return {}
-        if self.spec.num_fewshot is not None:
-            for name in wanted:
-                self.tasks[name].set_config(key="num_fewshot", value=self.spec.num_fewshot)
         subset = {"tasks": {n: self.tasks[n] for n in wanted}, "groups": {}, "group_map": {}}
         with torch.inference_mode():
             result = evaluator.evaluate(

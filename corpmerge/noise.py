@@ -71,28 +71,27 @@ def _block_jobs(out: np.ndarray, seed: int, name: str, offset: int) -> list[tupl
     return jobs
 
 
+def _draw_jobs(jobs: list[tuple]) -> None:
+    """Draw blocks, on the thread pool when there is enough work to share."""
+    if len(jobs) > 1 and sum(job[3].size for job in jobs) >= _PARALLEL_MIN:
+        list(_pool().map(lambda job: _draw_block(*job), jobs))
+    else:
+        for job in jobs:
+            _draw_block(*job)
+
+
 def fill_many(requests: Sequence[tuple[np.ndarray, int, str]]) -> None:
     """Fill several arrays at once: ``(out, seed, name)`` each gets ε(seed)[name][0 : len(out)].
 
     All blocks of all requests go to the thread pool together, so many small tensors are
     drawn as fast as one large one.
     """
-    jobs = [job for out, seed, name in requests for job in _block_jobs(out, seed, name, 0)]
-    if sum(job[3].size for job in jobs) >= _PARALLEL_MIN and len(jobs) > 1:
-        list(_pool().map(lambda job: _draw_block(*job), jobs))
-    else:
-        for job in jobs:
-            _draw_block(*job)
+    _draw_jobs([job for out, seed, name in requests for job in _block_jobs(out, seed, name, 0)])
 
 
 def fill_gaussian(out: np.ndarray, seed: int, name: str, offset: int = 0) -> np.ndarray:
     """Fill a 1-D float32 array with ε(seed)[name][offset : offset + len(out)]."""
-    jobs = _block_jobs(out, seed, name, offset)
-    if out.size >= _PARALLEL_MIN and len(jobs) > 1:
-        list(_pool().map(lambda job: _draw_block(*job), jobs))
-    else:
-        for job in jobs:
-            _draw_block(*job)
+    _draw_jobs(_block_jobs(out, seed, name, offset))
     return out
 
 

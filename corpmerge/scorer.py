@@ -71,8 +71,9 @@ class Scorer:
     @torch.no_grad()
     def apply(self, update: Update) -> None:
         """Set every perturbed parameter to θ₀ + Δ."""
-        if isinstance(update, Amplitudes) and update.nonzero().seeds.size == 1 and self._on_cpu_f32:
-            self._apply_single_seed(int(update.nonzero().seeds[0]), float(update.nonzero().values[0]))
+        single = update.nonzero() if isinstance(update, Amplitudes) else None
+        if single is not None and single.seeds.size == 1 and self._on_cpu_f32:
+            self._apply_single_seed(int(single.seeds[0]), float(single.values[0]))
             return
         for name, param in self.params.items():
             delta = update.delta(name, param.shape, self.scratch)

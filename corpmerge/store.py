@@ -102,9 +102,6 @@ class ScoreStore:
         )
         return {(t, d): ExampleScore(v, bool(c), p) for t, d, v, c, p in rows}
 
-    def count_rows(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-
     def close(self) -> None:
         self.db.close()
 
