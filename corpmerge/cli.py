@@ -92,7 +92,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_user_errors
 def validate(recipe: Path = RecipeArg) -> None:
     """Check a recipe (schema, method parameters, base model location, noise scheme) without loading weights."""
-    from corpmerge.merge import check_recipe
+    from corpmerge.plan import check_recipe
     from corpmerge.recipe import load_recipe
 
     parsed = load_recipe(recipe)
@@ -149,7 +149,7 @@ def run(
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
-    from corpmerge.report_view import render_report
+    from corpmerge.report.view import render_report
 
     report = run_recipe(load_recipe(recipe), output, overwrite)
     if report is not None:  # None on the non-main processes of a launched run
@@ -187,7 +187,7 @@ def ensemble(
     """RandOpt baseline: majority vote of the top-K perturbed models on the evaluate split, vs the base (and the merged model in output.path, if any)."""
     from corpmerge.pipeline import ensemble_recipe
     from corpmerge.recipe import load_recipe
-    from corpmerge.report_view import render_evaluation
+    from corpmerge.report.view import render_evaluation
 
     if any(k < 1 for k in top_k):
         raise CorpmergeError("--top-k: vote sizes must be ≥ 1")
@@ -204,7 +204,7 @@ def push(
     commit_message: str | None = typer.Option(None, "--commit-message", help="Commit message."),
 ) -> None:
     """Push an output folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT)."""
-    from corpmerge.hub import push_folder
+    from corpmerge.output.hub import push_folder
 
     url = push_folder(out_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
     out.print(f"[green]pushed[/] {out_dir} → {url}", highlight=False)

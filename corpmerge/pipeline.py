@@ -14,22 +14,22 @@ import numpy as np
 import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.diagnose import plot, sketch, split_half
-from corpmerge.distributed import World, current_world
+from corpmerge.report.diagnose import plot, sketch, split_half
+from corpmerge.scoring.distributed import World, current_world
 from corpmerge.errors import CorpmergeError
-from corpmerge.folds import count
-from corpmerge.gating import Candidate, GateDecision, run_gate, subject_of, subject_of_result
-from corpmerge.heldout import accuracy, evaluate_held_out
-from corpmerge.hub import push_folder
-from corpmerge.merge import Checked, check_recipe
+from corpmerge.scoring.folds import count
+from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
+from corpmerge.report.heldout import accuracy, evaluate_held_out
+from corpmerge.output.hub import push_folder
+from corpmerge.plan import Checked, check_recipe
 from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, resolve_base
-from corpmerge.output import population_summary, write_output
+from corpmerge.output.folder import population_summary, write_output
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
-from corpmerge.rounds import iterate
-from corpmerge.scorer import entry_subject, entry_update, ordered
-from corpmerge.session import Session, open_session
+from corpmerge.gate.stage2 import iterate
+from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
+from corpmerge.scoring.session import Session, open_session
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from corpmerge import __version__
 from corpmerge.errors import CorpmergeError
-from corpmerge.lmeval import ExampleScore
+from corpmerge.scoring.lmeval import ExampleScore
 
 Scores = dict[tuple[str, int], ExampleScore]
 

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.folds import assign_folds
-from corpmerge.gating import Candidate, GateDecision, gate_candidates, subject_of, subject_of_result
-from corpmerge.merge import Checked
+from corpmerge.scoring.folds import assign_folds
+from corpmerge.gate.procedure import Candidate, GateDecision, gate_candidates, subject_of, subject_of_result
+from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.progress import task
-from corpmerge.scorer import ordered
-from corpmerge.session import Session
-from corpmerge.stage2 import principal_directions, propose, shifted
+from corpmerge.scoring.scorer import ordered
+from corpmerge.scoring.session import Session
+from corpmerge.gate.proposals import principal_directions, propose, shifted
 
 
 def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[dict[str, Any]]]:

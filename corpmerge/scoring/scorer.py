@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from corpmerge.amplitudes import Amplitudes
-from corpmerge.folds import Docs
-from corpmerge.lmeval import TaskSuite, make_lm
+from corpmerge.scoring.folds import Docs
+from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.noise import NOISE_BATCH, fill_many
 from corpmerge.population import Entry
-from corpmerge.store import Scores, ScoreStore
+from corpmerge.scoring.store import Scores, ScoreStore
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.folds import Docs, assign_folds, count, fold_fingerprint
-from corpmerge.lmeval import TaskSuite, quiet_third_party
+from corpmerge.scoring.folds import Docs, assign_folds, count, fold_fingerprint
+from corpmerge.scoring.lmeval import TaskSuite, quiet_third_party
 from corpmerge.model_io import BaseRef, ensure_checkpoint, load_base, load_tokenizer, perturbed_names, resolve_base
 from corpmerge.noise import SCHEME
 from corpmerge.recipe import Recipe
-from corpmerge.scorer import Scorer, base_fingerprint
-from corpmerge.store import ScoreStore
+from corpmerge.scoring.scorer import Scorer, base_fingerprint
+from corpmerge.scoring.store import ScoreStore
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.folds import Docs
-from corpmerge.gate import PairedStats, paired_stats, pick_multiplier
-from corpmerge.merge import Checked
+from corpmerge.scoring.folds import Docs
+from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
+from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.progress import task
-from corpmerge.scorer import ordered, update_subject
-from corpmerge.session import Session
+from corpmerge.scoring.scorer import ordered, update_subject
+from corpmerge.scoring.session import Session
 
 
 @dataclass

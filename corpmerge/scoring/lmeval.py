@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from corpmerge.answers import prediction
+from corpmerge.scoring.answers import prediction
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import ScoringSpec
 from corpmerge.tasks import tasks_dir

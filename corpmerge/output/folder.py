@@ -16,12 +16,12 @@ import yaml
 from corpmerge import __version__
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
-from corpmerge.modelcard import render_abstain_card, render_model_card
+from corpmerge.output.model_card import render_abstain_card, render_model_card
 from corpmerge.noise import NOISE_BATCH, SCHEME
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import Recipe
-from corpmerge.writer import DTYPES, staging_dir, write_weights
+from corpmerge.output.safetensors_writer import DTYPES, staging_dir, write_weights
 
 log = logging.getLogger(__name__)
 

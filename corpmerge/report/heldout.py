@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from corpmerge.ensemble import majority_vote, recovered_fraction
-from corpmerge.folds import Docs
-from corpmerge.gate import paired_interval
-from corpmerge.lmeval import TaskSuite
+from corpmerge.report.ensemble import majority_vote, recovered_fraction
+from corpmerge.scoring.folds import Docs
+from corpmerge.gate.paired import paired_interval
+from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.population import Entry
 from corpmerge.progress import task
-from corpmerge.scorer import entry_subject, entry_update, ordered
-from corpmerge.session import Session
+from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
+from corpmerge.scoring.session import Session
 
 
 def accuracy(scores: dict, docs: Docs) -> float:
