@@ -78,6 +78,23 @@ class SupportSpec(_Strict):
     split_seed: int = 0
 
 
+class RacingSpec(_Strict):
+    """Racing: score entries on fold A in stages and stop those that cannot become elites."""
+
+    enabled: bool = True
+    stages: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [0.25, 0.5], description="fractions of fold A after which entries are cut (the last stage is always the whole fold)"
+    )
+    z: float = Field(default=2.0, gt=0, description="confidence of a cut: an entry stops when its upper bound is below the elite bound")
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("must be strictly increasing fractions of fold A, e.g. [0.25, 0.5]")
+        return value
+
+
 class ScoringSpec(_Strict):
     """How entries are scored with lm-evaluation-harness."""
 
@@ -90,6 +107,20 @@ class ScoringSpec(_Strict):
     metric: str | None = Field(default=None, description="per-example metric used as the reward; default: the task's first")
     task_args: dict[str, Any] = Field(default_factory=dict, description="lm-eval task metadata, e.g. {data_dir: ./gsm8k}")
     store: str | None = Field(default=None, description="SQLite score store; default: <work_dir>/scores.sqlite")
+    racing: RacingSpec = Field(default_factory=RacingSpec)
+    memory_budget: int | str | None = Field(
+        default=None, description="bytes for materialised candidate updates; default: min(8 × model size, half the free RAM)"
+    )
+    allow_unsandboxed_code: bool = Field(
+        default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe"
+    )
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, value: int | str | None) -> int | str | None:
+        if value is not None:
+            parse_size(value)
+        return value
 
 
 class GateSpec(_Strict):
@@ -99,6 +130,10 @@ class GateSpec(_Strict):
     z: float = Field(default=1.645, ge=0)
     regression_penalty: float = Field(default=2.0, ge=0)
     probe_multipliers: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], min_length=1)
+    fallback: bool = Field(
+        default=False, description="when the top candidate fails the probe, probe the next passing one (not the paper's procedure)"
+    )
+    racing: bool = Field(default=True, description="stop gate candidates on fold B that cannot become the top-ranked one")
 
 
 class IterateSpec(_Strict):
@@ -109,6 +144,7 @@ class IterateSpec(_Strict):
     rank: int = Field(default=8, ge=1)
     isotropic_floor: float = Field(default=0.5, gt=0, le=1, description="ρ: share of proposal variance on a fresh seed")
     sigma: float | None = Field(default=None, gt=0, description="local scale; default: the population's median σ")
+    patience: int = Field(default=0, ge=0, description="rejected rounds tolerated before stopping (paper: 0)")
 
 
 class EvaluateSpec(_Strict):
