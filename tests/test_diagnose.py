@@ -1,7 +1,7 @@
 import numpy as np
 
 from conftest import given_rewards_recipe, run_cli, write_recipe
-from corpmerge.diagnose import split_half
+from corpmerge.report.diagnose import split_half
 
 
 def test_planted_structure_is_stable_and_noise_is_not():

@@ -1,8 +1,8 @@
 import json
 
 from conftest import run_cli, scoring_recipe, write_recipe
-from corpmerge.answers import prediction
-from corpmerge.ensemble import majority_vote, recovered_fraction
+from corpmerge.scoring.answers import prediction
+from corpmerge.report.ensemble import majority_vote, recovered_fraction
 
 
 def test_majority_vote_rules():

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from corpmerge.gate import paired_interval, paired_stats, pick_multiplier
+from corpmerge.gate.paired import paired_interval, paired_stats, pick_multiplier
 
 
 def test_lcb_formula_by_hand():

@@ -137,7 +137,7 @@ def test_cli_merge_and_overwrite(tmp_path, tiny_model):
 
 
 def test_interrupted_write_leaves_no_finished_looking_folder(tmp_path, tiny_model, monkeypatch):
-    import corpmerge.writer as writer
+    import corpmerge.output.safetensors_writer as writer
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt

@@ -8,7 +8,7 @@ import yaml
 
 from conftest import run_cli, write_recipe
 from corpmerge.errors import CorpmergeError
-from corpmerge.merge import check_recipe
+from corpmerge.plan import check_recipe
 from corpmerge.model_io import resolve_base
 from corpmerge.recipe import load_recipe, parse_recipe
 

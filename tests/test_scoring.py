@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
-from corpmerge.scorer import entry_subject, entry_update
-from corpmerge.session import open_session
+from corpmerge.scoring.scorer import entry_subject, entry_update
+from corpmerge.scoring.session import open_session
 
 
 def test_scorer_sets_exact_perturbation_and_restores_bit_exactly(tmp_path, tiny_model, tiny_task):

@@ -3,14 +3,14 @@ import pytest
 
 from conftest import scoring_recipe
 from corpmerge.amplitudes import Cloud
-from corpmerge.gate import PairedStats
-from corpmerge.merge import check_recipe
-from corpmerge.gating import Candidate, GateDecision
-from corpmerge.rounds import iterate
+from corpmerge.gate.paired import PairedStats
+from corpmerge.plan import check_recipe
+from corpmerge.gate.procedure import Candidate, GateDecision
+from corpmerge.gate.stage2 import iterate
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
-from corpmerge.session import open_session
-from corpmerge.stage2 import low_rank_share, principal_directions, propose, shifted
+from corpmerge.scoring.session import open_session
+from corpmerge.gate.proposals import low_rank_share, principal_directions, propose, shifted
 
 
 @pytest.mark.parametrize("floor", [0.2, 0.5, 0.9])
@@ -62,7 +62,7 @@ def test_rejected_rounds_leave_the_centre_unchanged(tmp_path, tiny_model, tiny_t
 
 
 def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_model, tiny_task, monkeypatch):
-    import corpmerge.gating as gating
+    import corpmerge.gate.procedure as gating
 
     def always_passes(base, candidate, z, penalty):
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
@@ -90,7 +90,7 @@ def test_run_with_iterate_end_to_end_writes_the_stage2_model(tmp_path, tiny_mode
     import yaml
     from transformers import AutoModelForCausalLM
 
-    import corpmerge.gating as gating
+    import corpmerge.gate.procedure as gating
     from corpmerge.pipeline import run_recipe
 
     def always_passes(base, candidate, z, penalty):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from corpmerge.lmeval import TaskSuite, make_lm
+from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.recipe import ScoringSpec
 from corpmerge.tasks import list_tasks, tasks_dir
 
