@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -28,8 +29,14 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = None, max_rows: int = 20) -> str:
-    """Markdown model card from the lineage document (and the run report, when there is one)."""
+def render_model_card(
+    lineage: dict[str, Any], report: dict[str, Any] | None = None, max_rows: int = 20, picture: str | None = None,
+) -> str:
+    """Markdown model card from the lineage document (and the run report, when there is one).
+
+    ``picture`` is the run report's image relative to the folder (e.g. ``report.png``), shown
+    with the report; pass it only when the folder holds that file.
+    """
     recipe = lineage["recipe"]
     merge = lineage["merge"]
     pop = lineage["population_summary"]
@@ -56,7 +63,7 @@ def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = N
         ]]) + "\n",
     ]
     if report:
-        parts.append(_report_section(report))
+        parts.append(_report_section(report, picture))
     rows = lineage.get("lineage")
     parts.append("## Lineage\n")
     if rows:
@@ -76,19 +83,26 @@ def render_model_card(lineage: dict[str, Any], report: dict[str, Any] | None = N
     return "\n".join(parts)
 
 
-def render_abstain_card(base_model: str, report: dict[str, Any]) -> str:
-    """Card for ``write_on_abstain``: the folder holds the base weights, and says why."""
+def render_abstain_card(base_model: str, report: dict[str, Any], picture: str | None = None) -> str:
+    """Card for ``write_on_abstain``: the folder holds the base weights, and says why (``picture`` as above)."""
     return "\n".join([
         _front_matter(base_model),
         f"# {_short_name(base_model)} — corpmerge abstained\n",
         "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
-        _report_section(report),
+        _report_section(report, picture),
     ])
 
 
-def _report_section(report: dict[str, Any]) -> str:
+def _picture(path: str) -> str:
+    """A relative image link: the Hub resolves it against the repository, like a local viewer against the folder."""
+    alt = "corpmerge run report: population rewards, gate fixes and regressions per candidate, held-out accuracy vs the base"
+    return f"![{alt}]({quote(path)})\n"
+
+
+def _report_section(report: dict[str, Any], picture: str | None = None) -> str:
     gate = report.get("gate", {})
-    lines = ["## Validation gate\n"]
+    lines = ["## Run report\n", _picture(picture)] if picture else []
+    lines.append("## Validation gate\n")
     if not gate.get("enabled", True):
         lines.append("The gate was disabled for this merge: it was not validated on held-out support examples.\n")
     elif gate.get("accepted"):
