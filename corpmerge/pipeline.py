@@ -28,7 +28,9 @@ from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.gate.stage2 import iterate
-from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
+from corpmerge.scoring.folds import Docs
+from corpmerge.scoring.racing import entries_to_keep, race_order, rewarded, stage_sizes, standing, survivors
+from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, ordered
 from corpmerge.scoring.session import Session, open_session
 
 log = logging.getLogger(__name__)
@@ -49,39 +51,79 @@ class PhaseTimer:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
-def score_population(session: Session, entries: list[Entry], world: World | None = None) -> list[Entry]:
-    """Give every entry its fold-A reward (mean reward metric), scoring those not yet in the store.
+def score_population(session: Session, entries: list[Entry], world: World | None = None, keep: int = 1) -> list[Entry]:
+    """Give every entry its fold-A reward (mean reward metric), racing the ones not given in the recipe.
 
-    Under a launcher the unfinished entries are dealt round-robin to the processes; every
-    process then reads all rewards back from the shared store.
+    Racing (``scoring.racing``, see ``corpmerge.scoring.racing``) scores the unrewarded entries on
+    growing slices of fold A and stops those that, with the stated confidence, cannot be among the
+    ``keep`` best; with racing off every entry is scored on the whole fold. Under a launcher each
+    stage's evaluations are dealt round-robin to the processes, which read each other's from the store.
     """
+    return race_population(session, entries, world, keep)[0]
+
+
+def race_population(
+    session: Session, entries: list[Entry], world: World | None = None, keep: int = 1,
+) -> tuple[list[Entry], dict[str, Any]]:
+    """Entries with fold-A rewards, and the race's summary (stages, entries stopped, example-evaluations)."""
     world = world or current_world()
-    pending = [e for e in entries if e.reward is None and not session.store.done(entry_subject(e), "A")]
-    world.barrier()  # every process has read the same pending list before anyone adds to the store
-    mine = pending[world.rank :: world.size]
-    if mine:
-        _score_entries(session, mine, world)
-    world.barrier()
-    return [e if e.reward is not None else _rewarded(session, e) for e in entries]
-
-
-def _score_entries(session: Session, mine: list[Entry], world: World) -> None:
-    """Score this process's share on fold A, with a progress bar showing the best reward so far."""
+    spec = session.recipe.scoring.racing
     docs = session.folds["A"]
+    order = race_order(docs, session.recipe.scoring.support.split_seed)
+    n = len(order)
+    todo = [i for i, e in enumerate(entries) if e.reward is None]
+    base = _values(session.scorer.scores("base", "A", docs), order) if todo else None
+    sizes = stage_sizes(n, spec)
+    alive, standings, stopped_at = list(todo), {}, {}
+    for stage, m in enumerate(sizes, 1):
+        prefix = as_docs(order[:m])
+        pending = [i for i in alive if session.store.missing(entry_subject(entries[i]), "A", order[:m])]
+        world.barrier()  # every process has read the same pending list before anyone adds to the store
+        mine = pending[world.rank :: world.size]
+        label = f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)"
+        _score_entries(session, [entries[i] for i in mine], prefix, label + (f" (rank {world.rank}/{world.size})" if world.size > 1 else ""))
+        world.barrier()
+        for i in alive:
+            standings[i] = standing(_values(session.scorer.scores(entry_subject(entries[i]), "A", prefix), order[:m]), base, spec.z)
+        if m < n:
+            kept = survivors(standings, keep)
+            for i in alive:
+                if i not in kept:
+                    stopped_at[i] = m
+            alive = [i for i in alive if i in kept]
+            log.info("racing stage %d: %d of %d examples; %d entries continue, %d stopped", stage, m, n, len(alive), len(stopped_at))
+    out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
+    examples = {i: (stopped_at.get(i, n)) for i in todo}
+    summary = {
+        "enabled": spec.enabled, "stages": sizes, "z": spec.z, "keep": keep, "scored": len(todo),
+        "stopped": len(stopped_at), "example_evaluations": int(sum(examples.values())),
+        "example_evaluations_without_racing": len(todo) * n,
+        "examples": [examples.get(i, n) for i in range(len(entries))],
+    }
+    return out, summary
+
+
+def _values(scores: dict, keys: list) -> np.ndarray:
+    return np.array([scores[k].value for k in keys], dtype=float)
+
+
+def _score_entries(session: Session, mine: list[Entry], docs: Docs, label: str) -> None:
+    """Score this process's share on ``docs`` (a prefix of fold A), with a progress bar showing the best reward so far."""
     best = -np.inf
-    with task("scoring population" + (f" (rank {world.rank}/{world.size})" if world.size > 1 else ""), len(mine)) as advance:
+    with task(label, len(mine)) as advance:
         for entry in mine:
             scores = session.scorer.scores(
                 entry_subject(entry), "A", docs, entry_update(entry), {"seed": entry.seed, "sigma": entry.sigma}
             )
-            best = max(best, float(ordered(scores, docs, "value").mean()))
-            advance(status=f"best reward {best:.3f}")
+            best = max(best, float(np.mean([s.value for s in scores.values()])))
+            advance(status=f"best partial reward {best:.3f}")
 
 
-def _rewarded(session: Session, entry: Entry) -> Entry:
-    docs = session.folds["A"]
-    reward = float(ordered(session.store.load(entry_subject(entry), "A"), docs, "value").mean())
-    return Entry(entry.seed, entry.sigma, reward)
+def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
+    """How many of the best entries racing must rank exactly: the elites of any grid point, RandOpt's top K."""
+    quantiles = [p.quantile for p in checked.grid if hasattr(p, "quantile")]
+    size = len(checked.entries)
+    return entries_to_keep(size, min(quantiles) if quantiles else None, max(ensemble_k or [1]))
 
 
 def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
@@ -90,7 +132,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     checked = check_recipe(recipe, needs_rewards=False)
     session = open_session(recipe)
     try:
-        entries = score_population(session, checked.entries)
+        entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
         subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
         lineage = Path(recipe.output.path) / "corpmerge.yaml"
@@ -111,7 +153,7 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
     if recipe.scoring is not None:
         session = open_session(recipe)
         try:
-            entries = score_population(session, checked.entries)
+            entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
             params = session.scorer.params
             sizes = {name: p.numel() for name, p in params.items()}
         finally:
@@ -143,7 +185,7 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
     world = current_world()
     session = open_session(recipe, world.device)
     try:
-        entries = score_population(session, checked.entries, world)
+        entries = score_population(session, checked.entries, world, keep_for(checked))
         if not world.is_main:
             return None
         base = accuracy(session.scorer.scores("base", "A", session.folds["A"]), session.folds["A"])
@@ -167,7 +209,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         session = open_session(recipe, world.device)
     try:
         with timer("score"):
-            entries = score_population(session, checked.entries, world)
+            entries, race = race_population(session, checked.entries, world, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
         if not world.is_main:
             return None  # only scoring is distributed; the gate and the merge run once, on rank 0
         cloud = Cloud.from_entries(entries)
@@ -183,6 +225,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
             with timer("stage2"):
                 final, stage2 = iterate(session, checked, cloud, decision)
         report = _report(session, entries, checked, decision)
+        report["racing"] = race
         if stage2 is not None:
             report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
             subject = subject_of_result(final)
@@ -196,6 +239,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 ranked = sorted(entries, key=lambda e: -e.reward)
                 report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k)
         report["evaluations"] = session.scorer.evaluations
+        report["example_evaluations"] = session.scorer.examples_evaluated
         written = final is not None or recipe.output.write_on_abstain
         report["output"] = str(out) if written else None
         with timer("write"):
@@ -227,14 +271,23 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
         "folds": {f: count(d) for f, d in folds.items()},
         "base": {f: accuracy(scorer.scores("base", f, folds[f]), folds[f]) for f in used},
         "candidates_tried": len(decision.candidates),
-        "gate": {"enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason},
+        "gate": {
+            "enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason,
+            "candidates_probed": decision.probed, "fallback": session.recipe.gate.fallback,
+        },
     }
+    report["population"]["rewards"] = [e.reward for e in entries]
     if decision.candidates:
-        report["candidates"] = [{"params": c.params, "validate": c.validate.as_dict()} for c in decision.candidates]
+        report["candidates"] = [
+            {"params": c.params, "validate": c.validate.as_dict(), "stopped": c.stopped_at is not None, "validate_examples": c.validate.n}
+            for c in decision.candidates
+        ]
     final, cand = decision.result, decision.accepted
     if final is None:
         return report
     report["gate"].update(params=cand.params, multiplier=decision.multiplier)
+    if "quantile" in cand.params:
+        report["population"]["elite_threshold"] = float(np.quantile([e.reward for e in entries], cand.params["quantile"]))
     if cand.validate is not None:
         probe = cand.probe[decision.multiplier]
         report["gate"].update(

@@ -10,6 +10,7 @@ from corpmerge.model_io import resolve_base
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
+from corpmerge.scoring.folds import check_gate_fold_sizes
 
 
 @dataclass(frozen=True)
@@ -54,4 +55,9 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
             "parameters: a list value is a grid, and only the gate can choose from a grid; "
             "give single values, or enable the gate and use `corpmerge run`"
         )
+    if recipe.scoring is not None and recipe.gate.enabled and recipe.scoring.support.limit is not None:
+        support, per_task = recipe.scoring.support, recipe.scoring.support.limit
+        sizes = {"B": round(support.folds.validate_ * per_task), "C": 0}
+        sizes["C"] = per_task - round(support.folds.construct_ * per_task) - sizes["B"]
+        check_gate_fold_sizes({f: n * len(recipe.scoring.tasks) for f, n in sizes.items()}, f" at most (support.limit {per_task})")
     return Checked(recipe, method, grid, entries)

@@ -36,7 +36,7 @@ def scoring_recipe(base: Path, tasks: Path, out: Path, **overrides) -> dict:
         "scoring": {
             "tasks": ["tiny_mc"],
             "include_path": str(tasks),
-            "support": {"limit": 24, "split_seed": 0},
+            "support": {"limit": 80, "split_seed": 0},
             "batch_size": 8,
         },
         "merge_method": "corp",

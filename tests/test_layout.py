@@ -16,7 +16,7 @@ ALLOWED = {
     "tasks": {"rewards"},
     "scoring": FOUNDATION | {"rewards", "tasks"},
     "methods": FOUNDATION,
-    "plan": FOUNDATION | {"methods"},
+    "plan": FOUNDATION | {"rewards", "tasks", "scoring", "methods"},
     "gate": FOUNDATION | {"rewards", "tasks", "scoring", "methods", "plan"},
     "output": FOUNDATION | {"methods"},
     "report": FOUNDATION | {"rewards", "tasks", "scoring", "methods", "plan", "gate", "output"},

@@ -34,7 +34,7 @@ def test_scorer_sets_exact_perturbation_and_restores_bit_exactly(tmp_path, tiny_
             session.scorer.scores(entry_subject(e), "A", session.folds["A"], entry_update(e))
             for name, param in session.model.named_parameters():
                 assert torch.equal(param, original[name]), name
-        assert session.store.done(entry_subject(Entry(2, 0.3)), "A")
+        assert not session.store.missing(entry_subject(Entry(2, 0.3)), "A", [(t, d) for t in session.folds["A"] for d in session.folds["A"][t]])
     finally:
         session.close()
 
@@ -48,7 +48,7 @@ def test_run_end_to_end_then_resume_rescores_nothing(tmp_path, tiny_model, tiny_
     report_path = (out if accepted else tmp_path / "out.work") / "report.json"
     report = json.loads(report_path.read_text())
     assert report["gate"]["accepted"] == accepted
-    assert set(report["base"]) == {"A", "B", "C"} and report["folds"] == {"A": 12, "B": 6, "C": 6}
+    assert set(report["base"]) == {"A", "B", "C"} and report["folds"] == {"A": 40, "B": 20, "C": 20}
     assert report["candidates_tried"] == 2 and report["evaluations"] > 6
     assert {"load", "score", "gate", "evaluate", "write"} <= set(report["timings_s"])
     assert set(report["evaluation"]["rows"]) >= {"base", "best_entry"}
@@ -70,7 +70,7 @@ def test_gate_disabled_run_writes_a_loadable_model(tmp_path, tiny_model, tiny_ta
     assert result.returncode == 0, result.stderr
     AutoModelForCausalLM.from_pretrained(out)
     report = json.loads((out / "report.json").read_text())
-    assert report["gate"] == {"enabled": False, "accepted": True, "reason": "gate disabled", "params": report["gate"]["params"], "multiplier": 1.0}
+    assert report["gate"] == {"enabled": False, "accepted": True, "reason": "gate disabled", "params": report["gate"]["params"], "multiplier": 1.0, "candidates_probed": 0, "fallback": False}
     lineage = yaml.safe_load((out / "corpmerge.yaml").read_text())
     assert all(isinstance(p["reward"], float) for p in lineage["recipe"]["population"])
 
@@ -116,7 +116,7 @@ def test_killed_scoring_resumes_without_rescoring(tmp_path, tiny_model, tiny_tas
         rows = con.execute("SELECT COUNT(*), COUNT(DISTINCT subject || ':' || doc_id) FROM scores").fetchone()
     assert len(after) == 121  # 120 entries + the base on fold A
     assert all(after[s] == t for s, t in finished.items())  # finished units were not redone
-    assert rows[0] == rows[1] == 121 * 12
+    assert rows[0] == rows[1] <= 121 * 40  # no example scored twice (racing may stop entries early)
     rewards = yaml.safe_load((tmp_path / "out.work" / "rewards.yaml").read_text())
     assert len(rewards["population"]) == 120
 

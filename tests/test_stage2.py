@@ -53,10 +53,24 @@ def test_rejected_rounds_leave_the_centre_unchanged(tmp_path, tiny_model, tiny_t
     try:
         checked, cloud, decision = _stage1(session, recipe)
         final, rounds = iterate(session, checked, cloud, decision)
-        assert len(rounds) == 2 and not any(r["accepted"] for r in rounds)  # stops after 2 rejections
+        assert len(rounds) == 1 and not rounds[0]["accepted"]  # paper §4.3: stops at the first rejected round
         before, after = decision.result.final_amplitudes(), final.final_amplitudes()
         assert np.array_equal(before.seeds, after.seeds) and np.array_equal(before.values, after.values)
-        assert session.store.finished("A1") and session.store.finished("A2")  # local populations on fresh folds
+        assert session.store.subjects("A1") and not session.store.subjects("A2")
+    finally:
+        session.close()
+
+
+def test_patience_allows_that_many_more_rejected_rounds(tmp_path, tiny_model, tiny_task):
+    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", gate={"enabled": True, "z": 100.0},
+                          parameters={"quantile": 0.5}, iterate={"rounds": 3, "local_size": 4, "rank": 2, "patience": 1})
+    recipe = parse_recipe(data)
+    session = open_session(recipe)
+    try:
+        checked, cloud, decision = _stage1(session, recipe)
+        _, rounds = iterate(session, checked, cloud, decision)
+        assert [r["accepted"] for r in rounds] == [False, False]
+        assert session.store.subjects("A1") and session.store.subjects("A2")  # each round on fresh folds
     finally:
         session.close()
 
@@ -75,7 +89,7 @@ def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_mo
     try:
         checked, cloud, decision = _stage1(session, recipe)
         final, rounds = iterate(session, checked, cloud, decision)
-        assert [r["accepted"] for r in rounds] == [True, True]  # stops after 2 accepts
+        assert [r["accepted"] for r in rounds] == [True, True, True]  # up to `rounds` accepted steps
         assert all(r["multiplier"] == 4.0 for r in rounds)  # the largest probe multiplier passes
         amps = final.final_amplitudes()
         new_seeds = set(amps.nonzero().seeds.tolist()) - set(cloud.seeds.tolist())

@@ -37,7 +37,7 @@ def build_tiny_model(folder: Path, *, tie: bool = True, seed: int = 0, dtype: to
     return folder
 
 
-def write_mc_task(folder: Path, name: str = "tiny_mc", n_train: int = 24, n_test: int = 16) -> Path:
+def write_mc_task(folder: Path, name: str = "tiny_mc", n_train: int = 100, n_test: int = 16) -> Path:
     """A 4-choice loglikelihood task over additions, as local JSONL files (absolute paths)."""
     import json
     import random

@@ -1,4 +1,4 @@
-"""The validation gate as a procedure: candidates → paired test on a validate fold → probe multiplier."""
+"""The validation gate as the paper defines it: rank candidates on fold B by S, gate the top one, calibrate its step on fold C."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.progress import task
-from corpmerge.scoring.scorer import ordered, update_subject
+from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
+from corpmerge.scoring.scorer import as_docs, ordered, update_subject
 from corpmerge.scoring.session import Session
 
 
@@ -24,6 +25,7 @@ class Candidate:
     subject: str
     validate: PairedStats | None = None
     probe: dict[float, PairedStats] = field(default_factory=dict)
+    stopped_at: int | None = None  # racing stopped it after this many validate examples
 
 
 def subject_of_result(result: MergeResult) -> str:
@@ -44,6 +46,7 @@ class GateDecision:
     multiplier: float | None
     candidates: list[Candidate]
     reason: str
+    probed: int = 0  # candidates that saw the probe fold (1 under the paper's procedure)
 
     @property
     def result(self) -> MergeResult | None:
@@ -60,39 +63,116 @@ def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
     return gate_candidates(session, list(candidates.values()), ("B", folds["B"]), ("C", folds["C"]), ("base", None), "the base")
 
 
+def step_size(cand: Candidate) -> float:
+    """The candidate's step (per-coordinate RMS of Δ for amplitude methods; α·multiplier otherwise), for ties in S."""
+    amps = cand.result.final_amplitudes()
+    if amps is not None:
+        return amps.rms()
+    return float(cand.params.get("alpha", 1.0)) * cand.result.multiplier
+
+
+def rank_key(cand: Candidate) -> tuple[float, float, float]:
+    """Paper §4.2 / C.3: rank by the constructive score S on the validate fold; ties: higher LCB, then the smaller step."""
+    return (-cand.validate.constructive_score, -cand.validate.lcb, step_size(cand))
+
+
 def gate_candidates(
     session: Session, candidates: list[Candidate], validate: tuple[str, Docs], probe: tuple[str, Docs],
     reference: tuple[str, Any], against: str,
 ) -> GateDecision:
-    """Paired gate of each candidate against ``reference`` on the validate fold, then the probe multiplier."""
+    """The paper's gate (§4.2, App. C.3/C.5) of ``candidates`` against ``reference``.
+
+    1. Every candidate is scored on the validate fold (raced: see ``race_candidates``) and ranked by S
+       (ties: higher LCB, then the smaller step).
+    2. The top candidate passes only if S > 0 and LCB > 0; otherwise abstain.
+    3. Only that candidate sees the probe fold: the largest multiplier m with LCB(m·Δ) > 0 is the step;
+       none → abstain. With ``gate.fallback`` (not the paper's procedure) the next passing candidate is
+       probed instead, and ``probed`` counts how many candidates saw the probe fold.
+    """
     gate = session.recipe.gate
     scorer = session.scorer
     (vlabel, vdocs), (plabel, pdocs) = validate, probe
-    ref_b = ordered(scorer.scores(reference[0], vlabel, vdocs, reference[1]), vdocs)
+    ranked = race_candidates(session, candidates, vlabel, vdocs, reference)
+    top = ranked[0].validate
+    if not top.passes:
+        reason = (
+            f"the top candidate on fold {vlabel} did not beat {against} (best of {len(ranked)} by S: fixes {top.fixes}, "
+            f"regressions {top.regressions}, S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
+        )
+        return GateDecision(None, None, ranked, reason)
     ref_c = ordered(scorer.scores(reference[0], plabel, pdocs, reference[1]), pdocs)
-    with task(f"gate: candidates on fold {vlabel}", len(candidates)) as advance:
-        for cand in candidates:
-            scores = scorer.scores(cand.subject, vlabel, vdocs, cand.result, {"params": cand.params})
-            cand.validate = paired_stats(ref_b, ordered(scores, vdocs), gate.z, gate.regression_penalty)
-            advance()
-    ranked = sorted(candidates, key=lambda c: (c.validate.lcb, c.validate.constructive_score), reverse=True)
-    passing = [c for c in ranked if c.validate.passes]
-    for cand in passing:
+    probed = 0
+    for cand in [c for c in ranked if c.validate.passes and c.stopped_at is None][: None if gate.fallback else 1]:
+        probed += 1
         with task(f"probe: step multipliers on fold {plabel}", len(gate.probe_multipliers)) as advance:
-            for m in gate.probe_multipliers:
+            for m in sorted(gate.probe_multipliers):
                 scaled = cand.result.scaled(m)
                 scores = scorer.scores(subject_of_result(scaled), plabel, pdocs, scaled, {"params": cand.params, "multiplier": m})
                 cand.probe[m] = paired_stats(ref_c, ordered(scores, pdocs), gate.z, gate.regression_penalty)
                 advance()
         chosen = pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
         if chosen is not None:
-            return GateDecision(cand, chosen, ranked, "accepted")
-    if not passing:
-        top = ranked[0].validate
-        reason = (
-            f"no candidate beat {against} on fold {vlabel} (best of {len(ranked)}: fixes {top.fixes}, regressions {top.regressions}, "
-            f"S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
-        )
-    else:
-        reason = f"{len(passing)} candidate(s) passed on fold {vlabel}, but no probe multiplier had LCB > 0 on fold {plabel}"
-    return GateDecision(None, None, ranked, reason)
+            return GateDecision(cand, chosen, ranked, "accepted", probed)
+    reason = f"the top candidate passed on fold {vlabel}, but no probe multiplier had LCB > 0 on fold {plabel}"
+    if probed > 1:
+        reason = f"{probed} passing candidates were probed (gate.fallback), but none had a multiplier with LCB > 0 on fold {plabel}"
+    return GateDecision(None, None, ranked, reason, probed)
+
+
+def race_candidates(
+    session: Session, candidates: list[Candidate], label: str, docs: Docs, reference: tuple[str, Any],
+) -> list[Candidate]:
+    """Score candidates on the validate fold in stages, stopping those that cannot rank first; return them ranked.
+
+    After m of n examples a candidate with f fixes and g regressions has a full-fold S of at most
+    (f − λg + (n − m)·W⁺(f/m))/n and at least (f − λg − λ(n − m)·W⁺(g/m))/n, W⁺ the one-sided Wilson bound
+    at ``scoring.racing.z``. A candidate stops when its upper bound is ≤ 0 (it cannot pass) or below another
+    candidate's lower bound (it cannot rank first). So, with that confidence, the gate takes the decision the
+    full evaluation would: the top candidate is never stopped, and a stopped one could not have passed.
+    Stopped candidates are ranked after the survivors by their partial statistics.
+    """
+    gate, scorer = session.recipe.gate, session.scorer
+    racing = session.recipe.scoring.racing
+    order = race_order(docs, session.recipe.scoring.support.split_seed + 1)
+    n = len(order)
+    spec = racing if gate.racing else racing.model_copy(update={"enabled": False})
+    ref = np.array([s.correct for s in _in_order(scorer.scores(reference[0], label, docs, reference[1]), order)], dtype=float)
+    alive = sorted(candidates, key=lambda c: _family(c.params))  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
+    sizes = stage_sizes(n, spec)
+    for stage, m in enumerate(sizes, 1):
+        prefix = as_docs(order[:m])
+        with task(f"gate: candidates on fold {label} ({m} of {n} examples)", len(alive)) as advance:
+            for cand in alive:
+                scores = scorer.scores(cand.subject, label, prefix, cand.result, {"params": cand.params})
+                values = np.array([s.correct for s in _in_order(scores, order[:m])], dtype=float)
+                cand.validate = paired_stats(ref[:m], values, gate.z, gate.regression_penalty)
+                advance()
+        if m < n:
+            bounds = {id(c): _s_bounds(c.validate, n, gate.regression_penalty, racing.z) for c in alive}
+            best_lower = max(lo for lo, _ in bounds.values())
+            for cand in alive:
+                lo, hi = bounds[id(cand)]
+                if hi <= 0 or hi < best_lower:
+                    cand.stopped_at = m
+            alive = [c for c in alive if c.stopped_at is None]
+            if not alive:
+                break
+    finished = sorted([c for c in candidates if c.stopped_at is None], key=rank_key)
+    stopped = sorted([c for c in candidates if c.stopped_at is not None], key=rank_key)
+    return finished + stopped
+
+
+def _s_bounds(stats: PairedStats, n: int, penalty: float, z: float) -> tuple[float, float]:
+    m, rest = stats.n, n - stats.n
+    known = stats.fixes - penalty * stats.regressions
+    upper = (known + rest * wilson_upper(stats.fixes, m, z)) / n
+    lower = (known - penalty * rest * wilson_upper(stats.regressions, m, z)) / n
+    return lower, upper
+
+
+def _family(params: dict[str, Any]) -> str:
+    return repr(sorted((k, v) for k, v in params.items() if k != "alpha"))
+
+
+def _in_order(scores: dict, keys: list) -> list:
+    return [scores[k] for k in keys]

@@ -19,7 +19,11 @@ from corpmerge.gate.proposals import principal_directions, propose, shifted
 
 
 def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[dict[str, Any]]]:
-    """Stage 2 rounds around the accepted stage-1 update; returns the final result and a per-round report."""
+    """Stage 2 rounds around the accepted stage-1 update; returns the final result and a per-round report.
+
+    Up to ``iterate.rounds`` accepted steps; the iteration stops at the first rejected round (paper §4.3),
+    or after ``iterate.patience`` + 1 rejected rounds when a patience is set. Each round draws fresh folds.
+    """
     spec, support = session.recipe.iterate, session.recipe.scoring.support
     result = stage1.result
     params = checked.method.params.model_validate(stage1.accepted.params)
@@ -27,10 +31,10 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
     rng = np.random.default_rng([support.split_seed, 2])
     used = {int(s) for s in cloud.seeds}
     source = (cloud, result.elites, result.weights)
-    accepted = rejected_in_row = 0
+    accepted = rejected = 0
     rounds: list[dict[str, Any]] = []
     counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
-    for r in range(1, spec.rounds + 1):
+    for r in range(1, spec.rounds + spec.patience + 1):
         folds = assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
         centre = result.final_amplitudes()
         seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
@@ -53,11 +57,11 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
             "validate": decision.candidates[0].validate.as_dict(),
         })
         if decision.accepted is None:
-            rejected_in_row += 1
+            rejected += 1
         else:
             result = replace(decision.result, info={"stage2_round": r, "local_size": spec.local_size})
-            accepted, rejected_in_row = accepted + 1, 0
+            accepted += 1
             source = (local, step.elites, step.weights)
-        if accepted >= 2 or rejected_in_row >= 2:
-            break
+        if accepted >= spec.rounds or rejected > spec.patience:
+            break  # paper §4.3: the iteration stops at the first rejected round (patience 0)
     return result, rounds

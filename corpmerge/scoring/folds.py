@@ -12,6 +12,17 @@ from corpmerge.recipe import SupportSpec
 
 FOLDS = ("A", "B", "C")
 Docs = dict[str, list[int]]
+MIN_GATE_EXAMPLES = 20  # per gate fold: below it one fix passes any test (sd = 0), so the gate means nothing
+
+
+def check_gate_fold_sizes(sizes: dict[str, int], where: str) -> None:
+    """Refuse validate/probe folds below ``MIN_GATE_EXAMPLES`` examples, naming the recipe fields to raise."""
+    for fold, label in (("B", "validate"), ("C", "probe")):
+        if sizes[fold] < MIN_GATE_EXAMPLES:
+            raise CorpmergeError(
+                f"scoring.support: the gate's {label} fold (fold {fold}) would have {sizes[fold]} examples{where}; it needs at least "
+                f"{MIN_GATE_EXAMPLES} — raise scoring.support.limit or scoring.support.folds.{label}"
+            )
 
 
 def assign_folds(doc_counts: dict[str, int], support: SupportSpec) -> dict[str, Docs]:

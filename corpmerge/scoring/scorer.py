@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,9 +55,20 @@ def base_fingerprint(model: torch.nn.Module, names: list[str]) -> str:
 
 
 class Scorer:
-    """Perturb in place → lm-eval on chosen examples → restore by copy; results cached in the store."""
+    """Perturb in place → lm-eval on chosen examples → restore by copy; results kept in the store.
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, names: list[str], suite: TaskSuite, store: ScoreStore, batch_size: int | str):
+    Amplitude updates (population entries, candidates, stage-2 proposals) are materialised
+    through a per-(seed, tensor) noise cache bounded by ``memory_budget`` bytes, with exactly
+    the arithmetic of ``Amplitudes.delta`` (Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order), so a
+    cached evaluation scores the same bits as a regenerated one. The last materialised Δ is
+    kept too: an update whose amplitudes are 2ᵏ times it (a probe multiplier, a grid α) is
+    2ᵏ·Δ, which is exact in floating point.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer: Any, names: list[str], suite: TaskSuite, store: ScoreStore,
+        batch_size: int | str, memory_budget: int = 0,
+    ):
         self.model, self.suite, self.store = model, suite, store
         params = dict(model.named_parameters())
         self.params = {name: params[name] for name in names}
@@ -65,15 +77,24 @@ class Scorer:
         self.scratch = torch.empty(largest, dtype=torch.float32)
         self.noise_buffer = torch.empty(max(largest, min(sum(p.numel() for p in self.params.values()), NOISE_BATCH)))
         self._on_cpu_f32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.params.values())
+        self.model_bytes = 4 * sum(p.numel() for p in self.params.values())
+        self.noise_cache = NoiseCache(max(0, memory_budget - self.model_bytes))
+        self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
+        self._keep_last = memory_budget >= self.model_bytes
         self.lm = make_lm(model, tokenizer, batch_size)
         self.evaluations = 0
+        self.examples_evaluated = 0
 
     @torch.no_grad()
     def apply(self, update: Update) -> None:
         """Set every perturbed parameter to θ₀ + Δ."""
-        single = update.nonzero() if isinstance(update, Amplitudes) else None
-        if single is not None and single.seeds.size == 1 and self._on_cpu_f32:
-            self._apply_single_seed(int(single.seeds[0]), float(single.values[0]))
+        amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
+        if isinstance(amps, Amplitudes) and self._on_cpu_f32:
+            nz = amps.nonzero()
+            if nz.seeds.size == 1 and not self.noise_cache.has_seed(int(nz.seeds[0])):
+                self._apply_single_seed(int(nz.seeds[0]), float(nz.values[0]))
+            else:
+                self._apply_amplitudes(nz)
             return
         for name, param in self.params.items():
             delta = update.delta(name, param.shape, self.scratch)
@@ -81,6 +102,51 @@ class Scorer:
                 torch.add(self.snapshot[name], delta, out=param.data)
             else:
                 param.copy_(self.snapshot[name] + delta.to(param.device))
+
+    def _apply_amplitudes(self, nz: Amplitudes) -> None:
+        """θ₀ + Σ aⱼ·εⱼ per tensor, from the last Δ (2ᵏ multiple), the noise cache, or fresh draws."""
+        factor = self._power_of_two_multiple(nz)
+        if factor is not None:
+            for name, param in self.params.items():
+                torch.add(self.snapshot[name], self._last[1][name], alpha=factor, out=param.data)
+            return
+        kept: dict[str, torch.Tensor] = {}
+        pairs = list(zip(nz.seeds.tolist(), nz.values.tolist()))
+        for name, param in self.params.items():
+            acc = self._delta(name, param.numel(), pairs)
+            torch.add(self.snapshot[name].view(-1), acc, out=param.data.view(-1))
+            if self._keep_last and len(pairs) > 1:
+                kept[name] = acc.view(param.shape)
+        self._last = (nz, kept) if kept else None
+
+    def _power_of_two_multiple(self, nz: Amplitudes) -> float | None:
+        if self._last is None or self._last[0].seeds.shape != nz.seeds.shape or not np.array_equal(self._last[0].seeds, nz.seeds):
+            return None
+        ratio = nz.values[0] / self._last[0].values[0]
+        exponent = math.frexp(ratio)[0]
+        if ratio <= 0 or exponent != 0.5 or not np.array_equal(self._last[0].values * ratio, nz.values):
+            return None
+        return float(ratio)
+
+    def _delta(self, name: str, numel: int, pairs: list[tuple[int, float]]) -> torch.Tensor:
+        """Δ for one tensor with ``Amplitudes.delta``'s arithmetic; noises not in the cache drawn in parallel batches."""
+        per_batch = max(1, self.noise_buffer.numel() // max(1, numel))
+        acc: torch.Tensor | None = None
+        for start in range(0, len(pairs), per_batch):
+            batch = pairs[start : start + per_batch]
+            noises = [self.noise_cache.get(seed, name) for seed, _ in batch]
+            draw = [(k, seed) for k, ((seed, _), noise) in enumerate(zip(batch, noises)) if noise is None]
+            views = [self.noise_buffer[j * numel : (j + 1) * numel] for j in range(len(draw))]
+            fill_many([(view.numpy(), seed, name) for view, (_, seed) in zip(views, draw)])
+            for view, (k, seed) in zip(views, draw):
+                kept = self.noise_cache.put(seed, name, view)
+                noises[k] = view if kept is None else kept
+            for noise, (_, amp) in zip(noises, batch):
+                if acc is None:
+                    acc = torch.mul(noise, amp)
+                else:
+                    acc.add_(noise, alpha=amp)
+        return acc
 
     def _apply_single_seed(self, seed: int, amplitude: float) -> None:
         """Fast path for population entries: noise for many tensors drawn in one parallel batch.
@@ -114,9 +180,16 @@ class Scorer:
         self, subject: str, fold: str, docs: Docs, update: Update | None = None,
         spec: dict[str, Any] | None = None, suite: TaskSuite | None = None,
     ) -> Scores:
-        """Scores of ``subject`` on ``docs`` (from the store when already finished)."""
-        if self.store.done(subject, fold):
-            return self.store.load(subject, fold)
+        """Scores of ``subject`` on ``docs``: stored examples are read back, only the missing ones evaluated."""
+        keys = [(task, doc) for task in sorted(docs) for doc in docs[task]]
+        todo = self.store.missing(subject, fold, keys)
+        if todo:
+            self.store.save(subject, fold, self.evaluate(update, as_docs(todo), suite), spec)
+        stored = self.store.load(subject, fold)
+        return {k: stored[k] for k in keys}
+
+    def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None) -> Scores:
+        """Evaluate θ₀ + Δ on ``docs`` now (no store); θ₀ is restored afterwards."""
         if update is not None:
             self.apply(update)
         try:
@@ -125,8 +198,47 @@ class Scorer:
             if update is not None:
                 self.restore()
         self.evaluations += 1
-        self.store.save(subject, fold, scores, spec)
+        self.examples_evaluated += len(scores)
         return scores
+
+
+class NoiseCache:
+    """ε(seed)[tensor] kept in float32 up to ``budget`` bytes; first come, never evicted (no LRU thrash on cycles)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used = budget, 0
+        self._store: dict[tuple[int, str], torch.Tensor] = {}
+        self._seeds: set[int] = set()
+
+    def get(self, seed: int, name: str) -> torch.Tensor | None:
+        return self._store.get((seed, name))
+
+    def has_seed(self, seed: int) -> bool:
+        return seed in self._seeds
+
+    def put(self, seed: int, name: str, noise: torch.Tensor) -> torch.Tensor | None:
+        """Keep a copy when it fits; returns the kept tensor or None."""
+        size = 4 * noise.numel()
+        if self.used + size > self.budget:
+            return None
+        kept = noise.clone()
+        self._store[(seed, name)] = kept
+        self._seeds.add(seed)
+        self.used += size
+        return kept
+
+    def clear(self) -> None:
+        self._store.clear()
+        self._seeds.clear()
+        self.used = 0
+
+
+def as_docs(keys: list[tuple[str, int]]) -> Docs:
+    """[(task, doc)] → {task: [doc, …]}."""
+    docs: Docs = {}
+    for task, doc in keys:
+        docs.setdefault(task, []).append(doc)
+    return docs
 
 
 def ordered(scores: Scores, docs: Docs, field: str = "correct") -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Resumable SQLite store of per-example scores: one row per (subject, example).
+"""Resumable SQLite store of per-example scores: one row per (subject, fold, example).
 
-A *subject* is what was evaluated (the base, a population entry, a candidate update); a
-(subject, fold) unit is committed in one transaction together with its "finished" mark, so
-a killed run loses at most the unit in flight. The store is bound to an identity (base
+A *subject* is what was evaluated (the base, a population entry, a candidate update). Each
+evaluation of a subject on some examples of a fold is committed in one transaction, so a
+killed run loses at most the evaluation in flight. A subject may hold only part of a fold
+(racing scores entries on growing prefixes of fold A): callers ask for the examples that are
+still ``missing``. The store is bound to an identity (base
 fingerprint, task config, fold assignment, noise scheme, perturbed parameters); opening it
 with a different identity is refused.
 """
@@ -74,29 +76,29 @@ class ScoreStore:
     def _transaction(self) -> "_Tx":
         return _Tx(self.db)
 
-    def done(self, subject: str, fold: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM units WHERE subject=? AND fold=?", (subject, fold)).fetchone()
-        return row is not None
-
-    def finished(self, fold: str) -> set[str]:
+    def subjects(self, fold: str) -> set[str]:
+        """Every subject with at least one stored example on ``fold``."""
         return {r[0] for r in self.db.execute("SELECT subject FROM units WHERE fold=?", (fold,))}
 
-    def save(self, subject: str, fold: str, scores: Scores, spec: dict[str, Any] | None = None) -> bool:
-        """Commit a unit atomically; returns False when another process finished it first."""
+    def missing(self, subject: str, fold: str, keys: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The examples of ``keys`` (in their order) that ``subject`` has no stored score for."""
+        have = set(self.db.execute("SELECT task, doc_id FROM scores WHERE subject=? AND fold=?", (subject, fold)).fetchall())
+        return [k for k in keys if k not in have]
+
+    def save(self, subject: str, fold: str, scores: Scores, spec: dict[str, Any] | None = None) -> None:
+        """Commit the scores of one evaluation atomically (examples already stored keep their first score)."""
         with self._transaction():
-            if self.done(subject, fold):
-                return False
             self.db.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(subject, fold, task, doc, s.value, int(s.correct), s.prediction) for (task, doc), s in scores.items()],
             )
             self.db.execute(
-                "INSERT INTO units VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO units VALUES (?, ?, ?, ?)",
                 (subject, fold, json.dumps(spec, sort_keys=True) if spec else None, time.time()),
             )
-        return True
 
     def load(self, subject: str, fold: str) -> Scores:
+        """Every stored score of ``subject`` on ``fold``."""
         rows = self.db.execute(
             "SELECT task, doc_id, value, correct, prediction FROM scores WHERE subject=? AND fold=?", (subject, fold)
         )

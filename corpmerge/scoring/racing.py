@@ -1,0 +1,99 @@
+"""Racing over the population: score entries on growing slices of fold A, stop those that cannot become elites.
+
+Every entry is compared with the base on the same examples (paired), and the base is scored
+on the whole fold once. After m of the fold's n examples an entry's full-fold reward is
+
+    r = (Σ_seen v + Σ_rest v_base + Σ_rest (v − v_base)) / n,
+
+and only the last sum is unknown. Its bounds use the entry's up-moves u = Σ max(v − v_base, 0)
+and down-moves w = Σ max(v_base − v, 0) on the seen examples: at most (n − m)·Wilson⁺(u/m)
+up, at most (n − m)·Wilson⁺(w/m) down (one-sided Wilson bound at ``z``). An entry stops when
+at least ``keep`` other entries have a lower bound above its upper bound, where ``keep`` is
+the largest number of entries any consumer can use (the elites of the smallest grid quantile,
+the largest RandOpt top-K): with the stated confidence, a stopped entry is not an elite of
+any grid point. Survivors are scored on the whole fold, so elites and their weights use
+full-fold rewards; a stopped entry keeps its paired estimate and the number of examples it rests on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from corpmerge.population import Entry
+from corpmerge.recipe import RacingSpec
+from corpmerge.scoring.folds import Docs
+
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An entry's reward after m of n fold-A examples: paired estimate and bounds of the full-fold reward."""
+
+    examples: int
+    estimate: float
+    lower: float
+    upper: float
+
+
+def wilson_upper(successes: float, trials: int, z: float) -> float:
+    """One-sided upper Wilson bound of a proportion (1 when there are no trials)."""
+    if trials <= 0:
+        return 1.0
+    p = successes / trials
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    spread = z * math.sqrt(max(p * (1 - p), 0.0) / trials + z2 / (4 * trials * trials))
+    return min(1.0, (centre + spread) / (1 + z2 / trials))
+
+
+def standing(values: np.ndarray, base: np.ndarray, z: float) -> Standing:
+    """Bounds of the full-fold mean of ``values`` from its first m entries, paired against ``base`` (all n known)."""
+    n, m = base.size, values.size
+    seen_base = base[:m]
+    diff = values - seen_base
+    rest, base_rest = n - m, float(base[m:].sum())
+    known = float(values.sum()) + base_rest
+    if rest == 0:
+        reward = known / n
+        return Standing(m, reward, reward, reward)
+    up, down = float(np.clip(diff, 0, None).sum()), float(np.clip(-diff, 0, None).sum())
+    estimate = (known + rest * float(diff.mean())) / n
+    upper = min(1.0, (known + rest * wilson_upper(up, m, z)) / n)
+    lower = max(0.0, (known - rest * wilson_upper(down, m, z)) / n)
+    return Standing(m, estimate, lower, upper)
+
+
+def race_order(docs: Docs, seed: int) -> list[Key]:
+    """Fold A's examples in a fixed shuffled order, so every prefix mixes all tasks."""
+    keys = [(task, doc) for task in sorted(docs) for doc in docs[task]]
+    order = np.random.default_rng([seed, 3]).permutation(len(keys))
+    return [keys[i] for i in order]
+
+
+def stage_sizes(n: int, spec: RacingSpec) -> list[int]:
+    """Prefix sizes of the stages; the last is always the whole fold."""
+    sizes = [max(1, math.ceil(f * n)) for f in spec.stages] if spec.enabled else []
+    return sorted({s for s in sizes if s < n} | {n})
+
+
+def survivors(standings: dict[int, Standing], keep: int) -> set[int]:
+    """Entries (by index) not yet beaten for certain by at least ``keep`` others."""
+    lowers = np.sort(np.array([s.lower for s in standings.values()]))[::-1]
+    if keep >= lowers.size:
+        return set(standings)
+    bar = lowers[keep - 1]  # the keep-th largest lower bound
+    return {i for i, s in standings.items() if s.upper >= bar}
+
+
+def entries_to_keep(size: int, quantile: float | None, top_k: int) -> int:
+    """How many entries any consumer may use: elites of the smallest grid quantile (ties kept), RandOpt's top K."""
+    elites = size - math.floor(quantile * (size - 1)) if quantile is not None else 1
+    return max(1, elites, top_k)
+
+
+def rewarded(entry: Entry, s: Standing) -> Entry:
+    return Entry(entry.seed, entry.sigma, s.estimate)
