@@ -20,6 +20,7 @@ from corpmerge.errors import CorpmergeError
 from corpmerge.scoring.folds import count
 from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
 from corpmerge.report.heldout import accuracy, evaluate_held_out
+from corpmerge.report.plots import write_report_png
 from corpmerge.output.hub import push_folder
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, resolve_base
@@ -254,6 +255,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report["timings_s"] = timer.seconds
         report_dir = out if written else recipe.output.work_path
         _write_json_atomic(report_dir / "report.json", report)
+        for folder in {report_dir, recipe.output.work_path}:
+            write_report_png(report, folder / "report.png")
         report["report_path"] = str(report_dir / "report.json")
         return report
     finally:

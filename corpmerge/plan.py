@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from corpmerge.errors import CorpmergeError
@@ -12,6 +13,8 @@ from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
 from corpmerge.scoring.folds import check_gate_fold_sizes
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Checked:
@@ -21,6 +24,7 @@ class Checked:
     method: MergeMethod
     grid: list[MethodParams]
     entries: list[Entry]
+    notes: tuple[str, ...] = ()  # what a user should know about how the recipe will be read (validate prints them)
 
 
 def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
@@ -60,4 +64,18 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
         sizes = {"B": round(support.folds.validate_ * per_task), "C": 0}
         sizes["C"] = per_task - round(support.folds.construct_ * per_task) - sizes["B"]
         check_gate_fold_sizes({f: n * len(recipe.scoring.tasks) for f, n in sizes.items()}, f" at most (support.limit {per_task})")
-    return Checked(recipe, method, grid, entries)
+    notes: list[str] = []
+    given = sum(e.reward is not None for e in entries)
+    if given and recipe.scoring is not None:
+        notes.append(
+            f"population: {given} of {len(entries)} rewards are given in the recipe; `corpmerge run` takes them as fold-A "
+            "(construct) rewards and does not score those entries"
+        )
+        if recipe.gate.enabled:
+            notes.append(
+                "gate: the given rewards may have been computed on examples that are now in the validate/probe folds (B/C), "
+                "which biases the gate; score the population with corpmerge (drop the rewards) for an honest gate"
+            )
+    for note in notes:
+        log.warning("%s", note)
+    return Checked(recipe, method, grid, entries, tuple(notes))

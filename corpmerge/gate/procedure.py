@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -101,22 +101,39 @@ def gate_candidates(
         )
         return GateDecision(None, None, ranked, reason)
     ref_c = ordered(scorer.scores(reference[0], plabel, pdocs, reference[1]), pdocs)
-    probed = 0
-    for cand in [c for c in ranked if c.validate.passes and c.stopped_at is None][: None if gate.fallback else 1]:
-        probed += 1
+
+    def probe_multiplier(cand: Candidate) -> float | None:
         with task(f"probe: step multipliers on fold {plabel}", len(gate.probe_multipliers)) as advance:
             for m in sorted(gate.probe_multipliers):
                 scaled = cand.result.scaled(m)
                 scores = scorer.scores(subject_of_result(scaled), plabel, pdocs, scaled, {"params": cand.params, "multiplier": m})
                 cand.probe[m] = paired_stats(ref_c, ordered(scores, pdocs), gate.z, gate.regression_penalty)
                 advance()
-        chosen = pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
-        if chosen is not None:
-            return GateDecision(cand, chosen, ranked, "accepted", probed)
+        return pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
+
+    chosen, multiplier, probed = select(ranked, probe_multiplier, gate.fallback)
+    if chosen is not None:
+        return GateDecision(chosen, multiplier, ranked, "accepted", probed)
     reason = f"the top candidate passed on fold {vlabel}, but no probe multiplier had LCB > 0 on fold {plabel}"
     if probed > 1:
         reason = f"{probed} passing candidates were probed (gate.fallback), but none had a multiplier with LCB > 0 on fold {plabel}"
     return GateDecision(None, None, ranked, reason, probed)
+
+
+def select(
+    ranked: list[Candidate], probe: Callable[[Candidate], float | None], fallback: bool = False,
+) -> tuple[Candidate | None, float | None, int]:
+    """The paper's choice from candidates ranked on the validate fold: the top one must pass (S > 0, LCB > 0),
+    then ``probe`` gives its multiplier (None: abstain). With ``fallback`` the next passing, fully evaluated
+    candidate is probed instead of abstaining. Returns (candidate, multiplier, candidates probed)."""
+    if not ranked or not ranked[0].validate.passes:
+        return None, None, 0
+    queue = [c for c in ranked if c.validate.passes and c.stopped_at is None] if fallback else ranked[:1]
+    for probed, cand in enumerate(queue, 1):
+        multiplier = probe(cand)
+        if multiplier is not None:
+            return cand, multiplier, probed
+    return None, None, len(queue)
 
 
 def race_candidates(

@@ -120,8 +120,14 @@ def _report_section(report: dict[str, Any], picture: str | None = None) -> str:
         for label, row in held["rows"].items():
             diff = f"{row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" if "diff" in row else "—"
             rows.append([label, f"{row['accuracy']:.4f}", diff, row["n"]])
+        notes = []
+        if held.get("ranked_on"):
+            notes.append(f"RandOpt rows (`best_entry`, `randopt_top*`) are ranked on {held['ranked_on']} of the support set.")
+        for task, n in sorted((held.get("excluded_support") or {}).items()):
+            notes.append(f"{n} examples of `{task}` ({held['split']}) are support examples and were left out.")
         lines.append(
             f"## Held-out evaluation ({', '.join(held['tasks'])}, split `{held['split']}`)\n\n"
             + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows) + "\n"
+            + "".join(f"\n{note}\n" for note in notes)
         )
     return "\n".join(lines)

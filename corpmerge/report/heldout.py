@@ -6,13 +6,33 @@ import hashlib
 from typing import Any
 
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
-from corpmerge.scoring.folds import Docs
+from corpmerge.errors import CorpmergeError
+from corpmerge.scoring.folds import Docs, assign_folds, count
 from corpmerge.gate.paired import paired_interval
 from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
 from corpmerge.scoring.session import Session
+
+
+def support_docs(session: Session) -> dict[str, set[int]]:
+    """Every support example a run may use: folds A/B/C and the fresh folds of each possible stage-2 round."""
+    used: dict[str, set[int]] = {}
+    for folds in [session.folds] + _stage2_folds(session):
+        for fold_docs in folds.values():
+            for task, ids in fold_docs.items():
+                used.setdefault(task, set()).update(ids)
+    return used
+
+
+def _stage2_folds(session: Session) -> list[dict[str, Docs]]:
+    spec, support = session.recipe.iterate, session.recipe.scoring.support
+    if spec is None:
+        return []
+    counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
+    return [assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
+            for r in range(1, spec.rounds + spec.patience + 1)]
 
 
 def accuracy(scores: dict, docs: Docs) -> float:
@@ -25,7 +45,19 @@ def evaluate_held_out(
     """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base."""
     spec = session.recipe.evaluate
     suite = TaskSuite(session.recipe.scoring, tasks=spec.tasks, split=spec.split)
-    docs = {name: list(range(min(spec.limit or suite.doc_count(name), suite.doc_count(name)))) for name in suite.tasks}
+    support = support_docs(session)
+    excluded: dict[str, int] = {}
+    docs: Docs = {}
+    for name in suite.tasks:
+        used = support.get(name, set()) if suite.split[name] == session.suite.split.get(name) else set()
+        free = [d for d in range(suite.doc_count(name)) if d not in used]
+        docs[name] = free[: spec.limit] if spec.limit else free
+        if used:
+            excluded[name] = len(used)
+    if not any(docs.values()):
+        raise CorpmergeError(
+            f"evaluate.split: every example of '{spec.split}' is a support example; evaluate on another split (e.g. test)"
+        )
     fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
     voters = (ranked or [])[: max(ensemble_k or [0])]
     todo = dict(subjects) | {f"entry:{e.seed}": (entry_subject(e), entry_update(e)) for e in voters}
@@ -47,7 +79,12 @@ def evaluate_held_out(
         if label != "base":
             diff, low, high = paired_interval(base, vec)
             rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
-    report: dict[str, Any] = {"split": spec.split, "tasks": sorted(suite.tasks), "rows": rows}
+    report: dict[str, Any] = {
+        "split": spec.split, "tasks": sorted(suite.tasks), "rows": rows, "n": int(base.size),
+        "ranked_on": f"fold A ({count(session.folds['A'])} examples)",
+    }
+    if excluded:
+        report["excluded_support"] = excluded  # {task: support examples of this split left out of the evaluation}
     if ensemble_k and "merged" in rows:
         biggest = f"randopt_top{max(ensemble_k)}"
         report["recovered_fraction"] = recovered_fraction(rows["base"]["accuracy"], rows[biggest]["accuracy"], rows["merged"]["accuracy"])

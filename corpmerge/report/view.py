@@ -42,11 +42,13 @@ def model_label(key: str, report: dict[str, Any]) -> str:
     """Display name of a held-out row: base, RandOpt K=1, a top-K vote or the merged model."""
     if key == "base":
         return "base"
+    ranked = mapping(report.get("evaluation")).get("ranked_on")
+    by = f", ranked on {ranked}" if isinstance(ranked, str) else ""
     if key == "best_entry":
-        return "RandOpt K=1 (best entry)"
+        return f"RandOpt K=1 (best entry{by})"
     if key.startswith("randopt_top"):
         k = key[len("randopt_top"):]
-        return f"RandOpt top-{k} vote ({k} passes)"
+        return f"RandOpt top-{k} vote ({k} passes{by})"
     if key == "merged":
         gated = mapping(report.get("gate")).get("enabled")
         return f"{report.get('method', 'merged')} ({'gated' if gated else 'merged'})"
@@ -138,6 +140,9 @@ def evaluation_view(report: dict[str, Any]) -> list[RenderableType]:
             str(row.get("n", "—")),
         )
     parts: list[RenderableType] = [held]
+    excluded = mapping(evaluation.get("excluded_support"))
+    if excluded:
+        parts.append(Text("; ".join(f"{n} examples of {t} ({evaluation.get('split')}) are support examples and were left out" for t, n in sorted(excluded.items()))))
     fraction = finite(evaluation.get("recovered_fraction"))
     if fraction is not None:
         parts.append(Text(f"the merged model's gain over the base is {fraction:.2f}× the largest ensemble's gain"))
