@@ -6,7 +6,6 @@ import pytest
 
 from corpmerge.rewards import countdown, gsm8k, math_answer, mbpp, rocstories
 from corpmerge.rewards.expression import ExpressionError, evaluate
-from corpmerge.rewards.sandbox import run_python
 
 
 # --- countdown -----------------------------------------------------------------------------
@@ -145,34 +144,23 @@ def test_mbpp_correct_and_wrong_solutions():
     assert mbpp.score("<answer>def add(a, b) return</answer>", "", tests) == (0.0, False)
 
 
-HOSTILE = {
-    "infinite loop": "while True:\n    pass",
-    "sleeping forever": "import time\ntime.sleep(10**6)",
-    "fork bomb": "import os\nwhile True:\n    os.fork()",
-    "rm -rf": "import os\nos.system('rm -rf {target}')",
-    "shutil.rmtree": "import shutil\nshutil.rmtree('{target}')",
-    "os.remove": "import os\nos.remove('{target}/keep.txt')",
-    "huge allocation": "x = bytearray(50 * 10**9)",
-    "subprocess": "import subprocess\nsubprocess.run(['rm', '-rf', '{target}'])",
-    "network": "import socket\nsocket.create_connection(('127.0.0.1', 9))",
-    "ctypes": "import ctypes\nctypes.CDLL(None).fork()",
-    "multiprocessing": "import multiprocessing\nmultiprocessing.Process(target=print).start()",
-    "kill parent": "import os\nos.kill(os.getppid(), 9)",
-}
+def test_mbpp_syntax_errors_and_unsupported_tests_fail_with_a_reason():
+    from corpmerge.rewards.sandbox import run_tests
+
+    assert run_tests("", "def add(a, b) return", ["assert add(1, 2) == 3"]).reason.startswith("SyntaxError")
+    assert run_tests("", "def add(a, b):\n    return a + b", ["add(1, 2) == 3"]).reason.startswith("unsupported test: not an assert")
+    assert mbpp.score("<answer>def add(a, b):\n    return a + b</answer>", "", ["add(1, 2) == 3"]) == (0.0, False)
+    # hostile programs and the judge's semantics: tests/test_sandbox.py
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
-def test_hostile_programs_come_back_incorrect(tmp_path, case):
-    target = tmp_path / "victim"
-    target.mkdir()
-    (target / "keep.txt").write_text("precious")
-    program = "def add(a, b):\n    return a + b\n" + HOSTILE[case].format(target=target)
-    reward, correct = mbpp.score(f"<answer>{program}</answer>", "", ["assert add(1, 2) == 3"], wall_seconds=5)
-    assert (reward, correct) == (0.0, False)
-    assert (target / "keep.txt").read_text() == "precious"
+def test_mbpp_task_scores_the_reference_solutions_correct():
+    import json
+    from pathlib import Path
 
+    from corpmerge.tasks.mbpp.mbpp_task import process_results
 
-def test_sandbox_scrubs_environment_and_uses_a_temp_dir(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    result = run_python("import os\nassert 'HF_TOKEN' not in os.environ\nassert 'corpmerge-sandbox' in os.getcwd()")
-    assert result.passed, result.reason
+    for split in ("train", "test"):
+        for line in (Path(__file__).parent / "fixtures" / "mbpp" / f"{split}.jsonl").read_text().splitlines():
+            doc = json.loads(line)
+            assert process_results(doc, [f"<answer>{doc['code']}"]) == {"reward": 1.0, "correct": 1.0}, doc["text"]
+            assert process_results(doc, ["<answer>def nothing(): pass"]) == {"reward": 0.0, "correct": 0.0}

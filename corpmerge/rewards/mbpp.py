@@ -1,10 +1,10 @@
-"""MBPP: extract the model's code and run it against the task's asserts in the sandbox."""
+"""MBPP: extract the model's code, run it in the sandbox and judge the task's asserts outside it."""
 
 from __future__ import annotations
 
 import re
 
-from corpmerge.rewards.sandbox import run_python
+from corpmerge.rewards.sandbox import run_tests
 
 PROMPT = (
     "You are an expert Python programmer, and here is your task: {text} "
@@ -26,10 +26,12 @@ def extract_code(completion: str) -> str | None:
 
 
 def score(completion: str, setup_code: str, tests: list[str], wall_seconds: float = 10.0) -> tuple[float, bool]:
-    """Correct = every assert passes in the sandbox; reward = correct."""
+    """Correct = every assert holds (judged outside the program's process); reward = correct.
+
+    Raises SandboxUnavailable when code cannot run isolated here and unisolated running was not opted into.
+    """
     code = extract_code(completion)
     if not code:
         return 0.0, False
-    program = "\n".join([setup_code or "", code, *tests]) + "\n"
-    result = run_python(program, wall_seconds=wall_seconds)
+    result = run_tests(setup_code or "", code, list(tests), wall_seconds=wall_seconds)
     return float(result.passed), result.passed

@@ -1,64 +1,58 @@
-"""Run untrusted Python (model-written code) in a separate, restricted process.
+"""Run model-written Python behind an operating-system boundary, and judge it from outside.
 
-Defence in layers, all set up before the untrusted code runs:
-* a separate process in its own session, killed with its whole process group on a wall-clock limit;
-* resource limits: CPU seconds, address space, file size, open files, processes, no core dumps;
-* a fresh temporary working directory (deleted afterwards) and a scrubbed environment;
-* a prelude that removes process creation (fork/exec/spawn/subprocess/posix_spawn), signals,
-  file deletion/renaming, network sockets, and ctypes from the interpreter.
-Anything that fails, hangs or is refused counts as "not passed"; nothing raises to the caller.
+In-interpreter guards (patching ``os``, ``sys.modules``) are undone in one line, so the boundary is
+the OS (see ``_jail.py`` for the child side): every program runs in fresh mount, network, IPC, UTS
+and PID namespaces, chrooted into a read-only view of /usr and the standard library with a private
+16 MB /tmp, as uid/gid 65534 without capabilities (no_new_privs), under rlimits (CPU, address
+space, file size, open files, no new processes), and is killed with everything it started at the
+wall-clock limit. That needs Linux and root: the steps util-linux's ``unshare`` and ``setpriv`` take,
+done through libc in the child itself (two exec's fewer per program).
+
+Where isolation cannot be set up, running a program raises :class:`SandboxUnavailable` unless the
+process opted in with ``allow_unsandboxed(True)`` (the recipe's ``scoring.allow_unsandboxed_code``);
+then programs run as plain child processes of the same user with the same rlimits and the same
+judge, and a RuntimeWarning says so: never silently. Unisolated, a program can still touch
+whatever its user can, and as root it can read the checks through /proc or kill the judge.
+
+The verdict of :func:`run_tests` does not come from the program: its tests are split into probes
+(which run with the program) and checks (which a separate judge process evaluates on the probes'
+values as plain data), so exit status, early exits, hooks, rigged ``__eq__`` and reading the tests
+at run time cannot make a wrong program pass. :func:`run_python` only says whether a program ran to
+its end, which the program itself can fake; use it for isolation, not for rewards.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import marshal
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-PRELUDE = r'''
-import resource as _r
-def _limit(kind, value):
-    try:
-        _r.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
-_limit(_r.RLIMIT_CPU, {cpu_seconds})
-_limit(_r.RLIMIT_AS, {memory_bytes})
-_limit(_r.RLIMIT_FSIZE, 1 << 20)
-_limit(_r.RLIMIT_NOFILE, 64)
-_limit(_r.RLIMIT_NPROC, 0)
-_limit(_r.RLIMIT_CORE, 0)
-del _r, _limit
+from corpmerge.rewards.checks import UnsupportedTest, split_tests
 
-def _install_guards():
-    import os, sys, shutil, socket, _socket, subprocess, _posixsubprocess
-    def refused(*args, **kwargs):
-        raise PermissionError("refused by the corpmerge sandbox")
-    for name in ("system", "popen", "fork", "forkpty", "execv", "execve", "execl", "execle", "execlp",
-                 "execlpe", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
-                 "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "kill", "killpg",
-                 "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate",
-                 "chmod", "chown", "link", "symlink", "setuid", "setgid", "putenv", "unsetenv", "chdir"):
-        if hasattr(os, name):
-            setattr(os, name, refused)
-    for name in ("rmtree", "move", "chown"):
-        setattr(shutil, name, refused)
-    for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        setattr(subprocess, name, refused)
-    _posixsubprocess.fork_exec = refused
-    for module in (socket, _socket):
-        for name in ("socket", "socketpair", "fromfd", "create_connection", "create_server"):
-            if hasattr(module, name):
-                setattr(module, name, refused)
-    for name in ("ctypes", "_ctypes", "multiprocessing", "pty"):
-        sys.modules[name] = None
-_install_guards()
-del _install_guards
-'''
+SANDBOX_UID = 65534  # nobody / the overflow uid: owns nothing on the host
+OPT_IN = "scoring.allow_unsandboxed_code: true"
+_JAIL = Path(__file__).with_name("_jail.py")
+_SETUP_FAILED = 3  # _jail.SETUP_FAILED
+_GRACE_SECONDS = 5.0  # beyond the wall limit, for the judge itself
+_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+
+_allowed_unsandboxed = False
+
+
+class SandboxUnavailable(RuntimeError):
+    """Model-written code cannot run isolated here, and running it unisolated was not opted into."""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox's own machinery failed (not the program)."""
 
 
 @dataclass(frozen=True)
@@ -67,30 +61,116 @@ class SandboxResult:
     reason: str
 
 
+def allow_unsandboxed(flag: bool) -> None:
+    """Process-wide opt-in to run code without OS isolation where isolation is unavailable."""
+    global _allowed_unsandboxed
+    _allowed_unsandboxed = bool(flag)
+
+
+SELF_TEST = f"""
+import os, socket
+assert os.getuid() == os.geteuid() == {SANDBOX_UID} and os.getgid() == {SANDBOX_UID} and not os.getgroups(), "uid"
+assert os.getpid() == 1, "pid namespace"
+assert [name for _, name in socket.if_nameindex()] == ["lo"], "network namespace"
+assert not os.path.exists("/proc/1/environ") and not os.path.exists(HOST_FILE), "file system view"
+for path in ("/usr/corpmerge-probe", "/corpmerge-probe"):
+    try:
+        open(path, "w")
+    except OSError:
+        pass
+    else:
+        raise AssertionError("writable " + path)
+open("scratch", "w").write("ok")
+try:
+    os.fork()
+except OSError:
+    pass
+else:
+    raise AssertionError("fork allowed")
+"""
+
+
+@functools.cache
+def isolation_problem() -> str | None:
+    """None when programs can run isolated here; otherwise why not, in one line (checked once)."""
+    if not sys.platform.startswith("linux"):
+        return f"needs Linux namespaces, this is {sys.platform}"
+    if os.geteuid() != 0:
+        return f"needs root to create namespaces and switch to uid {SANDBOX_UID} (running as uid {os.geteuid()})"
+    with tempfile.NamedTemporaryFile(prefix="corpmerge-host-") as host_file:  # must not be visible inside
+        program = f"HOST_FILE = {host_file.name!r}\n{SELF_TEST}"
+        try:
+            result = _launch(_job(program, "", None, isolate=True, wall=10.0, cpu=5, memory=1 << 30), None)
+        except (SandboxError, OSError) as error:
+            return str(error)
+    return None if result.passed else f"isolation self-test failed: {result.reason}"
+
+
+def _isolate() -> bool:
+    """True to isolate; False when unisolated running was opted into; else SandboxUnavailable."""
+    problem = isolation_problem()
+    if problem is None:
+        return True
+    if not _allowed_unsandboxed:
+        raise SandboxUnavailable(
+            f"cannot run model-written code: OS isolation is unavailable here ({problem}); "
+            f"set `{OPT_IN}` in the recipe to run it without isolation (unsafe)"
+        )
+    _warn(problem)
+    return False
+
+
+def _warn(problem: str) -> None:
+    warnings.warn(f"running model-written code WITHOUT OS isolation ({problem}), as {OPT_IN} allows", RuntimeWarning, stacklevel=4)
+
+
+def _job(code: str, setup: str, probes: list[str] | None, *, isolate: bool, wall: float, cpu: int, memory: int) -> dict:
+    return {"isolate": isolate, "uid": SANDBOX_UID, "wall": float(wall), "cpu": int(cpu), "memory": int(memory),
+            "setup": setup, "code": code, "probes": probes}
+
+
+def _launch(job: dict, checks: dict | None) -> SandboxResult:
+    head = marshal.dumps(job)
+    data = b"%010d" % len(head) + head + (marshal.dumps(checks) if checks is not None else b"")
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", str(_JAIL)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=_ENV, cwd="/", start_new_session=True, close_fds=True,
+    )
+    try:
+        out, err = proc.communicate(data, timeout=job["wall"] + _GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.communicate()
+        return SandboxResult(False, "timeout")
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    tail = (err.decode("utf-8", "replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    if proc.returncode == _SETUP_FAILED:
+        raise SandboxError(tail)
+    try:
+        verdict = json.loads(lines[-1])
+        return SandboxResult(bool(verdict["passed"]), str(verdict["reason"]))
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise SandboxError(f"sandbox judge failed: {tail}") from None
+
+
+def run_tests(setup_code: str, code: str, tests: list[str], *, wall_seconds: float = 10.0, cpu_seconds: int = 5,
+              memory_bytes: int = 1 << 30) -> SandboxResult:
+    """Run ``setup_code`` and ``code``, then judge the assert ``tests`` outside the program's process."""
+    isolate = _isolate()
+    try:
+        split = split_tests(setup_code or "", code, tests)
+    except SyntaxError as error:
+        return SandboxResult(False, f"SyntaxError: {error.msg}")
+    except UnsupportedTest as error:
+        return SandboxResult(False, str(error))
+    job = _job(code, setup_code or "", split.probes, isolate=isolate, wall=wall_seconds, cpu=cpu_seconds, memory=memory_bytes)
+    return _launch(job, {"setup": setup_code or "", "modules": split.modules, "names": split.names, "checks": split.checks})
+
+
 def run_python(program: str, *, wall_seconds: float = 10.0, cpu_seconds: int = 5, memory_bytes: int = 1 << 30) -> SandboxResult:
-    """Run ``program``; passed when it exits 0 within the limits."""
-    with tempfile.TemporaryDirectory(prefix="corpmerge-sandbox-") as tmp:
-        script = Path(tmp) / "program.py"
-        script.write_text(PRELUDE.format(cpu_seconds=cpu_seconds, memory_bytes=memory_bytes) + "\n" + program)
-        env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-        with open(Path(tmp) / "stderr.txt", "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-B", str(script)], cwd=tmp, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, close_fds=True,
-            )
-            try:
-                code = proc.wait(timeout=wall_seconds)
-            except subprocess.TimeoutExpired:
-                code = None
-            finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-        if code is None:
-            return SandboxResult(False, "timeout")
-        if code == 0:
-            return SandboxResult(True, "ok")
-        tail = (Path(tmp) / "stderr.txt").read_bytes()[-300:].decode("utf-8", "replace").strip().splitlines()
-        return SandboxResult(False, tail[-1] if tail else f"exit code {code}")
+    """Run ``program`` in the sandbox; passed when it ran to its end. Not a verdict: a program can fake that."""
+    job = _job(program, "", None, isolate=_isolate(), wall=wall_seconds, cpu=cpu_seconds, memory=memory_bytes)
+    return _launch(job, None)

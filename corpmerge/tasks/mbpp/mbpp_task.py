@@ -1,4 +1,4 @@
-"""lm-eval hooks for corpmerge_mbpp: code runs in corpmerge's sandbox, never in-process.
+"""lm-eval hooks for corpmerge_mbpp: code runs in corpmerge's sandbox, never in-process; the asserts are judged outside it.
 
 Local data: ``<data_dir>/train.jsonl`` and ``test.jsonl`` with ``text``, ``code``, ``test_list``
 and ``test_setup_code`` (the MBPP columns). Hub: google-research-datasets/mbpp (full).

@@ -1,0 +1,4 @@
+# Hang without using CPU.
+import time
+
+time.sleep(10**6)
