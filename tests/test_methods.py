@@ -6,6 +6,7 @@ from corpmerge.amplitudes import Cloud
 from corpmerge.methods import get_method
 from corpmerge.methods.corp import compatibility
 from corpmerge.methods.ties import TiesDelta, ties_combine, trim_threshold
+from corpmerge.noise import gaussian
 from corpmerge.methods.weights import elite_indices, softmax, zscore
 from corpmerge.population import Entry
 
@@ -100,6 +101,30 @@ def test_topk_subspace_full_rank_is_the_mean_and_low_rank_projects():
     assert cos > 0.999
 
 
+def test_topk_subspace_is_spanned_by_the_highest_weight_elites():
+    # equal σ: the unweighted elite matrix is σ·I, whose top-k subspace is arbitrary (LAPACK order)
+    rewards = np.array([0.3, 0.9, 0.5, 0.8, 0.6, 0.7])
+    sigmas = [0.002] * 6
+    for order in ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 5, 1, 3, 4]):
+        r = rewards[order]
+        c = cloud(list(r), sigmas)
+        res = run("topk_subspace", c, quantile=0.0, beta=5, k=2)
+        chosen = np.flatnonzero(res.final_amplitudes().values).tolist()
+        assert chosen == sorted(np.argsort(-r)[:2].tolist())  # the two highest-reward entries
+        assert res.info["subspace_rank"] == 2
+        w = softmax(5 * r)
+        assert np.allclose(res.final_amplitudes().values[chosen], w[chosen] * 0.002)
+
+
+def test_topk_subspace_weighs_reward_against_sigma():
+    # √wᵢσᵢ ranks the directions: a large-σ entry with a poor reward loses to a rewarded one
+    sigmas = [0.004, 0.001, 0.001]
+    low_reward_big_sigma = run("topk_subspace", cloud([0.1, 0.9, 0.2], sigmas), quantile=0.0, beta=10, k=1)
+    assert np.flatnonzero(low_reward_big_sigma.final_amplitudes().values).tolist() == [1]
+    permuted = run("topk_subspace", cloud([0.9, 0.1, 0.2], sigmas), quantile=0.0, beta=10, k=1)
+    assert np.flatnonzero(permuted.final_amplitudes().values).tolist() == [0]
+
+
 def test_ties_combine_identities():
     t = torch.randn(3000)
     copies = torch.stack([t, t, t])
@@ -114,6 +139,23 @@ def test_trim_threshold_keeps_density_fraction():
     thr = trim_threshold(t, 0.2)
     assert (t.abs() >= thr).sum().item() == 2000
     assert trim_threshold(t, 1.0) == 0.0
+
+
+def test_ties_trim_keeps_floor_of_density_times_n():
+    # n = 7, density 0.5: ⌊3.5⌋ = 3 values survive (mergekit's int(density·n)), not ⌈3.5⌉ = 4
+    t = torch.tensor([0.5, -3.0, 1.0, 2.5, -0.1, -2.0, 0.7])
+    thr = trim_threshold(t, 0.5)
+    assert thr == 2.0
+    assert t[t.abs() >= thr].tolist() == [-3.0, 2.5, -2.0]
+    assert trim_threshold(torch.tensor([1.0, -2.0, 3.0]), 0.3) == float("inf")  # ⌊0.9⌋ = 0: nothing kept
+    # a single elite's TIES update is its own trimmed perturbation σ·ε, computed by hand
+    sigma, shape = 0.01, torch.Size([3, 5])
+    eps = sigma * gaussian(42, "w", shape).flatten()
+    expected = torch.zeros(15)
+    top = torch.argsort(eps.abs(), descending=True)[:4]  # ⌊0.3·15⌋ = ⌊4.5⌋ = 4
+    expected[top] = eps[top]
+    delta = TiesDelta(np.array([42]), np.array([[sigma]]), 0.3)("w", shape)
+    assert torch.equal(delta.flatten(), expected)
 
 
 def test_ties_chunked_equals_in_memory(monkeypatch):

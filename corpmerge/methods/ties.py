@@ -1,9 +1,9 @@
 """TIES merging of the elite perturbations, computed tensor by tensor while streaming.
 
-Per tensor: trim each elite perturbation τᵢ to its top ``density`` fraction by magnitude,
-elect the sign of the summed trimmed mass, and average only the values that agree with it
-(disjoint mean). Non-linear in the noise, so it needs the actual noise coordinates; large
-tensors are done in chunks, regenerating noise slices with ``offset``.
+Per tensor: trim each elite perturbation τᵢ to its ⌊density·n⌋ largest-magnitude entries (as
+mergekit's magnitude trim), elect the sign of the summed trimmed mass, and average only the
+values that agree with it (disjoint mean). Non-linear in the noise, so it needs the actual
+noise coordinates; large tensors are done in chunks, regenerating noise slices with ``offset``.
 """
 
 from __future__ import annotations
@@ -36,12 +36,22 @@ def ties_combine(trimmed: torch.Tensor) -> torch.Tensor:
     return total / agree.sum(dim=0).clamp(min=1)
 
 
+def kept_count(numel: int, density: float) -> int:
+    """⌊density·n⌋ entries survive the trim, computed as mergekit does (``int(density * n)``)."""
+    return int(density * numel)
+
+
 def trim_threshold(perturbation: torch.Tensor, density: float) -> float:
-    """Magnitude at or above which the top ``density`` fraction of entries lies."""
+    """Magnitude of the ⌊density·n⌋-th largest entry: the entries at or above it survive the trim.
+
+    ``inf`` when ⌊density·n⌋ = 0 (nothing survives; mergekit refuses such a density instead).
+    """
     if density >= 1.0:
         return 0.0
     flat = perturbation.abs().flatten()
-    keep = max(1, math.ceil(density * flat.numel()))
+    keep = kept_count(flat.numel(), density)
+    if keep == 0:
+        return math.inf
     return float(torch.kthvalue(flat, flat.numel() - keep + 1).values)
 
 

@@ -1,4 +1,9 @@
-"""Reward-weighted mean projected onto the top-k principal subspace of the elite cloud."""
+"""Reward-weighted mean projected onto the top-k principal subspace of the reward-weighted elite cloud.
+
+The cloud's rows are √wᵢ·vᵢ (the paper's weighted point cloud), so the subspace depends on the
+rewards: on single-seed entries (a diagonal elite matrix) it is spanned by the k elites with the
+largest √wᵢ·σᵢ, not merely the largest σᵢ.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ class TopkSubspaceParams(MethodParams):
 
 
 def principal_directions(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Top-k right singular vectors (rows) of the uncentred elite matrix."""
+    """Top-k right singular vectors (rows) of the uncentred matrix, dropping null directions."""
     _, singular, vt = np.linalg.svd(vectors, full_matrices=False)
     rank = int((singular > singular.max() * 1e-12).sum()) if singular.size else 0
     return vt[: min(k, rank)]
@@ -26,11 +31,12 @@ def principal_directions(vectors: np.ndarray, k: int) -> np.ndarray:
 
 @merge_method("topk_subspace", TopkSubspaceParams)
 def topk_subspace(cloud: Cloud, p: TopkSubspaceParams) -> MergeResult:
-    """Δ = α·P_k m, m the softmax(β·r)-weighted elite mean, P_k onto the top-k principal subspace."""
+    """Δ = α·P_k m: m = Σ wᵢvᵢ with w = softmax(β·r) over the elites, P_k onto the top-k right
+    singular vectors of the weighted cloud [√wᵢ·vᵢ]."""
     elite = elite_indices(cloud.rewards, p.quantile)
     weights = softmax(p.beta * cloud.rewards[elite])
     mean = cloud.combine(elite, weights)
-    basis = principal_directions(cloud.vectors[elite], p.k)
+    basis = principal_directions(np.sqrt(weights)[:, None] * cloud.vectors[elite], p.k)
     projected = (mean.values @ basis.T) @ basis
     return MergeResult(
         method="topk_subspace",
