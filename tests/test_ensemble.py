@@ -1,8 +1,34 @@
 import json
+import random
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import run_cli, scoring_recipe, write_recipe
+from corpmerge.recipe import ScoringSpec
 from corpmerge.scoring.answers import prediction
+from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
+
+
+def write_length_task(folder, n: int = 12):
+    """A 4-choice task whose options differ a lot in length, reporting acc and acc_norm."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        choices = ["no", "maybe so", "yes indeed, certainly", "x"]
+        rng.shuffle(choices)
+        rows.append({"question": f"Q{i}:", "choices": choices, "answer": i % 4})
+    data = folder / "tiny_norm.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "tiny_norm.yaml").write_text(
+        "task: tiny_norm\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    train: {data}\n    test: {data}\n"
+        "output_type: multiple_choice\ntraining_split: train\ntest_split: test\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+    )
+    return rows
 
 
 def test_majority_vote_rules():
@@ -24,6 +50,36 @@ def test_predictions_per_task():
     assert prediction("corpmerge_rocstories", "generate_until", "<answer>A B C D E</answer>") == "ABCDE"
     assert prediction("corpmerge_countdown", "generate_until", "<answer>1 + 2</answer>") == "1+2"
     assert prediction("other_gen", "generate_until", "  ") is None
+
+
+def test_multiple_choice_vote_follows_the_metric():
+    # ℓ = (-3, -4) over options "a", "bbbb": raw argmax 0; per character (-3, -1): option 1
+    lls = [(-3.0, False), (-4.0, False)]
+    assert prediction("mc", "multiple_choice", lls, "acc", ["a", "bbbb"]) == "0"
+    assert prediction("mc", "multiple_choice", lls, "acc_norm", ["a", "bbbb"]) == "1"
+    # "éé" is 2 characters but 4 bytes: per character (-1.5, -1.33) → 1, per byte (-0.75, -1.33) → 0
+    assert prediction("mc", "multiple_choice", lls, "acc_norm", ["éé", "bbb"]) == "1"
+    assert prediction("mc", "multiple_choice", lls, "acc_bytes", ["éé", "bbb"]) == "0"
+    # mutual information: conditional ℓ then unconditional ℓ; (-3+1, -4+5) → option 1
+    assert prediction("mc", "multiple_choice", [-3.0, -4.0, -1.0, -5.0], "acc_mutual_info", ["a", "b"]) == "1"
+    assert prediction("mc", "multiple_choice", [-3.0, -4.0, -1.0, -5.0], "acc", ["a", "b"]) == "0"  # only the n options
+    with pytest.raises(ValueError, match="acc_norm"):
+        prediction("mc", "multiple_choice", lls, "acc_norm")
+
+
+def test_lmeval_votes_agree_with_the_reward_metric(tmp_path, tiny_model):
+    rows = write_length_task(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    lm = make_lm(model, AutoTokenizer.from_pretrained(tiny_model), batch_size=8)
+    votes = {}
+    for metric in ("acc", "acc_norm"):
+        suite = TaskSuite(ScoringSpec(tasks=["tiny_norm"], include_path=str(tmp_path), metric=metric), split="test")
+        scores = suite.evaluate(lm, {"tiny_norm": list(range(len(rows)))})
+        votes[metric] = {doc: s.prediction for (_, doc), s in scores.items()}
+        for (_, doc), s in scores.items():  # the vote is right exactly when the reward metric says so
+            assert (s.prediction == str(rows[doc]["answer"])) == s.correct, (metric, doc)
+    # the test has teeth: some examples are right under acc_norm although the raw argmax is wrong
+    assert any(votes["acc_norm"][d] == str(r["answer"]) != votes["acc"][d] for d, r in enumerate(rows))
 
 
 def test_recovered_fraction():

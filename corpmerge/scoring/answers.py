@@ -1,13 +1,16 @@
 """The answer a completion gives, per task: what the RandOpt ensemble votes on.
 
-Multiple-choice tasks vote on the chosen option; generation tasks on the extracted answer
-(normalised where the task compares normalised answers). ``None`` means no answer was given,
-and such votes are dropped.
+Multiple-choice tasks vote on the option that the reward metric picks (lm-eval's rule for that
+metric, e.g. the length-normalised choice under ``acc_norm``); generation tasks on the extracted
+answer (normalised where the task compares normalised answers). ``None`` means no answer was
+given, and such votes are dropped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from corpmerge.rewards import countdown, gsm8k, math_answer, mbpp, rocstories
 
@@ -35,11 +38,35 @@ EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 }
 
 
-def prediction(task: str, output_type: str, filtered_response: Any) -> str | None:
-    """The vote of one model on one example."""
+def choice_prediction(logliks: Sequence[float], metric: str = "acc", choices: Sequence[str] | None = None) -> str:
+    """Index of the option ``metric`` picks, as lm-eval scores it (first index on ties):
+    argmax ℓᵢ/len(cᵢ) for acc_norm, ℓᵢ/bytes(cᵢ) for acc_bytes, ℓᵢ − ℓᵢ(unconditional) for
+    acc_mutual_info (ℓ then holds 2n values), and argmax ℓᵢ over the n options otherwise."""
+    lls = np.asarray(logliks, dtype=np.float64)
+    if choices is None:
+        if metric in ("acc_norm", "acc_bytes", "acc_mutual_info"):
+            raise ValueError(f"metric '{metric}' needs the options' text to pick one")
+        return str(int(np.argmax(lls)))
+    n = len(choices)
+    if metric == "acc_norm":
+        scores = lls[:n] / np.array([len(c) for c in choices], dtype=np.float64)
+    elif metric == "acc_bytes":
+        scores = lls[:n] / np.array([len(c.encode("utf-8")) for c in choices], dtype=np.float64)
+    elif metric == "acc_mutual_info" and lls.size == 2 * n:
+        scores = lls[:n] - lls[n:]
+    else:
+        scores = lls[:n]
+    return str(int(np.argmax(scores)))
+
+
+def prediction(
+    task: str, output_type: str, filtered_response: Any, metric: str = "acc", choices: Sequence[str] | None = None
+) -> str | None:
+    """The vote of one model on one example; on multiple choice, the option ``metric`` picks
+    among ``choices`` (the task's ``doc_to_choice`` of the example)."""
     if output_type == "multiple_choice":
         logliks = [r[0] if isinstance(r, (tuple, list)) else r for r in filtered_response]
-        return str(max(range(len(logliks)), key=lambda i: logliks[i]))
+        return choice_prediction(logliks, metric, choices)
     if output_type != "generate_until" or not isinstance(filtered_response, str):
         return None
     extract = EXTRACTORS.get(task)

@@ -146,8 +146,11 @@ class TaskSuite:
         value = float(sample[metric])
         correct = bool(sample["correct"]) if "correct" in sample else value >= 1.0 - 1e-9
         task = self.tasks[name]
-        response = sample["filtered_resps"][0] if task.OUTPUT_TYPE == "generate_until" else sample["filtered_resps"]
-        return ExampleScore(value, correct, prediction(name, task.OUTPUT_TYPE, response))
+        if task.OUTPUT_TYPE == "multiple_choice":  # the option the reward metric picks, not always the raw argmax
+            vote = prediction(name, task.OUTPUT_TYPE, sample["filtered_resps"], metric, task.doc_to_choice(sample["doc"]))
+        else:
+            vote = prediction(name, task.OUTPUT_TYPE, sample["filtered_resps"][0])
+        return ExampleScore(value, correct, vote)
 
 
 def make_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int | str) -> Any:
