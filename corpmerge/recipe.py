@@ -1,7 +1,13 @@
-"""The YAML recipe: pydantic models (unknown keys are errors) and one-line error messages."""
+"""The YAML recipe: bounded reading, pydantic models (unknown keys are errors) and one-line error messages.
+
+Recipes are untrusted text. Reading one is bounded in size (``MAX_RECIPE_BYTES``), in YAML nodes
+after alias expansion (``MAX_NODES``), in nesting (``MAX_DEPTH``) and in the length of every
+list or mapping but the population (``MAX_ITEMS``); messages quote at most a short excerpt.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -15,6 +21,38 @@ from corpmerge.population import MAX_SEED, Entry, sample_population
 from corpmerge.sizes import parse_size
 
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_RECIPE_BYTES = 16 * 2**20
+MAX_NODES = 2_000_000
+MAX_DEPTH = 64
+MAX_ITEMS = 10_000
+MAX_GRID = 10_000
+MAX_PATH_CHARS = 4096
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """``value`` as a short one-line quotation: control characters escaped, long text cut with …, containers by size."""
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    text = (value if isinstance(value, str) else repr(value))[: limit + 1].encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _path_field(value: str | None) -> str | None:
+    """A file-system path from a recipe: no NUL byte, at most ``MAX_PATH_CHARS`` characters, ``~`` expanded."""
+    if value is None:
+        return None
+    if "\0" in value:
+        raise ValueError(f"'{excerpt(value)}' contains a NUL character; give a plain path")
+    if len(value) > MAX_PATH_CHARS:
+        raise ValueError(f"a path of {len(value)} characters is too long (at most {MAX_PATH_CHARS})")
+    return os.path.expanduser(value)
+
+
+def _no_bool_size(value: Any) -> Any:
+    """YAML ``true``/``false`` are not sizes (pydantic would read ``true`` as 1 byte)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is not a size; use e.g. 2GB, 500MB, 1.5GiB or a byte count")
+    return value
 
 
 class _Strict(BaseModel):
@@ -42,7 +80,7 @@ def _population_kind(value: Any) -> str:
 
 
 Population = Annotated[
-    Union[Annotated[list[EntrySpec], Tag("entries")], Annotated[SampledPopulation, Tag("sampled")]],
+    Union[Annotated[list[EntrySpec], Field(fail_fast=True), Tag("entries")], Annotated[SampledPopulation, Tag("sampled")]],
     Discriminator(_population_kind),
 ]
 
@@ -115,6 +153,9 @@ class ScoringSpec(_Strict):
         default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe"
     )
 
+    _budget_not_bool = field_validator("memory_budget", mode="before")(_no_bool_size)
+    _paths = field_validator("include_path", "store")(_path_field)
+
     @field_validator("memory_budget")
     @classmethod
     def _budget(cls, value: int | str | None) -> int | str | None:
@@ -166,6 +207,9 @@ class OutputSpec(_Strict):
     push_to_hub: str | None = None
     private: bool = False
 
+    _size_not_bool = field_validator("max_shard_size", mode="before")(_no_bool_size)
+    _paths = field_validator("path", "work_dir")(_path_field)
+
     @field_validator("max_shard_size")
     @classmethod
     def _size(cls, value: int | str) -> int | str:
@@ -176,7 +220,7 @@ class OutputSpec(_Strict):
     @classmethod
     def _repo_id(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}", value):
-            raise ValueError(f"'{value}' is not a Hub repo id; use 'user/name' (letters, digits, - _ .)")
+            raise ValueError(f"'{excerpt(value)}' is not a Hub repo id; use 'user/name' (letters, digits, - _ .)")
         return value
 
     @property
@@ -204,10 +248,16 @@ class Recipe(_Strict):
     evaluate: EvaluateSpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
 
+    _base_path = field_validator("base_model")(_path_field)
+
     @field_validator("population")
     @classmethod
     def _unique_seeds(cls, value: Any) -> Any:
         if isinstance(value, list):
+            if not value:
+                raise ValueError(
+                    "the list is empty, so nothing can be merged; list {seed, sigma, reward} entries or sample with {size, sigmas, seed}"
+                )
             first: dict[int, int] = {}
             for i, entry in enumerate(value):
                 if entry.seed in first:
@@ -215,6 +265,19 @@ class Recipe(_Strict):
                         f"population[{i}].seed: seed {entry.seed} appears twice (also population[{first[entry.seed]}]); seeds must be unique"
                     )
                 first[entry.seed] = i
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _bounded_grid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        points = 1
+        for item in value.values():
+            points *= max(1, len(item)) if isinstance(item, list) else 1
+            if points > MAX_GRID:
+                raise ValueError(
+                    f"the grid (product of the list lengths) has more than {MAX_GRID:,} points; "
+                    "every point is a gate candidate, so give fewer values"
+                )
         return value
 
     def with_output(self, path: str | Path | None) -> "Recipe":
@@ -243,7 +306,7 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
         if isinstance(item, int):
             parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
         else:
-            parts.append(str(item))
+            parts.append(excerpt(item, 40))
     return ".".join(parts) or "recipe"
 
 
@@ -256,9 +319,9 @@ def _format_error(err: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{loc}: required field is missing"
     if kind == "literal_error" and loc == "dtype":
-        return f"dtype: '{err.get('input')}' is not supported; use one of {', '.join(DTYPES)}"
+        return f"dtype: '{excerpt(err.get('input'))}' is not supported; use one of {', '.join(DTYPES)}"
     if kind == "finite_number":
-        return f"{loc}: must be a finite number (got {err.get('input')})"
+        return f"{loc}: must be a finite number (got {excerpt(err.get('input'))})"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
         if msg.startswith("population["):
@@ -278,15 +341,189 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file."""
+    """Read and validate a recipe file (bounded: see the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise CorpmergeError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise CorpmergeError(f"{path}: recipe file not found")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise CorpmergeError(f"{excerpt(str(path), 200)}: cannot read the recipe ({exc.strerror})") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise CorpmergeError(
+            f"{path}: a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; "
+            "sample big populations with {size, sigmas, seed} instead of listing them"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CorpmergeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the recipe as UTF-8") from None
+    return parse_recipe(read_yaml(text, str(path)), str(path))
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """One YAML document as plain data, like ``yaml.safe_load`` but bounded; one-line errors naming ``source``."""
+    loader = (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)(text)
+    try:
+        return _Reader(loader).document()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise CorpmergeError(f"{path}: not valid YAML{where}: {problem}") from None
-    return parse_recipe(data, str(path))
+        raise CorpmergeError(f"{source}: not valid YAML{where}: {excerpt(problem, 120)}") from None
+    except _Refused as exc:
+        mark = exc.event.start_mark
+        raise CorpmergeError(f"{source}: line {mark.line + 1}, column {mark.column + 1}: {exc.reason}") from None
+    finally:
+        loader.dispose()
+
+
+class _Refused(Exception):
+    """A YAML construct a recipe may not use, at ``event``."""
+
+    def __init__(self, event: yaml.Event, reason: str) -> None:
+        super().__init__(reason)
+        self.event, self.reason = event, reason
+
+
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})\Z")  # a subset of YAML 1.1 ints, read to the same value
+_PLAIN_FLOAT = re.compile(r"[-+]?[0-9]{1,40}\.[0-9]{0,40}\Z")  # likewise for floats
+_DEFAULT_TAGS = (None, "!", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
+_NO_KEY, _MERGE_KEY = object(), object()
+
+
+class _Collection:
+    """A list or mapping being read: its items so far and its size in YAML values, aliases expanded."""
+
+    def __init__(self, event: yaml.Event, unbounded: bool) -> None:
+        self.event, self.unbounded = event, unbounded
+        self.is_map = isinstance(event, yaml.MappingStartEvent)
+        self.items: dict[Any, Any] | list[Any] = {} if self.is_map else []
+        self.key: Any = _NO_KEY
+        self.nodes = 1
+        self.merges: list[dict[Any, Any]] = []
+
+    def add(self, value: Any, nodes: int, event: yaml.Event, merge_key: bool) -> None:
+        self.nodes += nodes
+        if not self.is_map:
+            self.items.append(value)
+        elif self.key is _NO_KEY:
+            if isinstance(value, (list, dict)):
+                raise _Refused(event, "a mapping key must be a plain value, not a list or mapping")
+            if not merge_key and value in self.items:
+                raise _Refused(event, f"key '{excerpt(value)}' appears twice in this mapping; keep one")
+            self.key = _MERGE_KEY if merge_key else value
+            return
+        elif self.key is _MERGE_KEY:
+            sources = value if isinstance(value, list) else [value]
+            if not all(isinstance(source, dict) for source in sources):
+                raise _Refused(event, "a merge key (<<) needs a mapping or a list of mappings")
+            self.merges.extend(sources)
+            self.key = _NO_KEY
+            return
+        else:
+            self.items[self.key] = value
+            self.key = _NO_KEY
+        if not self.unbounded and len(self.items) > MAX_ITEMS:
+            raise _Refused(self.event, f"more than {MAX_ITEMS:,} items in one list or mapping (only `population` may be longer)")
+
+    def value(self) -> Any:
+        if not self.merges:
+            return self.items
+        merged: dict[Any, Any] = {}
+        for source in reversed(self.merges):  # the first merge source wins; explicit keys win over all
+            merged.update(source)
+        merged.update(self.items)
+        return merged
+
+
+class _Reader:
+    """Builds plain data from parser events without recursion, counting values as if aliases were copies."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.anchors: dict[str, tuple[Any, int]] = {}
+        self.open_anchors: set[str] = set()
+        self.nodes = 0
+        self.aliased = False
+        resolvers = type(loader).yaml_implicit_resolvers
+        # a plain scalar is a string when no implicit resolver is registered for its first character
+        self.resolved_first = None if None in resolvers else frozenset(resolvers)
+
+    def document(self) -> Any:
+        self.loader.get_event()  # stream start
+        if self.loader.check_event(yaml.StreamEndEvent):
+            return None
+        self.loader.get_event()  # document start
+        data = self._node()
+        self.loader.get_event()  # document end
+        if not self.loader.check_event(yaml.StreamEndEvent):
+            raise _Refused(self.loader.get_event(), "a recipe file holds one YAML document; remove the extra `---` documents")
+        return data
+
+    def _too_big(self, event: yaml.Event) -> _Refused:
+        cause = "anchors and aliases (&, *) expand" if self.aliased else "the recipe grows"
+        return _Refused(event, f"{cause} to more than {MAX_NODES:,} YAML values; a recipe may not be that big")
+
+    def _node(self) -> Any:
+        stack: list[_Collection] = []
+        get_event, scalar = self.loader.get_event, self._scalar
+        while True:
+            event = get_event()
+            kind = event.__class__
+            merge_key = False
+            if kind is yaml.ScalarEvent:
+                merge_key = event.tag is None and event.implicit[0] and event.value == "<<"
+                value, nodes = (event.value if merge_key else scalar(event)), 1
+                self.nodes += 1
+            elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
+                if event.tag not in _DEFAULT_TAGS:
+                    raise _Refused(event, f"tag '{excerpt(event.tag)}' is not supported in a recipe")
+                if len(stack) >= MAX_DEPTH:
+                    raise _Refused(event, f"nested more than {MAX_DEPTH} levels deep")
+                self.nodes += 1  # checked at the next scalar or end: nesting is bounded
+                population = len(stack) == 1 and stack[0].is_map and stack[0].key == "population"
+                stack.append(_Collection(event, unbounded=population))
+                if event.anchor is not None:
+                    self.open_anchors.add(event.anchor)
+                continue
+            elif kind is yaml.AliasEvent:
+                if event.anchor in self.open_anchors:
+                    raise _Refused(event, f"alias *{excerpt(event.anchor)} refers to a list or mapping that contains it")
+                if event.anchor not in self.anchors:
+                    raise _Refused(event, f"alias *{excerpt(event.anchor)} has no anchor &{excerpt(event.anchor)} before it")
+                value, nodes = self.anchors[event.anchor]
+                self.aliased = True
+                self.nodes += nodes
+            else:  # the end of a list or mapping
+                done = stack.pop()
+                value, nodes, event = done.value(), done.nodes, done.event
+            if self.nodes > MAX_NODES:
+                raise self._too_big(event)
+            if kind is not yaml.AliasEvent and event.anchor is not None:
+                self.anchors[event.anchor] = (value, nodes)
+                self.open_anchors.discard(event.anchor)
+            if not stack:
+                return value
+            stack[-1].add(value, nodes, event, merge_key)
+
+    def _scalar(self, event: yaml.ScalarEvent) -> Any:
+        """The scalar's value under YAML 1.1 rules, as ``yaml.safe_load`` reads it (plain numbers on a fast path)."""
+        value = event.value
+        if event.tag is None and event.implicit[0]:
+            if value and self.resolved_first is not None and value[0] not in self.resolved_first:
+                return value
+            if _PLAIN_INT.match(value):
+                return int(value)
+            if _PLAIN_FLOAT.match(value):
+                return float(value)
+        tag = self.loader.resolve(yaml.ScalarNode, value, event.implicit) if event.tag in (None, "!") else event.tag
+        construct = type(self.loader).yaml_constructors.get(tag)
+        if construct is None:
+            raise _Refused(event, f"tag '{excerpt(tag)}' is not supported in a recipe")
+        try:
+            return construct(self.loader, yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style))
+        except (ValueError, OverflowError, yaml.YAMLError) as exc:
+            raise _Refused(event, f"cannot read '{excerpt(value)}' as {tag.rsplit(':', 1)[-1]}: {excerpt(str(exc), 80)}") from None

