@@ -9,18 +9,23 @@ import logging
 import os
 import re
 import shutil
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.recipe import PerturbSpec
+from corpmerge.recipe import PerturbSpec, excerpt
 
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+GGUF_MAGIC = b"GGUF"
+# what loading a malformed checkpoint or GGUF file raises inside transformers / gguf (besides SafetensorError)
+_LOAD_ERRORS = (OSError, ValueError, KeyError, IndexError, struct.error, NotImplementedError, MemoryError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -69,25 +74,45 @@ class BaseRef:
 
 
 def resolve_base(base_model: str) -> BaseRef:
-    """Resolve ``base_model`` to a loadable reference, with a one-line error when it is missing."""
+    """Resolve ``base_model`` to a loadable reference, with a one-line error when it is missing or not a model."""
     if base_model.startswith("embedded:"):
         if base_model not in EMBEDDED:
-            raise CorpmergeError(f"base_model: unknown embedded model '{base_model}'; known: {', '.join(EMBEDDED)}")
+            raise CorpmergeError(f"base_model: unknown embedded model '{excerpt(base_model)}'; known: {', '.join(EMBEDDED)}")
         path = _embedded_path(base_model)
         return BaseRef(str(path.parent), gguf_file=path.name)
     path = Path(base_model).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return BaseRef(str(path.parent), gguf_file=path.name)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CorpmergeError(f"base_model: '{base_model}' has no config.json; point it at a Hugging Face checkpoint folder")
-        return BaseRef(str(path))
+    try:
+        if path.is_file():
+            return _gguf_base(base_model, path)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise CorpmergeError(f"base_model: '{excerpt(base_model)}' has no config.json; point it at a Hugging Face checkpoint folder")
+            return BaseRef(str(path))
+    except OSError as exc:
+        raise CorpmergeError(f"base_model: cannot read '{excerpt(base_model)}' ({exc.strerror}); give a readable checkpoint folder or .gguf file") from None
     looks_local = base_model.startswith((".", "/", "~")) or path.suffix == ".gguf" or not _HUB_ID.match(base_model)
     if looks_local:
         raise CorpmergeError(
-            f"base_model: '{base_model}' not found; give an existing checkpoint folder, a .gguf file or a Hub id (org/name)"
+            f"base_model: '{excerpt(base_model)}' not found; give an existing checkpoint folder, a .gguf file or a Hub id (org/name)"
         )
     return BaseRef(base_model)
+
+
+def _gguf_base(base_model: str, path: Path) -> BaseRef:
+    """A file base: it must be GGUF (checked by its first bytes, not its name)."""
+    with path.open("rb") as handle:
+        magic = handle.read(len(GGUF_MAGIC))
+    if magic == GGUF_MAGIC:
+        return BaseRef(str(path.parent), gguf_file=path.name)
+    if path.suffix.lower() == ".gguf":
+        raise CorpmergeError(
+            f"base_model: '{excerpt(base_model)}' is not a GGUF file (it does not start with the bytes 'GGUF'); "
+            "give a valid .gguf file or a checkpoint folder"
+        )
+    raise CorpmergeError(
+        f"base_model: '{excerpt(base_model)}' is a file, not a model; give a checkpoint folder (with config.json), "
+        "a .gguf file or a Hub id (org/name)"
+    )
 
 
 def _cache_root() -> Path:
@@ -115,8 +140,12 @@ def ensure_checkpoint(ref: BaseRef) -> BaseRef:
     if (target / "config.json").is_file():
         return BaseRef(str(target))
     log.info("converting %s to a float32 checkpoint (once; cached in %s)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(ref.source, gguf_file=ref.gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(ref.source, gguf_file=ref.gguf_file)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.source, gguf_file=ref.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(ref.source, gguf_file=ref.gguf_file)
+    except _LOAD_ERRORS as exc:
+        reason = excerpt(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 120)
+        raise CorpmergeError(f"base_model: cannot read the GGUF file '{excerpt(str(gguf), 120)}' ({reason}); is it complete and a supported model?") from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -138,9 +167,9 @@ def load_base(ref: BaseRef) -> torch.nn.Module:
     kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (*_LOAD_ERRORS, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorpmergeError(f"base_model: cannot load '{ref.source}': {first}") from None
+        raise CorpmergeError(f"base_model: cannot load '{excerpt(ref.source, 120)}': {excerpt(first, 160)}") from None
     return model.eval()
 
 
