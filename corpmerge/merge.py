@@ -10,6 +10,7 @@ from corpmerge.output.hub import push_folder
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import ensure_checkpoint, load_base, load_tokenizer, resolve_base
 from corpmerge.output.folder import write_output
+from corpmerge.output.location import check_output_location
 from corpmerge.plan import check_recipe
 from corpmerge.recipe import Recipe
 
@@ -17,9 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> tuple[Path, MergeResult]:
-    """Merge a rewarded population (gate disabled) and write the output folder."""
+    """Merge a rewarded population (gate disabled) and write the output folder.
+
+    The output location is checked before any weights are loaded, and again right before writing.
+    """
     recipe = recipe.with_output(out_dir)
     checked = check_recipe(recipe, needs_rewards=True)
+    check_output_location(recipe, overwrite)
     result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
     ref = ensure_checkpoint(resolve_base(recipe.base_model))
     log.info("loading base %s", recipe.base_model)

@@ -16,6 +16,7 @@ import yaml
 from corpmerge import __version__
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
+from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
 from corpmerge.noise import NOISE_BATCH, SCHEME
 from corpmerge.population import Entry
@@ -37,15 +38,20 @@ def population_summary(entries: list[Entry]) -> dict[str, Any]:
     }
 
 
-def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult) -> dict[str, Any]:
-    """Everything needed to explain and rebuild the model: resolved recipe, merge choice, amplitudes."""
+def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult | None) -> dict[str, Any]:
+    """Everything needed to explain and rebuild the model: resolved recipe, merge choice, amplitudes.
+
+    ``result=None`` (an abstained run written with ``write_on_abstain``) has ``merge`` and ``lineage`` null.
+    The first key is ``corpmerge_version``: it is how ``--overwrite`` recognises a corpmerge output.
+    """
     resolved = recipe.dump()
     resolved["population"] = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
+    head = {"corpmerge_version": __version__, "noise": SCHEME, "recipe": resolved}
+    if result is None:
+        return {**head, "merge": None, "population_summary": population_summary(entries), "lineage": None}
     amplitudes = result.final_amplitudes()
     return {
-        "corpmerge_version": __version__,
-        "noise": SCHEME,
-        "recipe": resolved,
+        **head,
         "merge": {
             "method": result.method,
             "parameters": result.params,
@@ -81,8 +87,13 @@ def write_output(
     report: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically."""
+    """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically.
+
+    The location is checked again first (``check_output_location``): never onto or around the base,
+    ``overwrite`` replaces only a previous corpmerge output.
+    """
     out_dir = Path(out_dir)
+    check_output_location(recipe.with_output(out_dir), overwrite)
     tensors = unique_tensors(model)
     perturbed = set(perturbed_names(model, recipe.perturb)) if result is not None else set()
     scratch = torch.empty(max(max(t.numel() for t in tensors.values()), NOISE_BATCH), dtype=torch.float32)
@@ -97,9 +108,9 @@ def write_output(
         _save_config(model, ref, tmp, recipe.dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        lineage = lineage_document(recipe, entries, result)
+        (tmp / LINEAGE_FILE).write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
         if result is not None:
-            lineage = lineage_document(recipe, entries, result)
-            (tmp / "corpmerge.yaml").write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
             (tmp / "README.md").write_text(render_model_card(lineage, report))
         elif report is not None:
             (tmp / "README.md").write_text(render_abstain_card(recipe.base_model, report))

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from corpmerge.errors import CorpmergeError
+from corpmerge.recipe import excerpt
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +49,55 @@ def shard_file_names(count: int) -> list[str]:
 
 @contextmanager
 def staging_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden folder beside ``out_dir`` that replaces it only when the block completes."""
+    """A hidden folder beside ``out_dir`` that replaces it only when the block completes.
+
+    Nothing is left behind when the block fails; a failure of the file system (full disk, no
+    permission) becomes a one-line CorpmergeError, and a previous ``out_dir`` stays in place.
+    Whether ``out_dir`` may be replaced at all is the caller's check (``output.location``).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CorpmergeError(f"output.path: '{out_dir}' already exists; remove it, choose another path or pass --overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise _write_error(out_dir, exc) from None
     try:
         yield tmp
+        _publish(tmp, out_dir)
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(out_dir, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move ``tmp`` to ``out_dir``; a previous ``out_dir`` is removed only once the new one is in place."""
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_error(out_dir: Path, exc: Exception) -> CorpmergeError:
+    text = str(exc).strip()
+    reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+    return CorpmergeError(
+        f"output.path: writing '{excerpt(str(out_dir), 120)}' failed ({excerpt(reason, 120)}); "
+        "nothing was written — free space or choose a writable location"
+    )
 
 
 def write_weights(
