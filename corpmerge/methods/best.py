@@ -6,6 +6,7 @@ import numpy as np
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.methods.registry import MergeResult, MethodParams, merge_method
+from corpmerge.methods.weights import check_rewards
 
 
 class BestParams(MethodParams):
@@ -15,6 +16,7 @@ class BestParams(MethodParams):
 @merge_method("best", BestParams)
 def best(cloud: Cloud, p: BestParams) -> MergeResult:
     """θ₀ + σ·ε(s) of the top entry (the first one listed when rewards tie)."""
+    check_rewards(cloud.rewards)
     top = np.array([int(np.argmax(cloud.rewards))])
     weights = np.ones(1)
     return MergeResult(
