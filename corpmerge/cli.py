@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -28,15 +29,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 RecipeArg = typer.Argument(..., exists=False, dir_okay=False, help="Path to a corpmerge YAML recipe.")
+OutputOpt = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path).")
+OverwriteOpt = typer.Option(
+    False, "--overwrite", help="Replace an existing output folder if corpmerge wrote it (atomically, once the new one is complete)."
+)
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--version")
+MAX_ERROR_CHARS = 1000
 
 
-def _rich_reporter(quiet: bool) -> progress.Reporter | None:
-    if quiet:
-        return None
+def _rich_reporter() -> progress.Reporter:
+    """Progress bars on a terminal."""
 
     @contextmanager
     def reporter(description: str, total: int) -> Iterator[progress.Advance]:
@@ -66,9 +72,23 @@ def _setup(
         out.print(f"corpmerge {__version__}")
         raise typer.Exit()
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s", force=True)
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # logs, pipes, CI: plain timestamped lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("corpmerge").setLevel(level)
-    progress.set_reporter(_rich_reporter(quiet))
+    progress.set_reporter(None if quiet else _rich_reporter() if err.is_terminal else progress.log_reporter())
+
+
+def _one_line(message: str) -> str:
+    """An error message as one line of bounded length (the middle of an overlong one is cut)."""
+    line = " ".join(message.split())
+    if len(line) <= MAX_ERROR_CHARS:
+        return line
+    return f"{line[: MAX_ERROR_CHARS * 2 // 3]} … {line[-MAX_ERROR_CHARS // 3 :]}"
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,7 +99,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except CorpmergeError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to continue")
@@ -90,27 +110,26 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @app.command()
 @_user_errors
-def validate(recipe: Path = RecipeArg) -> None:
-    """Check a recipe (schema, method parameters, base model location, noise scheme) without loading weights."""
+def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bool = OverwriteOpt) -> None:
+    """Check a recipe (schema, method parameters, base model, noise scheme, output and work folders) without loading weights."""
+    from corpmerge.output.location import check_output_location
     from corpmerge.plan import check_recipe
     from corpmerge.recipe import load_recipe
 
-    parsed = load_recipe(recipe)
+    parsed = load_recipe(recipe).with_output(output)
     checked = check_recipe(parsed, needs_rewards=parsed.scoring is None)
+    check_output_location(parsed, overwrite)
     out.print(
-        f"[green]ok[/]: {recipe} — base {parsed.base_model}, {len(checked.entries)} entries, "
-        f"method {checked.method.name}, {len(checked.grid)} grid point(s), gate {'on' if parsed.gate.enabled else 'off'}",
+        f"[green]ok[/]: {escape(str(recipe))} — base {escape(parsed.base_model)}, {len(checked.entries)} entries, "
+        f"method {checked.method.name}, {len(checked.grid)} grid point(s), gate {'on' if parsed.gate.enabled else 'off'}, "
+        f"output {escape(parsed.output.path)}",
         highlight=False,
     )
 
 
 @app.command()
 @_user_errors
-def merge(
-    recipe: Path = RecipeArg,
-    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (atomically, once the new one is complete)."),
-) -> None:
+def merge(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bool = OverwriteOpt) -> None:
     """Merge a population whose entries already carry rewards (gate disabled) into a model folder."""
     from corpmerge.merge import merge_recipe
     from corpmerge.recipe import load_recipe
@@ -118,7 +137,7 @@ def merge(
     path, result = merge_recipe(load_recipe(recipe), output, overwrite)
     amps = result.final_amplitudes()
     detail = f"{amps.nonzero().seeds.size} seeds, update RMS {amps.rms():.3g}" if amps is not None else "tensorwise update"
-    out.print(f"[green]merged[/] with {result.method} ({len(result.elites)} elites, {detail}) → {path}", highlight=False)
+    out.print(f"[green]merged[/] with {result.method} ({len(result.elites)} elites, {detail}) → {escape(str(path))}", highlight=False)
 
 
 @app.command()
@@ -136,16 +155,12 @@ def score(recipe: Path = RecipeArg) -> None:
     for rank, entry in enumerate(entries[:10], 1):
         table.add_row(str(rank), str(entry.seed), f"{entry.sigma:g}", f"{entry.reward:.4f}")
     out.print(table)
-    out.print(f"{len(entries)} rewards → {result['rewards_path']}", highlight=False)
+    out.print(f"{len(entries)} rewards → {escape(result['rewards_path'])}", highlight=False)
 
 
 @app.command()
 @_user_errors
-def run(
-    recipe: Path = RecipeArg,
-    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder (atomically, once the new one is complete)."),
-) -> None:
+def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bool = OverwriteOpt) -> None:
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
@@ -175,7 +190,7 @@ def diagnose(
     for name, st in result["statistics"].items():
         table.add_row(name.replace("_", "-"), f"{st['mean']:+.4f}", f"{st['lower95']:+.4f}", "[green]stable[/]" if st["stable"] else "not stable")
     out.print(table)
-    out.print(f"plot → {result['plot']}", highlight=False)
+    out.print(f"plot → {escape(result['plot'])}", highlight=False)
 
 
 @app.command()
@@ -207,7 +222,7 @@ def push(
     from corpmerge.output.hub import push_folder
 
     url = push_folder(out_dir, repo_id, private=private, revision=revision, commit_message=commit_message)
-    out.print(f"[green]pushed[/] {out_dir} → {url}", highlight=False)
+    out.print(f"[green]pushed[/] {escape(str(out_dir))} → {escape(url)}", highlight=False)
 
 
 @app.command()
@@ -235,9 +250,40 @@ def methods() -> None:
     out.print(table)
 
 
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move global flags (-q, -v, --version) given after the subcommand in front of it, as git and mergekit users type them.
+
+    Values of the subcommand's own options (``-o -q`` names a folder "-q") and everything after ``--`` stay put.
+    """
+    at = next((i for i, arg in enumerate(args) if not arg.startswith("-")), None)  # global flags take no values
+    command = typer.main.get_command(app).commands.get(args[at]) if at is not None else None
+    if command is None:
+        return args
+    takes_value = {
+        name for param in command.params if param.param_type_name == "option" and not param.is_flag and not param.count
+        for name in param.opts + param.secondary_opts
+    }
+    moved: list[str] = []
+    kept: list[str] = []
+    rest = args[at + 1 :]
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            kept += rest[i:]
+            break
+        if arg in takes_value:
+            kept += rest[i : i + 2]
+            i += 2
+            continue
+        (moved if arg in GLOBAL_FLAGS or (len(arg) > 2 and arg[0] == "-" and set(arg[1:]) <= {"q", "v"}) else kept).append(arg)
+        i += 1
+    return moved + args[: at + 1] + kept
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    app(args=hoist_global_options(sys.argv[1:]))
 
 
 if __name__ == "__main__":
