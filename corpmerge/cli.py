@@ -21,6 +21,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; 
 
 from corpmerge import __version__, progress
 from corpmerge.errors import CorpmergeError
+from corpmerge.rewards.sandbox import SandboxError, SandboxUnavailable
 
 app = typer.Typer(
     name="corpmerge",
@@ -75,12 +76,37 @@ def _setup(
     if err.is_terminal:
         handler: logging.Handler = RichHandler(console=err, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
-    else:  # logs, pipes, CI: plain timestamped lines
+        handler.addFilter(_NotProgress())  # the bars show progress on a terminal
+    else:  # logs, pipes, CI: plain timestamped lines, progress lines included
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(level)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-    logging.getLogger("corpmerge").setLevel(level)
-    progress.set_reporter(None if quiet else _rich_reporter() if err.is_terminal else progress.log_reporter())
+    logging.getLogger("corpmerge").setLevel(min(level, logging.INFO))  # INFO always reaches a run's log file
+    bars = err.is_terminal and not quiet
+    progress.set_reporter(progress.tee(_rich_reporter(), progress.log_reporter()) if bars else progress.log_reporter())
+
+
+class _NotProgress(logging.Filter):
+    """Keeps progress lines off the terminal while bars draw them (they still reach the log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != progress.log.name
+
+
+def _log_to_file(path: Path) -> None:
+    """Also log to ``path`` (the work folder's corpmerge.log), progress lines included, appending across resumes."""
+    if os.environ.get("RANK", "0") != "0":
+        return  # one log per run: rank 0's
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return  # the pipeline's location check reports an unusable work folder in one line
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("corpmerge")
+    logger.addHandler(handler)
+    handler.setLevel(min(logger.level, logging.INFO))
 
 
 def _one_line(message: str) -> str:
@@ -101,6 +127,9 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except CorpmergeError as exc:
             err.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
+        except (SandboxUnavailable, SandboxError) as exc:  # raised from inside an lm-eval task's reward
+            err.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to continue")
             raise typer.Exit(130) from None
@@ -125,6 +154,8 @@ def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrit
         f"output {escape(parsed.output.path)}",
         highlight=False,
     )
+    for note in checked.notes:
+        out.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -144,10 +175,14 @@ def merge(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: 
 @_user_errors
 def score(recipe: Path = RecipeArg) -> None:
     """Score every population entry on the support fold A with lm-eval (resumable); write rewards.yaml."""
+    from corpmerge.output.location import check_work_location
     from corpmerge.pipeline import score_recipe
     from corpmerge.recipe import load_recipe
 
-    result = score_recipe(load_recipe(recipe))
+    parsed = load_recipe(recipe)
+    check_work_location(parsed)  # before the log file is created in the work folder
+    _log_to_file(parsed.output.work_path / "corpmerge.log")
+    result = score_recipe(parsed)
     if result is None:
         return  # a non-main process of a launched run: rank 0 reports
     entries = sorted(result["entries"], key=lambda e: -e.reward)
@@ -162,13 +197,32 @@ def score(recipe: Path = RecipeArg) -> None:
 @_user_errors
 def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bool = OverwriteOpt) -> None:
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
+    from corpmerge.output.location import check_output_location
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
     from corpmerge.report.view import render_report
 
-    report = run_recipe(load_recipe(recipe), output, overwrite)
+    parsed = load_recipe(recipe).with_output(output)
+    check_output_location(parsed, overwrite)  # before the log file is created in the work folder
+    _log_to_file(parsed.output.work_path / "corpmerge.log")
+    report = run_recipe(parsed, None, overwrite)
     if report is not None:  # None on the non-main processes of a launched run
         render_report(out, report)
+
+
+@app.command()
+@_user_errors
+def report(
+    folder: Path = typer.Argument(
+        ..., help="A run's output folder or work folder, or its report.json. A folder without report.json falls back to "
+        "<folder>.work, where an abstained run leaves its report."
+    ),
+) -> None:
+    """Re-render a finished run's tables and report.png from its report.json, without loading a model."""
+    from corpmerge.report.plots import render_report_dir
+
+    table, _ = render_report_dir(folder)
+    out.print(table)
 
 
 @app.command()

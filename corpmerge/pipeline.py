@@ -15,7 +15,6 @@ import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.report.diagnose import plot, sketch, split_half
-from corpmerge.scoring.distributed import World, current_world
 from corpmerge.errors import CorpmergeError
 from corpmerge.scoring.folds import count
 from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
@@ -25,11 +24,12 @@ from corpmerge.output.hub import push_folder
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, resolve_base
 from corpmerge.output.folder import population_summary, write_output
+from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.gate.stage2 import iterate
-from corpmerge.scoring.folds import Docs
+from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import entries_to_keep, race_order, rewarded, stage_sizes, standing, survivors
 from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, ordered
 from corpmerge.scoring.session import Session, open_session
@@ -52,49 +52,43 @@ class PhaseTimer:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
-def score_population(session: Session, entries: list[Entry], world: World | None = None, keep: int = 1) -> list[Entry]:
-    """Give every entry its fold-A reward (mean reward metric), racing the ones not given in the recipe.
+def score_population(session: Session, entries: list[Entry], keep: int = 1) -> list[Entry]:
+    """Give every entry its fold-A reward (mean reward metric), racing the ones not given in the recipe."""
+    return race_population(session, entries, keep)[0]
+
+
+def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tuple[list[Entry], dict[str, Any]]:
+    """Entries with fold-A rewards, and the race's summary (stages, entries stopped, example-evaluations).
 
     Racing (``scoring.racing``, see ``corpmerge.scoring.racing``) scores the unrewarded entries on
     growing slices of fold A and stops those that, with the stated confidence, cannot be among the
-    ``keep`` best; with racing off every entry is scored on the whole fold. Under a launcher each
-    stage's evaluations are dealt round-robin to the processes, which read each other's from the store.
+    ``keep`` best; with racing off every entry is scored on the whole fold. Each stage is one batch
+    of evaluations, spread over every process under a launcher.
     """
-    return race_population(session, entries, world, keep)[0]
-
-
-def race_population(
-    session: Session, entries: list[Entry], world: World | None = None, keep: int = 1,
-) -> tuple[list[Entry], dict[str, Any]]:
-    """Entries with fold-A rewards, and the race's summary (stages, entries stopped, example-evaluations)."""
-    world = world or current_world()
     spec = session.recipe.scoring.racing
     docs = session.folds["A"]
     order = race_order(docs, session.recipe.scoring.support.split_seed)
     n = len(order)
     todo = [i for i, e in enumerate(entries) if e.reward is None]
-    base = _values(session.scorer.scores("base", "A", docs), order) if todo else None
+    base = _values(session.scores(Request("base", "A", docs)), order) if todo else None
     sizes = stage_sizes(n, spec)
     alive, standings, stopped_at = list(todo), {}, {}
     for stage, m in enumerate(sizes, 1):
         prefix = as_docs(order[:m])
-        pending = [i for i in alive if session.store.missing(entry_subject(entries[i]), "A", order[:m])]
-        world.barrier()  # every process has read the same pending list before anyone adds to the store
-        mine = pending[world.rank :: world.size]
-        label = f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)"
-        _score_entries(session, [entries[i] for i in mine], prefix, label + (f" (rank {world.rank}/{world.size})" if world.size > 1 else ""))
-        world.barrier()
-        for i in alive:
-            standings[i] = standing(_values(session.scorer.scores(entry_subject(entries[i]), "A", prefix), order[:m]), base, spec.z)
+        requests = [
+            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma})
+            for i in alive
+        ]
+        results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
+        for i, scores in zip(alive, results):
+            standings[i] = standing(_values(scores, order[:m]), base, spec.z)
         if m < n:
             kept = survivors(standings, keep)
-            for i in alive:
-                if i not in kept:
-                    stopped_at[i] = m
+            stopped_at.update({i: m for i in alive if i not in kept})
             alive = [i for i in alive if i in kept]
             log.info("racing stage %d: %d of %d examples; %d entries continue, %d stopped", stage, m, n, len(alive), len(stopped_at))
     out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
-    examples = {i: (stopped_at.get(i, n)) for i in todo}
+    examples = {i: stopped_at.get(i, n) for i in todo}
     summary = {
         "enabled": spec.enabled, "stages": sizes, "z": spec.z, "keep": keep, "scored": len(todo),
         "stopped": len(stopped_at), "example_evaluations": int(sum(examples.values())),
@@ -108,18 +102,6 @@ def _values(scores: dict, keys: list) -> np.ndarray:
     return np.array([scores[k].value for k in keys], dtype=float)
 
 
-def _score_entries(session: Session, mine: list[Entry], docs: Docs, label: str) -> None:
-    """Score this process's share on ``docs`` (a prefix of fold A), with a progress bar showing the best reward so far."""
-    best = -np.inf
-    with task(label, len(mine)) as advance:
-        for entry in mine:
-            scores = session.scorer.scores(
-                entry_subject(entry), "A", docs, entry_update(entry), {"seed": entry.seed, "sigma": entry.sigma}
-            )
-            best = max(best, float(np.mean([s.value for s in scores.values()])))
-            advance(status=f"best partial reward {best:.3f}")
-
-
 def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
     """How many of the best entries racing must rank exactly: the elites of any grid point, RandOpt's top K."""
     quantiles = [p.quantile for p in checked.grid if hasattr(p, "quantile")]
@@ -131,7 +113,10 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
     checked = check_recipe(recipe, needs_rewards=False)
+    check_work_location(recipe)
     session = open_session(recipe)
+    if not session.world.is_main:
+        return session.serve()
     try:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
@@ -151,8 +136,11 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
 def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:
     """Split-half statistics of the top-``top`` elites, printed as a table and plotted to ``diagnose.png``."""
     checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
+    check_work_location(recipe)
     if recipe.scoring is not None:
         session = open_session(recipe)
+        if not session.world.is_main:
+            return session.serve()
         try:
             entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
             params = session.scorer.params
@@ -167,7 +155,9 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
     if len(elites) < 4:
         raise CorpmergeError(f"population: the split-half diagnostic needs at least 4 entries (got {len(elites)})")
     matrix = sketch(elites, list(sizes), coords, sizes)
-    stats = split_half(matrix, k=k, splits=splits)
+    beta = recipe.parameters.get("beta", 10.0)
+    beta = float(min(beta) if isinstance(beta, list) else beta)
+    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=beta)
     path = recipe.output.work_path / "diagnose.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot(str(path), entries, matrix, stats)
@@ -183,13 +173,13 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
     Returns None on the non-main processes of a launched run.
     """
     checked = check_recipe(recipe, needs_rewards=False)
-    world = current_world()
-    session = open_session(recipe, world.device)
+    check_work_location(recipe)
+    session = open_session(recipe)
+    if not session.world.is_main:
+        return session.serve()
     try:
-        entries = score_population(session, checked.entries, world, keep_for(checked))
-        if not world.is_main:
-            return None
-        base = accuracy(session.scorer.scores("base", "A", session.folds["A"]), session.folds["A"])
+        entries = score_population(session, checked.entries, keep_for(checked))
+        base = accuracy(session.scores(Request("base", "A", session.folds["A"])), session.folds["A"])
     finally:
         session.close()
     path = recipe.output.work_path / "rewards.yaml"
@@ -204,15 +194,15 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
     checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
+    check_output_location(recipe, overwrite)  # before any scoring; write_output checks again before writing
     out = Path(recipe.output.path)
-    world = current_world()
     with timer("load"):
-        session = open_session(recipe, world.device)
+        session = open_session(recipe)
+    if not session.world.is_main:
+        return session.serve()  # workers evaluate what rank 0 hands out; every decision is rank 0's
     try:
         with timer("score"):
-            entries, race = race_population(session, checked.entries, world, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
-        if not world.is_main:
-            return None  # only scoring is distributed; the gate and the merge run once, on rank 0
+            entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
         cloud = Cloud.from_entries(entries)
         with timer("gate"):
             if recipe.gate.enabled:
@@ -230,7 +220,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         if stage2 is not None:
             report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
             subject = subject_of_result(final)
-            report["chosen"] = {f: accuracy(session.scorer.scores(subject, f, session.folds[f], final), session.folds[f]) for f in report["chosen"]}
+            report["chosen"] = fold_accuracies(session, subject, final, list(report["chosen"]))
         best_index = int(np.argmax([e.reward for e in entries]))
         if recipe.evaluate is not None:
             with timer("evaluate"):
@@ -247,7 +237,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
             if written:
                 write_output(
                     out, recipe=recipe, entries=entries, result=final, model=session.model, tokenizer=session.tokenizer,
-                    ref=session.ref, report=report, overwrite=overwrite,
+                    ref=session.ref, report=report, overwrite=overwrite, picture=lambda path: write_report_png(report, path),
                 )
         if final is not None and recipe.output.push_to_hub:
             with timer("push"):
@@ -255,8 +245,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report["timings_s"] = timer.seconds
         report_dir = out if written else recipe.output.work_path
         _write_json_atomic(report_dir / "report.json", report)
-        for folder in {report_dir, recipe.output.work_path}:
-            write_report_png(report, folder / "report.png")
+        write_report_png(report, recipe.output.work_path / "report.png")
         report["report_path"] = str(report_dir / "report.json")
         return report
     finally:
@@ -265,14 +254,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
 
 def _report(session: Session, entries: list[Entry], checked: Checked, decision: GateDecision) -> dict[str, Any]:
     """Base vs chosen on the folds, the gate's numbers and every candidate tried."""
-    folds, scorer = session.folds, session.scorer
+    folds = session.folds
     used = ("A", "B", "C") if session.recipe.gate.enabled else ("A",)
     report: dict[str, Any] = {
         "base_model": session.recipe.base_model,
         "method": checked.method.name,
         "population": population_summary(entries),
         "folds": {f: count(d) for f, d in folds.items()},
-        "base": {f: accuracy(scorer.scores("base", f, folds[f]), folds[f]) for f in used},
+        "base": fold_accuracies(session, "base", None, used),
         "candidates_tried": len(decision.candidates),
         "gate": {
             "enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason,
@@ -299,8 +288,14 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
             probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
     subject = subject_of_result(final)
-    report["chosen"] = {f: accuracy(scorer.scores(subject, f, folds[f], final), folds[f]) for f in used}
+    report["chosen"] = fold_accuracies(session, subject, final, used)
     return report
+
+
+def fold_accuracies(session: Session, subject: str, update: Any, folds: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """Accuracy of ``subject`` on each named support fold (one batch)."""
+    results = session.evaluate([Request(subject, f, session.folds[f], update) for f in folds], f"{subject} on the support folds")
+    return {f: accuracy(scores, session.folds[f]) for f, scores in zip(folds, results)}
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Callable, ContextManager, Iterator, Protocol
 
 log = logging.getLogger(__name__)
@@ -103,5 +103,22 @@ def log_reporter(every_s: float = 30.0) -> Reporter:
         finally:
             lines.stopped.set()
             beat.join()
+
+    return reporter
+
+
+def tee(*reporters: Reporter) -> Reporter:
+    """Report one task to several reporters at once (bars on the terminal and lines in the log file)."""
+
+    @contextmanager
+    def reporter(description: str, total: int) -> Iterator[Advance]:
+        with ExitStack() as stack:
+            advances = [stack.enter_context(r(description, total)) for r in reporters]
+
+            def advance(steps: int = 1, *, status: str | None = None) -> None:
+                for each in advances:
+                    each(steps, status=status)
+
+            yield advance
 
     return reporter

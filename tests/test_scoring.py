@@ -15,6 +15,7 @@ from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.scorer import entry_subject, entry_update
+from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.session import open_session
 
 
@@ -31,7 +32,7 @@ def test_scorer_sets_exact_perturbation_and_restores_bit_exactly(tmp_path, tiny_
             assert torch.equal(param, expected), name
         session.scorer.restore()
         for e in [Entry(1, 0.1), Entry(2, 0.3), Entry(3, 0.02)]:
-            session.scorer.scores(entry_subject(e), "A", session.folds["A"], entry_update(e))
+            session.scores(Request(entry_subject(e), "A", session.folds["A"], entry_update(e)))
             for name, param in session.model.named_parameters():
                 assert torch.equal(param, original[name]), name
         assert not session.store.missing(entry_subject(Entry(2, 0.3)), "A", [(t, d) for t in session.folds["A"] for d in session.folds["A"][t]])

@@ -12,7 +12,7 @@ from corpmerge.scoring.folds import Docs
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
-from corpmerge.progress import task
+from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
 from corpmerge.scoring.scorer import as_docs, ordered, update_subject
 from corpmerge.scoring.session import Session
@@ -90,7 +90,6 @@ def gate_candidates(
        probed instead, and ``probed`` counts how many candidates saw the probe fold.
     """
     gate = session.recipe.gate
-    scorer = session.scorer
     (vlabel, vdocs), (plabel, pdocs) = validate, probe
     ranked = race_candidates(session, candidates, vlabel, vdocs, reference)
     top = ranked[0].validate
@@ -100,15 +99,15 @@ def gate_candidates(
             f"regressions {top.regressions}, S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
         )
         return GateDecision(None, None, ranked, reason)
-    ref_c = ordered(scorer.scores(reference[0], plabel, pdocs, reference[1]), pdocs)
-
     def probe_multiplier(cand: Candidate) -> float | None:
-        with task(f"probe: step multipliers on fold {plabel}", len(gate.probe_multipliers)) as advance:
-            for m in sorted(gate.probe_multipliers):
-                scaled = cand.result.scaled(m)
-                scores = scorer.scores(subject_of_result(scaled), plabel, pdocs, scaled, {"params": cand.params, "multiplier": m})
-                cand.probe[m] = paired_stats(ref_c, ordered(scores, pdocs), gate.z, gate.regression_penalty)
-                advance()
+        multipliers = sorted(gate.probe_multipliers)
+        requests = [Request(reference[0], plabel, pdocs, reference[1])] + [
+            Request(subject_of_result(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
+            for m in multipliers
+        ]
+        ref_c, *results = session.evaluate(requests, f"probe: step multipliers on fold {plabel}")
+        for m, scores in zip(multipliers, results):
+            cand.probe[m] = paired_stats(ordered(ref_c, pdocs), ordered(scores, pdocs), gate.z, gate.regression_penalty)
         return pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
 
     chosen, multiplier, probed = select(ranked, probe_multiplier, gate.fallback)
@@ -148,22 +147,20 @@ def race_candidates(
     full evaluation would: the top candidate is never stopped, and a stopped one could not have passed.
     Stopped candidates are ranked after the survivors by their partial statistics.
     """
-    gate, scorer = session.recipe.gate, session.scorer
+    gate = session.recipe.gate
     racing = session.recipe.scoring.racing
     order = race_order(docs, session.recipe.scoring.support.split_seed + 1)
     n = len(order)
     spec = racing if gate.racing else racing.model_copy(update={"enabled": False})
-    ref = np.array([s.correct for s in _in_order(scorer.scores(reference[0], label, docs, reference[1]), order)], dtype=float)
+    ref = np.array([s.correct for s in _in_order(session.scores(Request(reference[0], label, docs, reference[1])), order)], dtype=float)
     alive = sorted(candidates, key=lambda c: _family(c.params))  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
     sizes = stage_sizes(n, spec)
     for stage, m in enumerate(sizes, 1):
         prefix = as_docs(order[:m])
-        with task(f"gate: candidates on fold {label} ({m} of {n} examples)", len(alive)) as advance:
-            for cand in alive:
-                scores = scorer.scores(cand.subject, label, prefix, cand.result, {"params": cand.params})
-                values = np.array([s.correct for s in _in_order(scores, order[:m])], dtype=float)
-                cand.validate = paired_stats(ref[:m], values, gate.z, gate.regression_penalty)
-                advance()
+        requests = [Request(c.subject, label, prefix, c.result, {"params": c.params}) for c in alive]
+        for cand, scores in zip(alive, session.evaluate(requests, f"gate: candidates on fold {label} ({m} of {n} examples)")):
+            values = np.array([s.correct for s in _in_order(scores, order[:m])], dtype=float)
+            cand.validate = paired_stats(ref[:m], values, gate.z, gate.regression_penalty)
         if m < n:
             bounds = {id(c): _s_bounds(c.validate, n, gate.regression_penalty, racing.z) for c in alive}
             best_lower = max(lo for lo, _ in bounds.values())

@@ -12,7 +12,7 @@ from corpmerge.scoring.folds import assign_folds
 from corpmerge.gate.procedure import Candidate, GateDecision, gate_candidates, subject_of, subject_of_result
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
-from corpmerge.progress import task
+from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.scorer import ordered
 from corpmerge.scoring.session import Session
 from corpmerge.gate.proposals import principal_directions, propose, shifted
@@ -38,12 +38,9 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
         folds = assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
         centre = result.final_amplitudes()
         seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
-        local_rewards = []
-        with task(f"stage 2 round {r}: local population", spec.local_size) as advance:
-            for update in shifted(centre, seeds, vectors):
-                scores = session.scorer.scores(subject_of(update), f"A{r}", folds["A"], update)
-                local_rewards.append(float(ordered(scores, folds["A"], "value").mean()))
-                advance()
+        requests = [Request(subject_of(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]
+        results = session.evaluate(requests, f"stage 2 round {r}: local population")
+        local_rewards = [float(ordered(scores, folds["A"], "value").mean()) for scores in results]
         local = Cloud(seeds, vectors, np.array(local_rewards))
         step = replace(checked.method(local, params), offset=centre)
         decision = gate_candidates(

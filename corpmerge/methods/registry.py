@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.errors import CorpmergeError
+from corpmerge.recipe import excerpt
 
 
 class MethodParams(BaseModel):
@@ -88,7 +89,7 @@ class MergeMethod:
                     raise CorpmergeError(
                         f"parameters.{key}: unknown parameter for merge_method '{self.name}'; allowed: {allowed}"
                     ) from None
-                raise CorpmergeError(f"parameters.{key}: {err['msg']} (got {err.get('input')!r})") from None
+                raise CorpmergeError(f"parameters.{key}: {err['msg']} (got {excerpt(err.get('input'))})") from None
         return points
 
 

@@ -7,7 +7,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ def write_output(
     tokenizer: Any,
     ref: BaseRef,
     report: dict[str, Any] | None = None,
+    picture: Callable[[Path], Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically.
@@ -110,10 +111,14 @@ def write_output(
             tokenizer.save_pretrained(tmp)
         lineage = lineage_document(recipe, entries, result)
         (tmp / LINEAGE_FILE).write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
+        shown = None
+        if report is not None and picture is not None:
+            picture(tmp / "report.png")
+            shown = "report.png"
         if result is not None:
-            (tmp / "README.md").write_text(render_model_card(lineage, report))
+            (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown))
         elif report is not None:
-            (tmp / "README.md").write_text(render_abstain_card(recipe.base_model, report))
+            (tmp / "README.md").write_text(render_abstain_card(recipe.base_model, report, picture=shown))
         if report is not None:
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("wrote %s (%d weight file(s))", out_dir, len(files))

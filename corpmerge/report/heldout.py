@@ -9,9 +9,8 @@ from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.errors import CorpmergeError
 from corpmerge.scoring.folds import Docs, assign_folds, count
 from corpmerge.gate.paired import paired_interval
-from corpmerge.scoring.lmeval import TaskSuite
+from corpmerge.scoring.evaluator import Request
 from corpmerge.population import Entry
-from corpmerge.progress import task
 from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
 from corpmerge.scoring.session import Session
 
@@ -44,7 +43,7 @@ def evaluate_held_out(
 ) -> dict[str, Any]:
     """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base."""
     spec = session.recipe.evaluate
-    suite = TaskSuite(session.recipe.scoring, tasks=spec.tasks, split=spec.split)
+    suite = session.suites("evaluate")
     support = support_docs(session)
     excluded: dict[str, int] = {}
     docs: Docs = {}
@@ -61,11 +60,8 @@ def evaluate_held_out(
     fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
     voters = (ranked or [])[: max(ensemble_k or [0])]
     todo = dict(subjects) | {f"entry:{e.seed}": (entry_subject(e), entry_update(e)) for e in voters}
-    results = {}
-    with task(f"held-out evaluation ({spec.split})", len(todo)) as advance:
-        for label, (subject, update) in todo.items():
-            results[label] = session.scorer.scores(subject, fold, docs, update, suite=suite)
-            advance()
+    requests = [Request(subject, fold, docs, update, suite="evaluate") for subject, update in todo.values()]
+    results = dict(zip(todo, session.evaluate(requests, f"held-out evaluation ({spec.split})")))
     vectors = {label: ordered(results[label], docs) for label in subjects}
     keys = [(t, d) for t in sorted(docs) for d in docs[t]]
     for k in ensemble_k or []:

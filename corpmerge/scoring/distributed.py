@@ -1,6 +1,6 @@
 """Process topology under a standard launcher (`accelerate launch`, `torchrun`): rank, size, device, barrier.
 
-Only population scoring is spread over processes; everything else runs on rank 0.
+Rank 0 runs the pipeline and coordinates (``corpmerge.scoring.coordinator``); the other ranks evaluate.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from corpmerge.scoring.folds import Docs
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.noise import NOISE_BATCH, fill_many
 from corpmerge.population import Entry
-from corpmerge.scoring.store import Scores, ScoreStore
+from corpmerge.scoring.store import Scores
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def base_fingerprint(model: torch.nn.Module, names: list[str]) -> str:
 
 
 class Scorer:
-    """Perturb in place → lm-eval on chosen examples → restore by copy; results kept in the store.
+    """Perturb in place → lm-eval on chosen examples → restore by copy (the store is the evaluator's business).
 
     Amplitude updates (population entries, candidates, stage-2 proposals) are materialised
     through a per-(seed, tensor) noise cache bounded by ``memory_budget`` bytes, with exactly
@@ -66,10 +66,9 @@ class Scorer:
     """
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: Any, names: list[str], suite: TaskSuite, store: ScoreStore,
-        batch_size: int | str, memory_budget: int = 0,
+        self, model: torch.nn.Module, tokenizer: Any, names: list[str], suite: TaskSuite, batch_size: int | str, memory_budget: int = 0,
     ):
-        self.model, self.suite, self.store = model, suite, store
+        self.model, self.suite = model, suite
         params = dict(model.named_parameters())
         self.params = {name: params[name] for name in names}
         self.snapshot = {name: p.detach().to(torch.float32, copy=True) for name, p in self.params.items()}
@@ -175,18 +174,6 @@ class Scorer:
         """Back to θ₀, bit-exactly."""
         for name, param in self.params.items():
             param.copy_(self.snapshot[name])
-
-    def scores(
-        self, subject: str, fold: str, docs: Docs, update: Update | None = None,
-        spec: dict[str, Any] | None = None, suite: TaskSuite | None = None,
-    ) -> Scores:
-        """Scores of ``subject`` on ``docs``: stored examples are read back, only the missing ones evaluated."""
-        keys = [(task, doc) for task in sorted(docs) for doc in docs[task]]
-        todo = self.store.missing(subject, fold, keys)
-        if todo:
-            self.store.save(subject, fold, self.evaluate(update, as_docs(todo), suite), spec)
-        stored = self.store.load(subject, fold)
-        return {k: stored[k] for k in keys}
 
     def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None) -> Scores:
         """Evaluate θ₀ + Δ on ``docs`` now (no store); θ₀ is restored afterwards."""
