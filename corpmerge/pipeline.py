@@ -30,7 +30,7 @@ from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.gate.stage2 import iterate
 from corpmerge.scoring.evaluator import Request
-from corpmerge.scoring.racing import entries_to_keep, race_order, rewarded, stage_sizes, standing, survivors
+from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
 from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, ordered
 from corpmerge.scoring.session import Session, open_session
 
@@ -80,12 +80,13 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
             for i in alive
         ]
         results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
-        for i, scores in zip(alive, results):
-            standings[i] = standing(_values(scores, order[:m]), base, spec.z)
-        if m < n:
-            kept = survivors(standings, keep)
-            stopped_at.update({i: m for i in alive if i not in kept})
-            alive = [i for i in alive if i in kept]
+        values = np.array([_values(scores, order[:m]) for scores in results]).reshape(len(alive), m)
+        for i, row in zip(alive, values):
+            standings[i] = standing(row, base, spec.z)
+        if m < n and alive:
+            cut = race_cut(values, n, spec.z, keep, [standings[i] for i in alive])
+            stopped_at.update({i: m for i, stop in zip(alive, cut) if stop})
+            alive = [i for i, stop in zip(alive, cut) if not stop]
             log.info("racing stage %d: %d of %d examples; %d entries continue, %d stopped", stage, m, n, len(alive), len(stopped_at))
     out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
     examples = {i: stopped_at.get(i, n) for i in todo}

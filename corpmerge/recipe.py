@@ -123,7 +123,7 @@ class RacingSpec(_Strict):
     stages: list[Annotated[float, Field(gt=0, le=1)]] = Field(
         default_factory=lambda: [0.25, 0.5], description="fractions of fold A after which entries are cut (the last stage is always the whole fold)"
     )
-    z: float = Field(default=2.0, gt=0, description="confidence of a cut: an entry stops when its upper bound is below the elite bound")
+    z: float = Field(default=1.645, gt=0, description="one-sided confidence of a cut (1.645: 95%, as the gate)")
 
     @field_validator("stages")
     @classmethod

@@ -15,7 +15,7 @@ from corpmerge.gate.procedure import Candidate, rank_key, select
 from corpmerge.methods import MergeResult
 from corpmerge.plan import check_recipe
 from corpmerge.recipe import parse_recipe
-from corpmerge.scoring.racing import entries_to_keep, standing, survivors, wilson_upper
+from corpmerge.scoring.racing import dominated, entries_to_keep, race_cut, standing, survivors, wilson_upper
 from corpmerge.scoring.session import open_session
 
 
@@ -122,6 +122,18 @@ def test_planted_population_stopped_entries_are_provably_not_elites():
     assert all(full[i] < threshold for i in stopped)  # and none of them is an elite of the full evaluation
     for i, s in standings.items():  # the bounds hold the full-fold reward
         assert s.lower - 1e-12 <= full[i] <= s.upper + 1e-12
+    # pairwise comparisons separate the harmful entries already after a quarter of the fold
+    early = np.array([v[:50] for v in entries])
+    cut = race_cut(early, n, 1.645, keep, [standing(v[:50], base, 1.645) for v in entries])
+    early_stops = set(np.flatnonzero(cut).tolist())
+    assert len(early_stops) >= 5 and early_stops <= set(range(20, 30))
+
+
+def test_pairwise_domination_needs_disagreement_and_never_separates_identical_entries():
+    same = np.tile(np.array([1.0, 0.0, 1.0, 0.0]), (3, 1))
+    assert not dominated(same, 100, 1.645).any()
+    full = np.array([[1.0] * 10, [0.0] * 10])
+    assert dominated(full, 10, 1.645).tolist() == [[False, True], [False, False]]  # whole fold seen: plain comparison
 
 
 def test_racing_off_scores_every_entry_on_the_whole_fold_and_on_gives_the_same_gate_decision(tmp_path, tiny_model, tiny_task):

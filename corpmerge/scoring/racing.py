@@ -7,11 +7,13 @@ on the whole fold once. After m of the fold's n examples an entry's full-fold re
 
 and only the last sum is unknown. Its bounds use the entry's up-moves u = Σ max(v − v_base, 0)
 and down-moves w = Σ max(v_base − v, 0) on the seen examples: at most (n − m)·Wilson⁺(u/m)
-up, at most (n − m)·Wilson⁺(w/m) down (one-sided Wilson bound at ``z``). An entry stops when
-at least ``keep`` other entries have a lower bound above its upper bound, where ``keep`` is
-the largest number of entries any consumer can use (the elites of the smallest grid quantile,
-the largest RandOpt top-K): with the stated confidence, a stopped entry is not an elite of
-any grid point. Survivors are scored on the whole fold, so elites and their weights use
+up, at most (n − m)·Wilson⁺(w/m) down (one-sided Wilson bound at ``z``). Entries are also
+compared pairwise on the same examples (``dominated``: the full-fold difference of two entries,
+with the without-replacement standard error of its estimate), which separates them far sooner
+than their own bounds. An entry stops when at least ``keep`` others beat it either way, where
+``keep`` is the largest number of entries any consumer can use (the elites of the smallest grid
+quantile, the largest RandOpt top-K): with the stated one-sided confidence per comparison, a
+stopped entry is not an elite of any grid point. Survivors are scored on the whole fold, so elites and their weights use
 full-fold rewards; a stopped entry keeps its paired estimate and the number of examples it rests on.
 """
 
@@ -81,12 +83,40 @@ def stage_sizes(n: int, spec: RacingSpec) -> list[int]:
 
 
 def survivors(standings: dict[int, Standing], keep: int) -> set[int]:
-    """Entries (by index) not yet beaten for certain by at least ``keep`` others."""
+    """Entries (by index) not yet beaten for certain by at least ``keep`` others (bounds on each reward alone)."""
     lowers = np.sort(np.array([s.lower for s in standings.values()]))[::-1]
     if keep >= lowers.size:
         return set(standings)
     bar = lowers[keep - 1]  # the keep-th largest lower bound
     return {i for i, s in standings.items() if s.upper >= bar}
+
+
+def dominated(values: np.ndarray, n: int, z: float) -> np.ndarray:
+    """``out[j, i]``: entry j's full-fold reward exceeds entry i's, with one-sided confidence ``z``.
+
+    ``values`` holds every alive entry's scores on the same first m of n examples. The full-fold
+    difference is D = Σ_seen (v_j − v_i) + Σ_rest (v_j − v_i); its estimate n·d̄ has standard error
+    n·s·√((n − m)/(m(n − 1))) (sampling without replacement), s the sd of the per-example differences
+    with one extra disagreement added (so pairs that never disagreed are never separated). j beats i
+    when n·d̄ − z·SE > 0.
+    """
+    k, m = values.shape
+    if m >= n:
+        means = values.mean(axis=1)
+        return means[:, None] > means[None, :]
+    diffs = values[:, None, :] - values[None, :, :]  # [j, i, example]
+    mean = diffs.mean(axis=2)
+    second = ((diffs**2).sum(axis=2) + 1.0) / (m + 1)
+    sd = np.sqrt(np.maximum(second - mean**2, 0.0))
+    se = n * sd * math.sqrt((n - m) / (m * max(1, n - 1)))
+    return n * mean - z * se > 0
+
+
+def race_cut(values: np.ndarray, n: int, z: float, keep: int, standings: list[Standing]) -> np.ndarray:
+    """Which alive entries stop: beaten for certain by at least ``keep`` others, pairwise or by their own bounds."""
+    beaten_by = dominated(values, n, z).sum(axis=0)
+    by_bounds = survivors(dict(enumerate(standings)), keep)
+    return np.array([beaten_by[i] >= keep or i not in by_bounds for i in range(values.shape[0])])
 
 
 def entries_to_keep(size: int, quantile: float | None, top_k: int) -> int:
