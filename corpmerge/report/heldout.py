@@ -75,6 +75,9 @@ def evaluate_held_out(
         if label != "base":
             diff, low, high = paired_interval(base, vec)
             rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
+            if "best_entry" in vectors and label != "best_entry":  # paired against RandOpt K=1 too
+                d1, lo1, hi1 = paired_interval(vectors["best_entry"], vec)
+                rows[label]["vs_k1"] = {"diff": d1, "ci_low": lo1, "ci_high": hi1}
     report: dict[str, Any] = {
         "split": spec.split, "tasks": sorted(suite.tasks), "rows": rows, "n": int(base.size),
         "ranked_on": f"fold A ({count(session.folds['A'])} examples)",
