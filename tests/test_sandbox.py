@@ -19,7 +19,7 @@ import pytest
 
 from corpmerge.rewards import mbpp, sandbox
 from corpmerge.rewards.checks import UnsupportedTest, split_tests
-from corpmerge.rewards.sandbox import SELF_TEST, SandboxUnavailable, run_python, run_tests
+from corpmerge.rewards.sandbox import SELF_TEST, SandboxUnavailable, remove_tree, run_python, run_tests
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
@@ -168,9 +168,10 @@ def test_isolation_problem_names_the_missing_privilege(monkeypatch):
 
 
 @pytest.mark.parametrize("isolate", [pytest.param(True, marks=needs_root), False])
-def test_the_program_dies_with_its_judge(isolate):
+def test_the_program_dies_with_its_judge(isolate, tmp_path):
     """If the judge is killed (the parent's backstop does that), nothing it started lives on."""
     job = sandbox._job("import time\ntime.sleep(1000)", "", None, isolate=isolate, wall=60, cpu=5, memory=1 << 30)
+    job["workdir"] = str(tmp_path)  # unisolated, the parent makes (and removes) the program's folder
     head = marshal.dumps(job)
     judge = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(sandbox._JAIL)], stdin=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sandbox._ENV, start_new_session=True)
@@ -296,3 +297,135 @@ def test_cheats_fail_without_isolation_too(name, host, opted_in, monkeypatch):
     with pytest.warns(RuntimeWarning):
         result = run_tests(host[0], (HOSTILE[0].parent / f"{name}.py").read_text(), ADD_TESTS, wall_seconds=5)
     assert not result.passed, result.reason
+
+
+# --- what a program leaves behind (issue #13 item 3) ------------------------------------------
+
+LEAVES_TRAPS = ["host_fifo_output", "host_deep_tree", "host_undeletable"]
+HANG_GUARD = 20.0  # seconds; these runs take well under one (a hang check, not a benchmark)
+
+
+@pytest.fixture
+def scratch(monkeypatch):
+    """The temporary-files folder for this test (on a tmpfs when there is one: removing thousands of
+    folders is slow on some disks); asserted empty by the tests, removed afterwards in any case."""
+    path = tempfile.mkdtemp(prefix="corpmerge-scratch-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    monkeypatch.setattr(tempfile, "tempdir", path)
+    yield Path(path)
+    remove_tree(path)
+
+
+def _chattr(path: Path, flag: int) -> bool:
+    """Set an inode flag (0x10 immutable, 0x20 append-only) as chattr does; False where not allowed."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            flags = struct.unpack("i", fcntl.ioctl(fd, 0x80086601, bytes(4)))[0]
+            fcntl.ioctl(fd, 0x40086602, struct.pack("i", flags | flag))
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _deep(top: Path, depth: int) -> None:
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(os.open("leaf", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+def test_remove_tree_removes_traps_without_following_them(scratch):
+    top, outside = scratch / "work", scratch / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("precious")
+    top.mkdir()
+    _deep(top, 3000)  # deeper than recursion (1000) and PATH_MAX (4096 bytes) allow
+    os.mkfifo(top / "fifo")
+    (top / "zero").symlink_to("/dev/zero")
+    (top / "escape").symlink_to(outside)
+    (top / "locked" / "inner").mkdir(parents=True)
+    (top / "locked" / "inner" / "file").write_text("x")
+    (top / "locked" / "inner").chmod(0)
+    (top / "locked").chmod(0)
+    (top / ".corpmerge-rm-1" / "x").mkdir(parents=True)  # a folder under the remover's own first name
+    (top / "pinned").mkdir()
+    for name in ("immutable", "append", "pinned/file"):
+        (top / name).write_text("x")
+    pinned = _chattr(top / "immutable", 0x10) & _chattr(top / "append", 0x20) & _chattr(top / "pinned", 0x10)
+    assert pinned or not ROOT  # root (this tree's owner) can pin files here, so the remover must unpin them
+    start = time.perf_counter()
+    remove_tree(str(top))
+    assert time.perf_counter() - start < HANG_GUARD
+    assert not os.path.lexists(top)
+    assert (outside / "keep.txt").read_text() == "precious"
+
+
+@needs_root
+def test_remove_tree_as_an_ordinary_user_gives_folders_back_their_permissions(scratch):
+    """Unisolated on a developer machine, the program and the remover share a uid that is not root."""
+    os.chown(scratch, sandbox.SANDBOX_UID, sandbox.SANDBOX_UID)
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 1
+        try:
+            os.setgid(sandbox.SANDBOX_UID)
+            os.setuid(sandbox.SANDBOX_UID)
+            top = scratch / "work"
+            (top / "locked" / "inner" / "deeper").mkdir(parents=True)
+            (top / "locked" / "inner" / "deeper" / "file").write_text("x")
+            (top / "read-only" / "sub").mkdir(parents=True)
+            for path, mode in (("locked/inner/deeper", 0), ("locked/inner", 0), ("locked", 0), ("read-only/sub", 0o500),
+                               ("read-only", 0o500), ("", 0o500)):
+                (top / path).chmod(mode)
+            remove_tree(str(top))
+            code = 2 if os.path.lexists(top) else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_remove_tree_never_raises_and_never_follows(scratch):
+    folder = scratch / "folder"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    (scratch / "link").symlink_to(folder)
+    os.mkfifo(scratch / "fifo")
+    (scratch / "file").write_text("x")
+    for name in ("missing", "link", "fifo", "file"):
+        remove_tree(str(scratch / name))
+        assert not os.path.lexists(scratch / name)
+    assert (folder / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", LEAVES_TRAPS)
+def test_unisolated_runs_survive_traps_and_leave_no_folder(name, host, opted_in, scratch, monkeypatch):
+    """FIFOs and /dev/zero links where output might be read, 3,000 nested folders, pinned and
+    permissionless files: the verdict still comes back, nothing raises, the program's folder is gone."""
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "testing the unisolated path")
+    start = time.perf_counter()
+    result = run_tests(host[0], (HOSTILE[0].parent / f"{name}.py").read_text(), ADD_TESTS, wall_seconds=5)
+    assert time.perf_counter() - start < HANG_GUARD
+    assert not result.passed and result.reason == "test 1 failed"
+    assert os.listdir(scratch) == []
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_unisolated_folder_is_removed_when_the_backstop_kills_the_judge(opted_in, scratch, monkeypatch):
+    monkeypatch.setattr(sandbox, "isolation_problem", lambda: "testing the unisolated path")
+    monkeypatch.setattr(sandbox, "_GRACE_SECONDS", -4.5)  # the parent gives up 0.5 s in, before the judge does
+    result = run_python("import os, time\nos.mkdir('left')\nopen('left/behind', 'w').write('x')\ntime.sleep(100)", wall_seconds=5)
+    assert result == sandbox.SandboxResult(False, "timeout")
+    assert os.listdir(scratch) == []

@@ -396,20 +396,6 @@ def _watch(pid: int, result_r: int, err_r: int, deadline: float, group: bool) ->
     return verdict, status, bytes(buffers[result_r][: RESULT_CAP + 1]), bytes(buffers[err_r])
 
 
-def _remove_tree(top: str) -> None:
-    """rm -rf without following symlinks, ignoring errors (``shutil`` costs milliseconds to import)."""
-    for root, dirs, files in os.walk(top, topdown=False):
-        for path in (os.path.join(root, name) for name in files + dirs):
-            try:
-                os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
-            except OSError:
-                pass
-    try:
-        os.rmdir(top)
-    except OSError:
-        pass
-
-
 def _exit_reason(status: int, stderr: bytes) -> str:
     """Why a runner handed over nothing."""
     tail = stderr.decode("utf-8", "replace").strip().splitlines()
@@ -430,8 +416,7 @@ def main() -> int:
             workdir = None
         else:  # unsafe by choice; still keep a same-uid runner out of /proc/<judge>/fd (root can read it anyway)
             _libc()("prctl", PR_SET_DUMPABLE, 0, 0, 0, 0)
-            workdir = f"/tmp/corpmerge-sandbox-{os.urandom(8).hex()}"
-            os.mkdir(workdir, 0o700)
+            workdir = job["workdir"]  # made and removed by the parent, whatever happens here
         result_r, result_w = os.pipe()
         err_r, err_w = os.pipe()
         pid = os.fork()
@@ -457,8 +442,6 @@ def main() -> int:
     os.close(err_w)
     _limit(resource.RLIMIT_AS, max(job["memory"], 1 << 30))
     verdict, status, output, stderr = _watch(pid, result_r, err_r, start + job["wall"], group=not job["isolate"])
-    if workdir is not None:
-        _remove_tree(workdir)
     if verdict is None:
         try:
             result = _loads(output)

@@ -11,8 +11,10 @@ done through libc in the child itself (two exec's fewer per program).
 Where isolation cannot be set up, running a program raises :class:`SandboxUnavailable` unless the
 process opted in with ``allow_unsandboxed(True)`` (the recipe's ``scoring.allow_unsandboxed_code``);
 then programs run as plain child processes of the same user with the same rlimits and the same
-judge, and a RuntimeWarning says so: never silently. Unisolated, a program can still touch
-whatever its user can, and as root it can read the checks through /proc or kill the judge.
+judge, each in a fresh folder that :func:`remove_tree` removes afterwards whatever the program left
+there (even when the judge had to be killed), and a RuntimeWarning says so: never silently.
+Unisolated, a program can still touch whatever its user can, and as root it can read the checks
+through /proc or kill the judge.
 
 The verdict of :func:`run_tests` does not come from the program: its tests are split into probes
 (which run with the program) and checks (which a separate judge process evaluates on the probes'
@@ -23,15 +25,19 @@ its end, which the program itself can fake; use it for isolation, not for reward
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import marshal
 import os
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +49,8 @@ _JAIL = Path(__file__).with_name("_jail.py")
 _SETUP_FAILED = 3  # _jail.SETUP_FAILED
 _GRACE_SECONDS = 5.0  # beyond the wall limit, for the judge itself
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _PINNED = 0x80086601, 0x40086602, 0x10 | 0x20  # immutable, append-only
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 _allowed_unsandboxed = False
 
@@ -130,6 +138,20 @@ def _job(code: str, setup: str, probes: list[str] | None, *, isolate: bool, wall
 
 
 def _launch(job: dict, checks: dict | None) -> SandboxResult:
+    """Run the judge on ``job``; unisolated, in a fresh folder that is removed afterwards whatever happened."""
+    if job["isolate"]:  # the program's /tmp is a tmpfs that vanishes with its mount namespace
+        return _run_judge(job, checks)
+    try:
+        workdir = tempfile.mkdtemp(prefix="corpmerge-sandbox-")
+    except OSError as error:
+        raise SandboxError(f"sandbox setup failed: cannot make the program's folder: {error}") from None
+    try:
+        return _run_judge({**job, "workdir": workdir}, checks)
+    finally:
+        remove_tree(workdir)
+
+
+def _run_judge(job: dict, checks: dict | None) -> SandboxResult:
     head = marshal.dumps(job)
     data = b"%010d" % len(head) + head + (marshal.dumps(checks) if checks is not None else b"")
     proc = subprocess.Popen(
@@ -143,7 +165,7 @@ def _launch(job: dict, checks: dict | None) -> SandboxResult:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        proc.communicate()
+        proc.communicate()  # the runner dies with the judge (parent-death signal)
         return SandboxResult(False, "timeout")
     lines = out.decode("utf-8", "replace").strip().splitlines()
     tail = (err.decode("utf-8", "replace").strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
@@ -174,3 +196,105 @@ def run_python(program: str, *, wall_seconds: float = 10.0, cpu_seconds: int = 5
     """Run ``program`` in the sandbox; passed when it ran to its end. Not a verdict: a program can fake that."""
     job = _job(program, "", None, isolate=_isolate(), wall=wall_seconds, cpu=cpu_seconds, memory=memory_bytes)
     return _launch(job, None)
+
+
+def remove_tree(top: str) -> None:
+    """``rm -rf top`` as far as this process may; never raises, never follows a symlink, never blocks.
+
+    Whatever a program left there: any depth (folders are flattened into ``top`` by renaming their
+    entries up, so neither recursion nor PATH_MAX applies and two descriptors are open at a time),
+    FIFOs and device nodes (never opened), folders without permissions (given back to the owner),
+    and immutable or append-only flags (cleared where this process has the privilege to).
+    """
+    _unpin(top)
+    try:
+        fd = os.open(top, _OPEN_DIR)
+    except OSError:  # not a folder (any more): a symlink or file is removed, not followed
+        _try(os.unlink, top)
+        return
+    try:
+        queue, serial = deque(_entries(fd)), 0
+        while queue:
+            name = queue.popleft()
+            if _remove(fd, name):
+                continue
+            try:  # a folder that is not empty (a file that stays cannot be opened this way)
+                child = os.open(name, _OPEN_DIR, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                for entry in _entries(child):  # up one level, under a name of our own
+                    for _ in range(2):  # the second time unpinned, under another name
+                        serial += 1
+                        moved = f".corpmerge-rm-{serial}"
+                        if _try(os.rename, entry, moved, src_dir_fd=child, dst_dir_fd=fd):
+                            queue.append(moved)
+                            break
+                        _unpin(entry, child)
+            finally:
+                os.close(child)
+            _remove(fd, name)
+    finally:
+        os.close(fd)
+    _try(os.rmdir, top)
+
+
+def _entries(fd: int) -> list[str]:
+    try:
+        return os.listdir(fd)
+    except OSError:
+        return []
+
+
+def _try(operation, *args, **kwargs) -> bool:
+    """True when ``operation`` succeeded or its target is already gone."""
+    try:
+        operation(*args, **kwargs)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _remove(fd: int, name: str) -> bool:
+    """Remove an entry (a folder only when empty), clearing what stops it once; True when it is gone."""
+    try:
+        is_dir = stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    remove = os.rmdir if is_dir else os.unlink
+    if _try(remove, name, dir_fd=fd):
+        return True
+    _unpin(name, fd)
+    return _try(remove, name, dir_fd=fd)
+
+
+def _unpin(name: str, fd: int | None = None) -> None:
+    """Clear the immutable/append-only flags of a file or folder and give a folder rwx to its owner.
+
+    Only regular files and folders are opened: non-blocking, without following symlinks.
+    """
+    try:
+        mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return
+    try:
+        handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
+    except OSError:
+        handle = None
+    if handle is not None:
+        try:
+            flags = struct.unpack("i", fcntl.ioctl(handle, _FS_IOC_GETFLAGS, bytes(4)))[0]
+            if flags & _PINNED:
+                fcntl.ioctl(handle, _FS_IOC_SETFLAGS, struct.pack("i", flags & ~_PINNED))
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
+    if stat.S_ISDIR(mode):
+        _try(os.chmod, name, 0o700, dir_fd=fd)  # just checked it is a folder, not a symlink
