@@ -1,6 +1,7 @@
 """Reward functions on hand-written tricky cases."""
 
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 
@@ -31,13 +32,14 @@ def test_generated_puzzles_are_solvable_and_deterministic():
     ("completion", "reward", "correct"),
     [
         ("I think <answer>(44 - 19) * 4 + 3</answer>", 1.1, True),
-        ("<answer>4 * (44 - 19) + 3 = 103</answer>", 1.1, True),  # "= target" tail is tolerated
+        ("<answer>4 * (44 - 19) + 3 = 103</answer>", 1.1, True),  # a stated result must be the target
         ("(44 - 19) * 4 + 3", 0.0, False),  # right answer, bad format
         ("<answer>44 - 19 * 4</answer>", 0.1, False),  # wrong numbers used
         ("<answer>(44 - 19) * 4 + 3 + 0</answer>", 0.1, False),  # extra number
         ("<answer>(44 − 19) × 4 + 3</answer>", 1.1, True),  # unicode minus and times
         ("<answer>import os</answer>", 0.1, False),
         ("<answer>1</answer> then <answer>(44 - 19) * 4 + 3</answer>", 1.1, True),  # last block counts
+        ("<answer>(44 - 19) * 4 + 3 = 104</answer>", 0.1, False),  # a wrong stated result is wrong
     ],
 )
 def test_countdown_score(completion, reward, correct):
@@ -65,9 +67,12 @@ def test_gsm8k_strict_and_relaxed(completion, strict, relaxed):
     assert result["reward"] == result["correct"]
 
 
-def test_gsm8k_numbers():
-    assert gsm8k.strict_answer("#### 1,234.50") == 1234.5
-    assert gsm8k.same(gsm8k.strict_answer("#### −3"), -3)
+def test_gsm8k_numbers_are_exact():
+    assert gsm8k.strict_value("#### 1,234.50") == Fraction(2469, 2)
+    assert gsm8k.same(gsm8k.strict_value("#### −3"), -3)
+    assert not gsm8k.same(gsm8k.strict_value("#### 2000001"), 2000000) and not gsm8k.same(None, None)
+    assert gsm8k.strict_answer("#### 1,234.50") == 1234.5  # a float for votes
+    # thousands separators, huge and hostile numbers: tests/test_parsers.py
 
 
 # --- olympiadbench -------------------------------------------------------------------------
@@ -91,6 +96,7 @@ def test_boxed_is_brace_matched_and_last():
         (r"90^\circ", "90", True),
         (r"\text{yes}", "yes", True),
         ("−2", "-2", True),
+        ("[0, 1)", "(0, 1]", False),  # intervals keep their brackets
     ],
 )
 def test_math_equivalence(answer, reference, same):

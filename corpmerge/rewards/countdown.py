@@ -2,20 +2,22 @@
 
 Puzzles are generated from a seed and solvable by construction (the target is the value of a
 random expression over all the numbers). Reward = 0.1·format + 1.0·answer, so it lies in
-{0, 0.1, 1.1}; correct = the answer uses exactly the given numbers (as a multiset) and equals the
-target within 1e-5.
+{0, 0.1, 1.1}; format = there is an <answer> block; correct = its expression uses exactly the given
+numbers (as a multiset) and its exact value is the target, and a stated right-hand side
+(``… = 103``, each one if chained) is the target too.
 """
 
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from fractions import Fraction
 
 from corpmerge.rewards.expression import ExpressionError, evaluate
 
-ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+OPEN, CLOSE = "<answer>", "</answer>"
+MAX_ANSWER = 1000  # characters of an answer worth evaluating
+_ASCII_OPS = str.maketrans({"×": "*", "÷": "/", "−": "-"})
 PROMPT = (
     "Using the numbers {numbers}, create an equation that equals {target}. You can use basic arithmetic "
     "operations (+, -, *, /) and each number exactly once. Show your work, then give the final expression "
@@ -51,9 +53,27 @@ def make_rows(n: int, seed: int) -> list[dict]:
 
 
 def extract_answer(completion: str) -> str | None:
-    """The content of the last <answer>…</answer> block."""
-    found = ANSWER.findall(completion)
-    return found[-1].strip() if found else None
+    """The content of the last <answer>…</answer> block (the last opening tag with a closing tag
+    after it, up to that closing tag); found in linear time."""
+    end = completion.rfind(CLOSE)
+    start = completion.rfind(OPEN, 0, end) if end >= 0 else -1
+    if start < 0:
+        return None
+    start += len(OPEN)
+    return completion[start : completion.index(CLOSE, start)].strip()
+
+
+def solves(answer: str, numbers: list[int], target: int) -> bool:
+    """The expression before any `=` uses exactly ``numbers`` and equals ``target``, as does every
+    expression after one; False for anything that is not such an expression or too long."""
+    if len(answer) > MAX_ANSWER:
+        return False
+    expression, *stated = answer.translate(_ASCII_OPS).split("=")
+    try:
+        value, used = evaluate(expression)
+        return Counter(used) == Counter(numbers) and value == target and all(evaluate(s)[0] == target for s in stated)
+    except ExpressionError:
+        return False
 
 
 def score(completion: str, numbers: list[int], target: int) -> tuple[float, bool]:
@@ -61,10 +81,5 @@ def score(completion: str, numbers: list[int], target: int) -> tuple[float, bool
     answer = extract_answer(completion)
     if answer is None:
         return 0.0, False
-    answer = answer.replace("×", "*").replace("÷", "/").replace("−", "-").split("=")[0]
-    try:
-        value, used = evaluate(answer)
-    except ExpressionError:
-        return 0.1, False
-    correct = Counter(used) == Counter(numbers) and abs(float(value) - target) < 1e-5
+    correct = solves(answer, numbers, target)
     return 0.1 + (1.0 if correct else 0.0), correct

@@ -1,29 +1,39 @@
-"""A safe evaluator for `+ - * / ( )` over integers (exact rational arithmetic; never `eval`)."""
+"""A safe evaluator for `+ - * / ( )` over integers (exact rational arithmetic; never `eval`).
+
+Bounded for hostile text: at most MAX_TOKENS tokens (scanning stops there), integer literals of at
+most MAX_DIGITS digits (checked before conversion) and parentheses/unary minus nested at most
+MAX_NESTING deep; anything else is an ExpressionError, the only exception ``evaluate`` raises.
+"""
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|(.))")
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|(.))", re.DOTALL)
 MAX_TOKENS = 200
+MAX_DIGITS = 12
+MAX_NESTING = 50
 
 
 class ExpressionError(ValueError):
-    """Not an expression of integers with + - * / and parentheses."""
+    """Not an expression of integers with + - * / and parentheses (or beyond the bounds)."""
 
 
 def tokenize(text: str) -> list[str]:
-    tokens = []
-    for number, op in _TOKEN.findall(text.strip()):
+    tokens: list[str] = []
+    for match in _TOKEN.finditer(text):
+        number, op = match.groups()
         if number:
+            if len(number) > MAX_DIGITS:
+                raise ExpressionError("number too long")
             tokens.append(number)
         elif op in "+-*/()":
             tokens.append(op)
         elif op.strip():
             raise ExpressionError(f"unexpected character {op!r}")
-    if len(tokens) > MAX_TOKENS:
-        raise ExpressionError("expression too long")
+        if len(tokens) > MAX_TOKENS:
+            raise ExpressionError("expression too long")
     return tokens
 
 
@@ -31,7 +41,7 @@ class _Parser:
     """expr := term (('+'|'-') term)* ; term := factor (('*'|'/') factor)* ; factor := int | '(' expr ')' | '-' factor."""
 
     def __init__(self, tokens: list[str]):
-        self.tokens, self.pos, self.numbers = tokens, 0, []
+        self.tokens, self.pos, self.numbers, self.nesting = tokens, 0, [], 0
 
     def peek(self) -> str | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -64,13 +74,15 @@ class _Parser:
 
     def factor(self) -> Fraction:
         token = self.take()
-        if token == "(":
-            value = self.expr()
-            if self.take() != ")":
+        if token in ("(", "-"):
+            self.nesting += 1
+            if self.nesting > MAX_NESTING:
+                raise ExpressionError("expression nested too deeply")
+            value = self.expr() if token == "(" else -self.factor()
+            if token == "(" and self.take() != ")":
                 raise ExpressionError("missing ')'")
+            self.nesting -= 1
             return value
-        if token == "-":
-            return -self.factor()
         if token.isdigit():
             self.numbers.append(int(token))
             return Fraction(int(token))

@@ -6,6 +6,7 @@ import random
 import re
 
 LETTERS = "ABCDE"
+_LETTER = re.compile(r"\b([A-E])\b")
 PROMPT = (
     "The five sentences of a short story are shuffled below. Put them back in order.\n\n{sentences}\n\n"
     "Answer with the five letters in the story's order inside <answer></answer> tags, e.g. <answer>C A E B D</answer>."
@@ -23,10 +24,22 @@ def shuffle_story(sentences: list[str], seed: int) -> dict:
 
 
 def parse_order(completion: str) -> str | None:
-    """The five letters of the last <answer> block (or the last line), each used once."""
-    blocks = re.findall(r"<answer>(.*?)</answer>", completion, re.DOTALL)
-    text = blocks[-1] if blocks else (completion.strip().splitlines() or [""])[-1]
-    letters = re.findall(r"\b([A-E])\b", text.upper())
+    """The five letters of the last <answer> block (or the last line), each used once.
+
+    The last block is the last opening tag with a closing tag after it (found in linear time);
+    reading stops at a sixth letter.
+    """
+    end = completion.rfind("</answer>")
+    start = completion.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start >= 0:
+        text = completion[start + len("<answer>") : completion.index("</answer>", start)]
+    else:
+        text = (completion.strip().splitlines() or [""])[-1]
+    letters: list[str] = []
+    for match in _LETTER.finditer(text.upper()):
+        letters.append(match.group(1))
+        if len(letters) > len(LETTERS):
+            return None
     return "".join(letters) if sorted(letters) == list(LETTERS) else None
 
 
