@@ -289,3 +289,20 @@ def test_fuzz_parts_never_raise():
             bounded(evaluate, text)
         except ExpressionError:
             pass
+
+
+@pytest.mark.parametrize("text", ["<answer>" * 20000, "x</answer>" * 20000, "```python\n" * 20000, "```" * 30000, "```python" + " " * 50000])
+def test_mbpp_code_extraction_is_linear_on_hostile_completions(text):
+    from corpmerge.rewards.mbpp import extract_code
+
+    start = time.perf_counter()
+    extract_code(text)
+    assert time.perf_counter() - start < 2.0  # hang guard (was 30 s for 20k '<answer>' tags)
+
+
+def test_mbpp_code_comes_from_the_last_answer_block():
+    from corpmerge.rewards.mbpp import extract_code
+
+    assert extract_code("<answer>a = 1</answer> then <answer>```python\nb = 2\n```</answer>") == "b = 2"
+    assert extract_code("no tags ```py\nc = 3\n```") == "c = 3"
+    assert extract_code("nothing") is None

@@ -11,16 +11,24 @@ PROMPT = (
     "Your code should pass these tests:\n\n{tests}\n\n"
     "Write the complete Python solution inside <answer></answer> tags."
 )
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+_FENCED = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+MAX_COMPLETION_CHARS = 100_000  # longer completions are cut: no MBPP solution needs more
+
+
+def last_answer_block(text: str) -> str | None:
+    """The text between the last ``</answer>`` and the nearest ``<answer>`` before it (linear time)."""
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    return text[start + len("<answer>") : end] if start >= 0 else None
 
 
 def extract_code(completion: str) -> str | None:
     """Code from the last <answer> block, else the last fenced block (a fence inside <answer> is unwrapped)."""
-    blocks = _ANSWER.findall(completion)
-    if blocks:
-        inner = _FENCED.findall(blocks[-1])
-        return (inner[-1] if inner else blocks[-1]).strip("\n")
+    completion = completion[:MAX_COMPLETION_CHARS]
+    block = last_answer_block(completion)
+    if block is not None:
+        inner = _FENCED.findall(block)
+        return (inner[-1] if inner else block).strip("\n")
     fenced = _FENCED.findall(completion)
     return fenced[-1].strip("\n") if fenced else None
 
