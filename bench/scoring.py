@@ -37,7 +37,7 @@ def main() -> None:
         "base_model": "embedded:smollm2-135m-instruct",
         "population": {"size": args.entries, "sigmas": [0.001, 0.002], "seed": 0},
         "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": args.support}, "batch_size": args.batch_size,
-                    "store": str(work / "scores.sqlite")},
+                    "store": str(work / "scores.sqlite"), "racing": {"enabled": False}},
         "gate": {"enabled": False},
         "output": {"path": str(work / "out")},
     })
