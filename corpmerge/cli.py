@@ -94,15 +94,25 @@ class _NotProgress(logging.Filter):
         return record.name != progress.log.name
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A log file made (with its folder) at the first record, i.e. after the pipeline checked the location."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except OSError:
+            self.close()  # an unusable work folder is reported by the pipeline's check in one line
+
+
 def _log_to_file(path: Path) -> None:
     """Also log to ``path`` (the work folder's corpmerge.log), progress lines included, appending across resumes."""
     if os.environ.get("RANK", "0") != "0":
         return  # one log per run: rank 0's
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
-    except OSError:
-        return  # the pipeline's location check reports an unusable work folder in one line
+    handler = _LazyFileHandler(path, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger("corpmerge")
     logger.addHandler(handler)
@@ -175,12 +185,10 @@ def merge(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: 
 @_user_errors
 def score(recipe: Path = RecipeArg) -> None:
     """Score every population entry on the support fold A with lm-eval (resumable); write rewards.yaml."""
-    from corpmerge.output.location import check_work_location
     from corpmerge.pipeline import score_recipe
     from corpmerge.recipe import load_recipe
 
     parsed = load_recipe(recipe)
-    check_work_location(parsed)  # before the log file is created in the work folder
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     result = score_recipe(parsed)
     if result is None:
@@ -197,13 +205,11 @@ def score(recipe: Path = RecipeArg) -> None:
 @_user_errors
 def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bool = OverwriteOpt) -> None:
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
-    from corpmerge.output.location import check_output_location
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
     from corpmerge.report.view import render_report
 
     parsed = load_recipe(recipe).with_output(output)
-    check_output_location(parsed, overwrite)  # before the log file is created in the work folder
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     report = run_recipe(parsed, None, overwrite)
     if report is not None:  # None on the non-main processes of a launched run

@@ -29,6 +29,8 @@ from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.gate.stage2 import iterate
+from corpmerge.scoring.coordinator import agree
+from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
 from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, ordered
@@ -103,6 +105,29 @@ def _values(scores: dict, keys: list) -> np.ndarray:
     return np.array([scores[k].value for k in keys], dtype=float)
 
 
+def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = None) -> Checked:
+    """Check the recipe on every rank (each needs the base) and the output/work location on rank 0,
+    before anything is written; under a launcher every rank stops with the same line if one fails.
+
+    ``overwrite=None``: only the work folder is written (score, ensemble, diagnose).
+    """
+    world = current_world()
+
+    def checks() -> Checked:
+        if world.is_main:
+            check_work_location(recipe) if overwrite is None else check_output_location(recipe, overwrite)
+        return check_recipe(recipe, needs_rewards=needs_rewards)
+
+    if world.size == 1:
+        return checks()
+    try:
+        checked, problem = checks(), None
+    except Exception as exc:  # every rank hears of it below
+        checked, problem = None, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    agree(problem, world.size)
+    return checked
+
+
 def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
     """How many of the best entries racing must rank exactly: the elites of any grid point, RandOpt's top K."""
     quantiles = [p.quantile for p in checked.grid if hasattr(p, "quantile")]
@@ -113,8 +138,7 @@ def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
 def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
-    checked = check_recipe(recipe, needs_rewards=False)
-    check_work_location(recipe)
+    checked = prepare(recipe, needs_rewards=False)
     session = open_session(recipe)
     if not session.world.is_main:
         return session.serve()
@@ -136,8 +160,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
 
 def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:
     """Split-half statistics of the top-``top`` elites, printed as a table and plotted to ``diagnose.png``."""
-    checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
-    check_work_location(recipe)
+    checked = prepare(recipe, needs_rewards=recipe.scoring is None)
     if recipe.scoring is not None:
         session = open_session(recipe)
         if not session.world.is_main:
@@ -173,8 +196,7 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
 
     Returns None on the non-main processes of a launched run.
     """
-    checked = check_recipe(recipe, needs_rewards=False)
-    check_work_location(recipe)
+    checked = prepare(recipe, needs_rewards=False)
     session = open_session(recipe)
     if not session.world.is_main:
         return session.serve()
@@ -194,8 +216,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
     """The whole job. Returns the report (also written as report.json); None on non-main processes."""
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
-    checked = check_recipe(recipe, needs_rewards=recipe.scoring is None)
-    check_output_location(recipe, overwrite)  # before any scoring; write_output checks again before writing
+    checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
     out = Path(recipe.output.path)
     with timer("load"):
         session = open_session(recipe)

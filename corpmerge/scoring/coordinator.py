@@ -244,6 +244,16 @@ def _to_rank_0(call: Callable[..., Any], *args: Any) -> Any:
         raise CorpmergeError(f"lost the connection to rank 0 ({_first_line(exc)}); run the same command again to continue") from None
 
 
+def agree(problem: str | None, size: int) -> None:
+    """Every rank says whether its step worked; any failure stops all of them with the same line naming the rank."""
+    problems: list[str | None] = [None] * size
+    dist.all_gather_object(problems, problem)
+    failed = [(rank, p) for rank, p in enumerate(problems) if p]
+    if failed:
+        rank, first = failed[0]
+        raise CorpmergeError(f"rank {rank} could not start: {first}")
+
+
 def agree_on_startup(problem: str | None, size: int) -> None:
     """Every rank says whether it could load the model and tasks; any failure stops all of them with one line.
 
@@ -251,10 +261,5 @@ def agree_on_startup(problem: str | None, size: int) -> None:
     where every rank of the launch passes exactly once).
     """
     global _channel
-    problems: list[str | None] = [None] * size
-    dist.all_gather_object(problems, problem)
-    failed = [(rank, p) for rank, p in enumerate(problems) if p]
-    if failed:
-        rank, first = failed[0]
-        raise CorpmergeError(f"rank {rank} could not start: {first}")
+    agree(problem, size)
     _channel = dist.new_group(backend="gloo", timeout=CHANNEL_TIMEOUT)

@@ -121,7 +121,12 @@ def open_session(recipe: Recipe, world: World | None = None) -> Session:
         session, problem = _open(recipe, world), None
     except Exception as exc:  # reported by every rank below, then the run stops cleanly
         session, problem = None, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    agree_on_startup(problem, world.size)
+    try:
+        agree_on_startup(problem, world.size)
+    except CorpmergeError:
+        if session is not None and session.store is not None:
+            session.store.close()  # not session.close(): the workers are not serving yet
+        raise
     return session
 
 
