@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from corpmerge.pipeline import run_recipe
-from corpmerge.recipe import Recipe, load_recipe
+from corpmerge.recipe import IterateSpec, Recipe, load_recipe
 from corpmerge.report.plots import write_summary_png
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "CoRP stage 1": {"merge_method": "corp", "iterate": None},
-    "CoRP + stage 2": {"merge_method": "corp"},
+    "CoRP + stage 2": {"merge_method": "corp", "iterate": IterateSpec(rounds=2, local_size=10, rank=4)},
     "reward_avg": {"merge_method": "reward_avg", "iterate": None},
     "topk_subspace": {"merge_method": "topk_subspace", "iterate": None},
     "ties": {"merge_method": "ties", "iterate": None},

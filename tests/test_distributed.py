@@ -46,14 +46,18 @@ def launcher(kind: str, processes: int, args: list[str], extra: list[str] | None
 
 
 @pytest.fixture
-def spawn():
-    """Popen in a new session (so the launcher and its ranks can be killed as a group); all killed at teardown."""
+def spawn(tmp_path_factory):
+    """Popen in a new session (so the launcher and its ranks can be killed as a group); all killed at teardown.
+
+    TMPDIR points into pytest's temporary folder, so the launchers' own temporary folders do not pile up in /tmp.
+    """
     started: list[subprocess.Popen] = []
+    tmpdir = str(tmp_path_factory.mktemp("launcher-tmp"))
 
     def start(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})},
+            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": tmpdir, **(env or {})},
         )
         started.append(proc)
         return proc
