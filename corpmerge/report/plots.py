@@ -219,7 +219,8 @@ def _held_out_panel(ax: Axes, report: dict[str, Any]) -> None:
     labels, ys = [], np.arange(len(rows))[::-1]
     for y, (key, row) in zip(ys, rows):
         acc, n = finite(row.get("accuracy")), row.get("n", "?")
-        labels.append(f"{model_label(key, report)}\n{'—' if acc is None else f'{100 * acc:.1f}%'} (n={n})")
+        short = model_label(key, {k: v for k, v in report.items() if k != "evaluation"})  # the caption says what ranked them
+        labels.append(f"{short}\n{'—' if acc is None else f'{100 * acc:.1f}%'} (n={n})")
         if key == "base":
             ax.plot([0], [y], "D", color="black")
             continue
@@ -233,7 +234,8 @@ def _held_out_panel(ax: Axes, report: dict[str, Any]) -> None:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel("Δ accuracy vs base (percentage points)")
+    ranked = evaluation.get("ranked_on")
+    ax.set_xlabel("Δ accuracy vs base (percentage points)" + (f"\nRandOpt entries ranked on {ranked}" if isinstance(ranked, str) else ""))
     fraction = finite(evaluation.get("recovered_fraction"))
     if fraction is not None:
         title += f"\nmerged gain = {fraction:.2f}× the largest vote's gain"
