@@ -15,7 +15,7 @@ import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.report.diagnose import plot, sketch, split_half
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.scoring.folds import count
 from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
 from corpmerge.report.heldout import accuracy, evaluate_held_out
@@ -26,14 +26,13 @@ from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, re
 from corpmerge.output.folder import population_summary, write_output
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.population import Entry
-from corpmerge.progress import task
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.gate.stage2 import iterate
 from corpmerge.scoring.coordinator import agree
 from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
-from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, ordered
+from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     order = race_order(docs, session.recipe.scoring.support.split_seed)
     n = len(order)
     todo = [i for i, e in enumerate(entries) if e.reward is None]
-    base = _values(session.scores(Request("base", "A", docs)), order) if todo else None
+    base = in_order(session.scores(Request("base", "A", docs)), order, "value") if todo else None
     sizes = stage_sizes(n, spec)
     alive, standings, stopped_at = list(todo), {}, {}
     for stage, m in enumerate(sizes, 1):
@@ -82,7 +81,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
             for i in alive
         ]
         results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
-        values = np.array([_values(scores, order[:m]) for scores in results]).reshape(len(alive), m)
+        values = np.array([in_order(scores, order[:m], "value") for scores in results]).reshape(len(alive), m)
         for i, row in zip(alive, values):
             standings[i] = standing(row, base, spec.z)
         if m < n and alive:
@@ -99,10 +98,6 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
         "examples": [examples.get(i, n) for i in range(len(entries))],
     }
     return out, summary
-
-
-def _values(scores: dict, keys: list) -> np.ndarray:
-    return np.array([scores[k].value for k in keys], dtype=float)
 
 
 def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = None) -> Checked:
@@ -123,7 +118,7 @@ def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = Non
     try:
         checked, problem = checks(), None
     except Exception as exc:  # every rank hears of it below
-        checked, problem = None, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        checked, problem = None, first_line(exc)
     agree(problem, world.size)
     return checked
 

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hangguard import hang_guard
 
 from corpmerge.rewards import mbpp, sandbox
 from corpmerge.rewards.checks import UnsupportedTest, split_tests
@@ -364,9 +365,8 @@ def test_remove_tree_removes_traps_without_following_them(scratch):
         (top / name).write_text("x")
     pinned = _chattr(top / "immutable", 0x10) & _chattr(top / "append", 0x20) & _chattr(top / "pinned", 0x10)
     assert pinned or not ROOT  # root (this tree's owner) can pin files here, so the remover must unpin them
-    start = time.perf_counter()
-    remove_tree(str(top))
-    assert time.perf_counter() - start < HANG_GUARD
+    with hang_guard(HANG_GUARD):
+        remove_tree(str(top))
     assert not os.path.lexists(top)
     assert (outside / "keep.txt").read_text() == "precious"
 
@@ -415,9 +415,8 @@ def test_unisolated_runs_survive_traps_and_leave_no_folder(name, host, opted_in,
     """FIFOs and /dev/zero links where output might be read, 3,000 nested folders, pinned and
     permissionless files: the verdict still comes back, nothing raises, the program's folder is gone."""
     monkeypatch.setattr(sandbox, "isolation_problem", lambda: "testing the unisolated path")
-    start = time.perf_counter()
-    result = run_tests(host[0], (HOSTILE[0].parent / f"{name}.py").read_text(), ADD_TESTS, wall_seconds=5)
-    assert time.perf_counter() - start < HANG_GUARD
+    with hang_guard(HANG_GUARD):
+        result = run_tests(host[0], (HOSTILE[0].parent / f"{name}.py").read_text(), ADD_TESTS, wall_seconds=5)
     assert not result.passed and result.reason == "test 1 failed"
     assert os.listdir(scratch) == []
 

@@ -14,7 +14,7 @@ from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
-from corpmerge.scoring.scorer import as_docs, ordered, update_subject
+from corpmerge.scoring.scorer import as_docs, in_order, ordered, update_subject
 from corpmerge.scoring.session import Session
 
 
@@ -152,14 +152,14 @@ def race_candidates(
     order = race_order(docs, session.recipe.scoring.support.split_seed + 1)
     n = len(order)
     spec = racing if gate.racing else racing.model_copy(update={"enabled": False})
-    ref = np.array([s.correct for s in _in_order(session.scores(Request(reference[0], label, docs, reference[1])), order)], dtype=float)
+    ref = in_order(session.scores(Request(reference[0], label, docs, reference[1])), order)
     alive = sorted(candidates, key=lambda c: _family(c.params))  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
     sizes = stage_sizes(n, spec)
     for stage, m in enumerate(sizes, 1):
         prefix = as_docs(order[:m])
         requests = [Request(c.subject, label, prefix, c.result, {"params": c.params}) for c in alive]
         for cand, scores in zip(alive, session.evaluate(requests, f"gate: candidates on fold {label} ({m} of {n} examples)")):
-            values = np.array([s.correct for s in _in_order(scores, order[:m])], dtype=float)
+            values = in_order(scores, order[:m])
             cand.validate = paired_stats(ref[:m], values, gate.z, gate.regression_penalty)
         if m < n:
             bounds = {id(c): _s_bounds(c.validate, n, gate.regression_penalty, racing.z) for c in alive}
@@ -187,6 +187,3 @@ def _s_bounds(stats: PairedStats, n: int, penalty: float, z: float) -> tuple[flo
 def _family(params: dict[str, Any]) -> str:
     return repr(sorted((k, v) for k, v in params.items() if k != "alpha"))
 
-
-def _in_order(scores: dict, keys: list) -> list:
-    return [scores[k] for k in keys]

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.scoring.folds import assign_folds
+from corpmerge.scoring.folds import round_folds
 from corpmerge.gate.procedure import Candidate, GateDecision, gate_candidates, subject_of, subject_of_result
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.scorer import ordered
-from corpmerge.scoring.session import Session
+from corpmerge.scoring.session import Session, suite_counts
 from corpmerge.gate.proposals import principal_directions, propose, shifted
 
 
@@ -33,9 +33,9 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
     source = (cloud, result.elites, result.weights)
     accepted = rejected = 0
     rounds: list[dict[str, Any]] = []
-    counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
+    counts = suite_counts(session.suite)
     for r in range(1, spec.rounds + spec.patience + 1):
-        folds = assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
+        folds = round_folds(counts, support, r)
         centre = result.final_amplitudes()
         seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
         requests = [Request(subject_of(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]

@@ -7,12 +7,12 @@ from typing import Any
 
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.errors import CorpmergeError
-from corpmerge.scoring.folds import Docs, assign_folds, count
+from corpmerge.scoring.folds import Docs, count, round_folds
 from corpmerge.gate.paired import paired_interval
 from corpmerge.scoring.evaluator import Request
 from corpmerge.population import Entry
 from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
-from corpmerge.scoring.session import Session
+from corpmerge.scoring.session import Session, suite_counts
 
 
 def support_docs(session: Session) -> dict[str, set[int]]:
@@ -29,9 +29,8 @@ def _stage2_folds(session: Session) -> list[dict[str, Docs]]:
     spec, support = session.recipe.iterate, session.recipe.scoring.support
     if spec is None:
         return []
-    counts = {name: session.suite.doc_count(name) for name in session.suite.tasks}
-    return [assign_folds(counts, support.model_copy(update={"split_seed": support.split_seed + r}))
-            for r in range(1, spec.rounds + spec.patience + 1)]
+    counts = suite_counts(session.suite)
+    return [round_folds(counts, support, r) for r in range(1, spec.rounds + spec.patience + 1)]
 
 
 def accuracy(scores: dict, docs: Docs) -> float:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.progress import task
 from corpmerge.scoring.evaluator import Request, Unit, collect, plan_units
 from corpmerge.scoring.lmeval import TaskSuite
@@ -75,10 +75,6 @@ def recv(src: int) -> Any:
     data = torch.empty(int(size.item()), dtype=torch.uint8)
     dist.recv(data, src, group=channel())
     return pickle.loads(data.numpy().tobytes())
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 class Coordinator:
@@ -154,13 +150,13 @@ class Coordinator:
             try:
                 data = pack(("unit", unit))
             except Exception as exc:  # nothing was sent: the worker is fine, the run stops on this unit
-                done.put(("error", worker, unit, (f"cannot send {unit.subject}: {type(exc).__name__}: {_first_line(exc)}",)))
+                done.put(("error", worker, unit, (f"cannot send {unit.subject}: {type(exc).__name__}: {first_line(exc)}",)))
                 return
             try:
                 send_packed(data, worker)
                 reply = recv(worker)
             except Exception as exc:  # its process died or its connection broke: rank 0 stops the run
-                done.put(("lost", worker, unit, _first_line(exc)))
+                done.put(("lost", worker, unit, first_line(exc)))
                 return
             done.put((reply[0], worker, unit, reply[1:]))
             if reply[0] != "result":
@@ -204,7 +200,7 @@ class Coordinator:
             try:
                 send(("stop", None), worker)
             except Exception as exc:  # it died after its last unit; rank 0 still closes cleanly
-                log.warning("rank %d: could not send stop (%s)", worker, _first_line(exc))
+                log.warning("rank %d: could not send stop (%s)", worker, first_line(exc))
         wall = time.perf_counter() - self.started
         for rank, busy in self.busy_s.items():
             idle = 1.0 - busy / self.batch_s if self.batch_s > 0 else 0.0
@@ -233,7 +229,7 @@ def serve(scorer: Scorer, suites: Callable[[str], TaskSuite]) -> None:
         try:
             reply = ("result", scorer.evaluate(unit.update, unit.docs, suites(unit.suite)), time.perf_counter() - start)
         except Exception as exc:  # one line to rank 0, which stops the run and then sends "stop"
-            reply = ("error", f"{type(exc).__name__}: {_first_line(exc)}")
+            reply = ("error", f"{type(exc).__name__}: {first_line(exc)}")
         _to_rank_0(send, reply, 0)
 
 
@@ -241,7 +237,7 @@ def _to_rank_0(call: Callable[..., Any], *args: Any) -> Any:
     try:
         return call(*args)
     except Exception as exc:  # rank 0 is gone: it reported why (or the launcher stopped it)
-        raise CorpmergeError(f"lost the connection to rank 0 ({_first_line(exc)}); run the same command again to continue") from None
+        raise CorpmergeError(f"lost the connection to rank 0 ({first_line(exc)}); run the same command again to continue") from None
 
 
 def agree(problem: str | None, size: int) -> None:

@@ -44,6 +44,11 @@ def assign_folds(doc_counts: dict[str, int], support: SupportSpec) -> dict[str, 
     return folds
 
 
+def round_folds(doc_counts: dict[str, int], support: SupportSpec, round_: int) -> dict[str, Docs]:
+    """Stage-2 round ``round_``'s fresh folds: the same assignment with ``split_seed + round_``."""
+    return assign_folds(doc_counts, support.model_copy(update={"split_seed": support.split_seed + round_}))
+
+
 def fold_fingerprint(folds: dict[str, Docs]) -> str:
     blob = repr(sorted((f, t, tuple(ids)) for f, docs in folds.items() for t, ids in docs.items()))
     return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()

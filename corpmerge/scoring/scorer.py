@@ -230,5 +230,9 @@ def as_docs(keys: list[tuple[str, int]]) -> Docs:
 
 def ordered(scores: Scores, docs: Docs, field: str = "correct") -> np.ndarray:
     """Scores as a vector in the canonical example order of ``docs``."""
-    keys = [(task, doc) for task in sorted(docs) for doc in docs[task]]
+    return in_order(scores, [(task, doc) for task in sorted(docs) for doc in docs[task]], field)
+
+
+def in_order(scores: Scores, keys: list[tuple[str, int]], field: str = "correct") -> np.ndarray:
+    """Scores as a vector in the order of ``keys``."""
     return np.array([getattr(scores[k], field) for k in keys], dtype=float)

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, quiet_third_party
 from corpmerge.model_io import BaseRef, ensure_checkpoint, load_base, load_tokenizer, perturbed_names, resolve_base
@@ -120,7 +120,7 @@ def open_session(recipe: Recipe, world: World | None = None) -> Session:
     try:
         session, problem = _open(recipe, world), None
     except Exception as exc:  # reported by every rank below, then the run stops cleanly
-        session, problem = None, (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        session, problem = None, first_line(exc)
     try:
         agree_on_startup(problem, world.size)
     except CorpmergeError:
