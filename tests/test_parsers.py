@@ -12,7 +12,7 @@ from fractions import Fraction
 import pytest
 from hangguard import hang_guard
 
-from corpmerge.rewards import countdown, gsm8k, math_answer, rocstories
+from corpmerge.rewards import arith, countdown, gsm8k, math_answer, rocstories
 from corpmerge.rewards.expression import ExpressionError, evaluate
 
 HANG_GUARD = 2.0
@@ -169,6 +169,20 @@ def test_gsm8k_long_inputs_are_linear(completion):
     assert result == {"reward": 0.0, "correct": 0.0, "relaxed": 0.0}
 
 
+@pytest.mark.parametrize(
+    "completion, correct",
+    [(" 12", True), (" 12\n\nQuestion: 7", True), (" The answer is 12.", True), (" 12.0", True), (" 1,2", False),
+     (" 7 then 12", False), (" 12.5", False), (" -12", False), ("", False), (" twelve", False),
+     (" " * arith.MAX_CHARS + "12", False), ("9" * 100_000, False), ("1," * 100_000, False)],
+)
+def test_arith_first_number_is_the_answer(completion, correct):
+    assert bounded(arith.score, completion, 12) == {"reward": float(correct), "correct": float(correct)}
+
+
+def test_arith_votes_read_the_same_number():
+    assert arith.first_answer(" 3.50 or so") == "7/2" and arith.first_answer(" 1,200") == "1200"
+    assert arith.first_answer(" none") is None
+
 def test_gsm8k_random_integers_compare_exactly():
     rng = random.Random(13)
     for _ in range(200):
@@ -273,6 +287,7 @@ def test_fuzz_rewards_never_raise_and_stay_in_range():
             assert bounded(math_answer.score, completion, ["(0,1]", r"\frac{1}{2}", "18"])[0] in (0.0, 1.0)
             assert bounded(countdown.score, completion, [3, 4, 5], 60)[0] in (0.0, 0.1, 1.1)
             assert 0.0 <= bounded(rocstories.score, completion, "ABCDE")[0] <= 1.0
+            assert set(bounded(arith.score, completion, 18).values()) <= {0.0, 1.0}
 
 
 def test_fuzz_parts_never_raise():

@@ -12,6 +12,7 @@ from corpmerge.tasks import list_tasks, tasks_dir
 FIXTURES = Path(__file__).parent / "fixtures"
 TASKS = {
     "corpmerge_arith": None,
+    "corpmerge_arith_gen": None,
     "corpmerge_countdown": None,
     "corpmerge_gsm8k": FIXTURES / "gsm8k",
     "corpmerge_olympiadbench": FIXTURES / "olympiadbench",

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from corpmerge.rewards import countdown, gsm8k, math_answer, mbpp, rocstories
+from corpmerge.rewards import arith, countdown, gsm8k, math_answer, mbpp, rocstories
 
 
 def _number(value: float | None) -> str | None:
@@ -30,6 +30,7 @@ def _expression(text: str) -> str | None:
 
 
 EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "corpmerge_arith_gen": arith.first_answer,
     "corpmerge_gsm8k": lambda text: _number(gsm8k.strict_answer(text)),
     "corpmerge_countdown": _expression,
     "corpmerge_olympiadbench": _math,

@@ -1,0 +1,55 @@
+"""corpmerge_arith_gen: procedurally generated arithmetic with a short generated answer (no download).
+
+Question types: "a minus 1", single-digit addition, small subtraction, two-digit plus one-digit
+addition and single-digit multiplication; the prompt shows two solved questions first, so the
+answer is the first number the model writes. The data is a pure function of the seed; train
+(support) and test use disjoint seeds. SmolLM2-135M-Instruct answers about a third correctly.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from corpmerge.rewards import arith
+
+
+def _question(rng: random.Random) -> tuple[str, int]:
+    kind = rng.randrange(5)
+    if kind == 0:
+        a = rng.randint(2, 60)
+        return f"What is {a} minus 1?", a - 1
+    if kind == 1:
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        return f"What is {a} plus {b}?", a + b
+    if kind == 2:
+        a, b = rng.randint(5, 20), rng.randint(1, 4)
+        return f"What is {a} minus {b}?", a - b
+    if kind == 3:
+        a, b = rng.randint(10, 49), rng.randint(1, 9)
+        return f"What is {a} plus {b}?", a + b
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    return f"What is {a} times {b}?", a * b
+
+
+def make_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        question, answer = _question(rng)
+        rows.append({"question": question, "answer": answer})
+    return rows
+
+
+def build_dataset(train_size: int = 1000, test_size: int = 500, seed: int = 0, **_: object):
+    """lm-eval ``custom_dataset`` hook: a DatasetDict with train and test splits."""
+    import datasets
+
+    return datasets.DatasetDict({
+        "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
+        "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
+    })
+
+
+def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    return arith.score(results[0], doc["answer"])
