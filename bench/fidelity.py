@@ -75,6 +75,15 @@ def fmt(row: dict[str, Any], key: str | None = None) -> str:
     return f"{100 * part['diff']:+.1f} [{100 * part['ci_low']:+.1f}, {100 * part['ci_high']:+.1f}]"
 
 
+def kept_share(table: dict[str, dict[str, Any]], name: str) -> str:
+    """Share of the top-20 vote's gain over the base that ``name`` keeps: Δ(name) / Δ(top-20 vote)."""
+    vote, row = table["RandOpt top-20 vote"].get("diff"), table[name]
+    gain = 0.0 if row.get("abstained") else row.get("diff", 0.0)
+    if vote is None or vote <= 0:
+        return f"— (the vote gained {100 * (vote or 0):+.1f})"
+    return f"{100 * gain / vote:.0f}% of {100 * vote:+.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/demo.yaml")
@@ -86,13 +95,15 @@ def main() -> None:
     started = time.perf_counter()
     recipe, work = load_recipe(args.recipe), Path(args.work)
     lines = ["| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | note |", "|---|---|---|---|---|---|---|"]
-    summary = []
+    summary, shares = [], ["| task | seed | CoRP stage 1 | CoRP + stage 2 |", "|---|---|---|---|"]
     for task in args.tasks:
         for seed in args.seeds:
             table: dict[str, dict[str, Any]] = {}
             for name, change in VARIANTS.items():
                 report = run_recipe(variant(recipe, task, seed, work, name, change), overwrite=True)
+                print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
                 table.update(rows_of(report, name))
+            shares.append(f"| {task} | {seed} | {kept_share(table, 'CoRP stage 1')} | {kept_share(table, 'CoRP + stage 2')} |")
             for name, row in table.items():
                 note = "abstained (= base)" if row.get("abstained") else ""
                 lines.append(f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | {note} |")
@@ -100,7 +111,7 @@ def main() -> None:
                     summary.append({"task": f"{task} (seed {seed})", "method": name, "delta": row.get("diff"),
                                     "lo": row.get("ci_low"), "hi": row.get("ci_high"), "abstained": bool(row.get("abstained"))})
     wall = time.perf_counter() - started
-    text = "\n".join(lines)
+    text = "\n".join(lines) + "\n\nShare of the top-20 vote's gain that CoRP keeps (an abstention keeps 0):\n\n" + "\n".join(shares)
     command = "python bench/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     figure = write_summary_png(summary, Path(args.out).with_suffix(".png"))
     Path(args.out).write_text(f"`{command}` — {wall / 60:.0f} min wall\n\n{text}\n\n![summary]({figure.name})\n")
