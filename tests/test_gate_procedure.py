@@ -184,6 +184,37 @@ def test_cached_and_rescaled_updates_are_the_same_bits_as_regeneration(tmp_path,
         session.close()
 
 
+
+def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, tiny_model, tiny_task):
+    from corpmerge.methods.ties import TiesDelta
+
+    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out")
+    data["scoring"]["memory_budget"] = "1GB"
+    session = open_session(parse_recipe(data))
+    try:
+        scorer = session.scorer
+        original = {n: p.detach().clone() for n, p in scorer.params.items()}
+        vectors = np.array([[0.01, 0.0, -0.02], [0.0, 0.03, 0.01]])
+        computed = []
+
+        class Counted(TiesDelta):
+            def __call__(self, name, shape):
+                computed.append(name)
+                return super().__call__(name, shape)
+
+        ties = Counted(np.array([5, 6, 7], dtype=np.int64), vectors, 0.5)
+        result = MergeResult("ties", {}, np.arange(2), np.full(2, 0.5), tensor_delta=ties, multiplier=2.0)
+        for update in (result, result.scaled(0.5), result.scaled(3.0), result):
+            scorer.apply(update)
+            for name, param in scorer.params.items():
+                assert torch.equal(param, original[name] + update.delta(name, param.shape)), (name, update.multiplier)
+            scorer.restore()
+        assert len(computed) == len(scorer.params) + 4 * len(scorer.params)  # once by the scorer, once per check
+        other = TiesDelta(np.array([5, 6, 7], dtype=np.int64), vectors, 0.2)
+        assert other.key != ties.key and TiesDelta(np.array([5, 6, 7]), vectors.copy(), 0.5).key == ties.key
+    finally:
+        session.close()
+
 def test_held_out_on_the_support_split_leaves_support_examples_out(tmp_path, tiny_model, tiny_task):
     from corpmerge.pipeline import run_recipe
 

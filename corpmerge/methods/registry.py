@@ -22,7 +22,10 @@ class MethodParams(BaseModel):
 
 
 class TensorDelta(Protocol):
-    """A merge that is not linear in the noise: Δ is computed tensor by tensor while streaming."""
+    """A merge that is not linear in the noise: Δ is computed tensor by tensor while streaming.
+    ``key`` identifies the Δ it computes (same key, same tensors)."""
+
+    key: str
 
     def __call__(self, name: str, shape: torch.Size) -> torch.Tensor: ...
 
@@ -50,6 +53,13 @@ class MergeResult:
             return None
         step = self.amplitudes.scaled(self.multiplier)
         return step if self.offset is None else self.offset.plus(step)
+
+    def streamed(self) -> tuple[str, TensorDelta, float] | None:
+        """A tensor-by-tensor update as (key of Δ₁, Δ₁, m) with Δ = Δ₁ if m = 1 else Δ₁·m (what ``delta``
+        computes), so a scorer can compute Δ₁ once and rescale it for every probe multiplier."""
+        if self.tensor_delta is None:
+            return None
+        return self.tensor_delta.key, self.tensor_delta, self.multiplier
 
     def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """Materialise Δ for one tensor (float32)."""

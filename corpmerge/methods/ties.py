@@ -8,6 +8,7 @@ noise coordinates; large tensors are done in chunks, regenerating noise slices w
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -60,6 +61,10 @@ class TiesDelta:
 
     def __init__(self, seeds: np.ndarray, vectors: np.ndarray, density: float):
         self.seeds, self.vectors, self.density = seeds, vectors, density
+        digest = hashlib.blake2b(digest_size=12)
+        for part in (np.ascontiguousarray(seeds, dtype=np.int64), np.ascontiguousarray(vectors, dtype=np.float64)):
+            digest.update(repr(part.shape).encode() + part.tobytes())
+        self.key = f"ties:{digest.hexdigest()}:{density!r}"
 
     def _perturbation(self, row: int, name: str, numel: int, offset: int) -> torch.Tensor:
         out = torch.zeros(numel, dtype=torch.float32)

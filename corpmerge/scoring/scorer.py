@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -62,7 +62,9 @@ class Scorer:
     the arithmetic of ``Amplitudes.delta`` (Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order), so a
     cached evaluation scores the same bits as a regenerated one. The last materialised Δ is
     kept too: an update whose amplitudes are 2ᵏ times it (a probe multiplier, a grid α) is
-    2ᵏ·Δ, which is exact in floating point.
+    2ᵏ·Δ, which is exact in floating point. A tensor-by-tensor update (``ties``) keeps its
+    unscaled Δ₁ instead, so every probe multiplier m costs one product Δ₁·m (the bits ``delta``
+    computes). One model-sized slot holds either, when the budget allows it.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Scorer:
         self.model_bytes = 4 * sum(p.numel() for p in self.params.values())
         self.noise_cache = NoiseCache(max(0, memory_budget - self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
+        self._unscaled: tuple[str, dict[str, torch.Tensor]] | None = None
         self._keep_last = memory_budget >= self.model_bytes
         self.lm = make_lm(model, tokenizer, batch_size)
         self.evaluations = 0
@@ -95,12 +98,28 @@ class Scorer:
             else:
                 self._apply_amplitudes(nz)
             return
+        streamed = update.streamed() if hasattr(update, "streamed") else None
+        if streamed is not None and self._keep_last:
+            self._apply_streamed(*streamed)
+            return
         for name, param in self.params.items():
-            delta = update.delta(name, param.shape, self.scratch)
-            if self._on_cpu_f32:
-                torch.add(self.snapshot[name], delta, out=param.data)
-            else:
-                param.copy_(self.snapshot[name] + delta.to(param.device))
+            self._set(name, param, update.delta(name, param.shape, self.scratch))
+
+    def _set(self, name: str, param: torch.nn.Parameter, delta: torch.Tensor) -> None:
+        """param ← θ₀ + Δ."""
+        if self._on_cpu_f32:
+            torch.add(self.snapshot[name], delta, out=param.data)
+        else:
+            param.copy_(self.snapshot[name] + delta.to(param.device))
+
+    def _apply_streamed(self, key: str, unscaled: Callable[[str, torch.Size], torch.Tensor], multiplier: float) -> None:
+        """θ₀ + Δ₁·m, with Δ₁ computed once per key and kept."""
+        if self._unscaled is None or self._unscaled[0] != key:
+            self._last = self._unscaled = None  # one model-sized slot
+            self._unscaled = (key, {name: unscaled(name, param.shape) for name, param in self.params.items()})
+        for name, param in self.params.items():
+            base = self._unscaled[1][name]
+            self._set(name, param, base if multiplier == 1.0 else base * multiplier)
 
     def _apply_amplitudes(self, nz: Amplitudes) -> None:
         """θ₀ + Σ aⱼ·εⱼ per tensor, from the last Δ (2ᵏ multiple), the noise cache, or fresh draws."""
@@ -110,6 +129,8 @@ class Scorer:
                 torch.add(self.snapshot[name], self._last[1][name], alpha=factor, out=param.data)
             return
         kept: dict[str, torch.Tensor] = {}
+        if self._keep_last and nz.seeds.size > 1:
+            self._unscaled = None  # one model-sized slot
         pairs = list(zip(nz.seeds.tolist(), nz.values.tolist()))
         for name, param in self.params.items():
             acc = self._delta(name, param.numel(), pairs)
