@@ -27,6 +27,7 @@ def first_answer(text: str) -> str | None:
 
 
 def score(completion: str, answer: int) -> dict[str, float]:
+    """reward = correct = 1 if ``first_value(completion) == answer`` else 0."""
     value = first_value(completion)
     correct = float(value is not None and value == answer)
     return {"reward": correct, "correct": correct}
