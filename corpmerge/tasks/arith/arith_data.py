@@ -11,19 +11,31 @@ from __future__ import annotations
 import random
 
 
-def _question(rng: random.Random) -> tuple[str, int]:
-    kind = rng.randrange(4)
-    if kind == 0:
-        a = rng.randint(1, 60)
-        return f"Which number comes right after {a}?", a + 1
-    if kind == 1:
-        a = rng.randint(2, 60)
-        return f"What is {a} minus 1?", a - 1
-    if kind == 2:
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        return f"What is {a} plus {b}?", a + b
+def successor(rng: random.Random) -> tuple[str, int]:
+    a = rng.randint(1, 60)
+    return f"Which number comes right after {a}?", a + 1
+
+
+def minus_one(rng: random.Random) -> tuple[str, int]:
+    a = rng.randint(2, 60)
+    return f"What is {a} minus 1?", a - 1
+
+
+def digit_sum(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    return f"What is {a} plus {b}?", a + b
+
+
+def small_difference(rng: random.Random) -> tuple[str, int]:
     a, b = rng.randint(5, 20), rng.randint(1, 4)
     return f"What is {a} minus {b}?", a - b
+
+
+KINDS = (successor, minus_one, digit_sum, small_difference)
+
+
+def _question(rng: random.Random) -> tuple[str, int]:
+    return KINDS[rng.randrange(len(KINDS))](rng)
 
 
 def make_rows(n: int, seed: int) -> list[dict]:

@@ -12,24 +12,24 @@ import random
 from typing import Any
 
 from corpmerge.rewards import arith
+from corpmerge.tasks.arith.arith_data import digit_sum, minus_one, small_difference
+
+
+def two_digit_sum(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(10, 49), rng.randint(1, 9)
+    return f"What is {a} plus {b}?", a + b
+
+
+def digit_product(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    return f"What is {a} times {b}?", a * b
+
+
+KINDS = (minus_one, digit_sum, small_difference, two_digit_sum, digit_product)
 
 
 def _question(rng: random.Random) -> tuple[str, int]:
-    kind = rng.randrange(5)
-    if kind == 0:
-        a = rng.randint(2, 60)
-        return f"What is {a} minus 1?", a - 1
-    if kind == 1:
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        return f"What is {a} plus {b}?", a + b
-    if kind == 2:
-        a, b = rng.randint(5, 20), rng.randint(1, 4)
-        return f"What is {a} minus {b}?", a - b
-    if kind == 3:
-        a, b = rng.randint(10, 49), rng.randint(1, 9)
-        return f"What is {a} plus {b}?", a + b
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
-    return f"What is {a} times {b}?", a * b
+    return KINDS[rng.randrange(len(KINDS))](rng)
 
 
 def make_rows(n: int, seed: int) -> list[dict]:
