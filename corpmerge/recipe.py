@@ -433,9 +433,10 @@ class _Collection:
         if not self.merges:
             return self.items
         merged: dict[Any, Any] = {}
-        for source in reversed(self.merges):  # the first merge source wins; explicit keys win over all
-            merged.update(source)
-        merged.update(self.items)
+        for source in self.merges:  # the first merge source that has a key wins; explicit keys win over all
+            for key, item in source.items():
+                merged.setdefault(key, item)
+        merged.update(self.items)  # keys: merged ones in order of first appearance, then the mapping's own
         return merged
 
 

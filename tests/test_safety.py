@@ -253,8 +253,26 @@ def test_reader_reads_recipes_like_safe_load():
         "m: 2001-12-14\nn: !!str 12\no: [1, -2, +3, 4.]\np: &x {q: 1, r: [2]}\ns: *x\nt: {<<: *x, q: 5}\n"
         "u: {<<: [{v: 1, w: 1}, {w: 2, z: 3}]}\nv: \"caf\\u00e9\"\nw:\n"
     )
-    assert repr(read_yaml(text, "r")) == repr(yaml.safe_load(text))
+    assert typed(read_yaml(text, "r")) == typed(yaml.safe_load(text))
     assert read_yaml("", "r") is None and read_yaml("- 1\n", "r") == [1]
+
+
+def typed(value: object) -> object:
+    """Plain data as comparable nested tuples: types and values exact, mapping key order ignored."""
+    if isinstance(value, dict):
+        return ("map", tuple(sorted((repr(k), typed(v)) for k, v in value.items())))
+    if isinstance(value, list):
+        return ("list", tuple(typed(v) for v in value))
+    return (type(value).__name__, repr(value))
+
+
+def test_merge_keys_follow_the_yaml_spec_and_a_documented_order():
+    """YAML 1.1 merge: earlier sources override later ones, explicit keys override all; keys come in order of
+    first appearance across the sources, then the mapping's own new keys."""
+    data = read_yaml("u: {<<: [{v: 1, w: 1}, {w: 2, z: 3}], y: 4, v: 5}\n", "r")["u"]
+    assert data == {"v": 5, "w": 1, "z": 3, "y": 4}
+    assert list(data) == ["v", "w", "z", "y"]
+    assert read_yaml("a: &a {p: 1}\nb: {<<: *a, q: 2}\n", "r")["b"] == {"p": 1, "q": 2}
 
 
 def test_population_errors_stop_at_the_first_bad_entry(tmp_path):
