@@ -152,6 +152,13 @@ class ScoringSpec(_Strict):
     allow_unsandboxed_code: bool = Field(
         default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe"
     )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="dtype the scored models are rounded to; default: the output dtype, so the gate scores the bits that ship"
+    )
+    backend: Literal["hf", "vllm"] = Field(default="hf", description="how a model is evaluated: Hugging Face transformers or a vLLM engine")
+    model_args: dict[str, Any] = Field(
+        default_factory=dict, description="passed to the backend's engine, e.g. {gpu_memory_utilization: 0.8, max_model_len: 2048} for vllm"
+    )
 
     _budget_not_bool = field_validator("memory_budget", mode="before")(_no_bool_size)
     _paths = field_validator("include_path", "store")(_path_field)
