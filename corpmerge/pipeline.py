@@ -174,8 +174,8 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
     if len(elites) < 4:
         raise CorpmergeError(f"population: the split-half diagnostic needs at least 4 entries (got {len(elites)})")
     matrix = sketch(elites, list(sizes), coords, sizes)
-    beta = min(checked.method.reward_temperature(p) for p in checked.grid)
-    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=beta)
+    temperature = min(checked.method.reward_temperature(p) for p in checked.grid)
+    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=temperature)
     path = recipe.output.work_path / "diagnose.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot(str(path), entries, matrix, stats)
