@@ -31,7 +31,7 @@ class Candidate:
     validate: PairedStats | None = None
     probe: dict[float, PairedStats] = field(default_factory=dict)
     stopped_at: int | None = None  # racing stopped it after this many validate examples
-    family: str = ""  # the grid point without its step: candidates of one family are 2ᵏ multiples of one Δ₁
+    family: str = ""  # the grid point without its step parameter: candidates of one family differ only by the factor α
 
 
 def subject_of_result(result: MergeResult) -> str:
@@ -225,5 +225,3 @@ def _s_bounds(stats: PairedStats, n: int, penalty: float, z: float) -> tuple[flo
     upper = (known + rest * wilson_upper(stats.fixes, m, z)) / n
     lower = (known - penalty * rest * wilson_upper(stats.regressions, m, z)) / n
     return lower, upper
-
-
