@@ -17,7 +17,7 @@ from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.scoring.folds import count
-from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
+from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate, subject_of, subject_of_result
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.output.hub import push_folder
@@ -126,7 +126,7 @@ def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = Non
 
 def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
     """How many of the best entries racing must rank exactly: the elites of any grid point, RandOpt's top K."""
-    quantiles = [p.quantile for p in checked.grid if hasattr(p, "quantile")]
+    quantiles = [q for p in checked.grid if (q := checked.method.elite_quantile(p)) is not None]
     size = len(checked.entries)
     return entries_to_keep(size, min(quantiles) if quantiles else None, max(ensemble_k or [1]))
 
@@ -174,9 +174,8 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
     if len(elites) < 4:
         raise CorpmergeError(f"population: the split-half diagnostic needs at least 4 entries (got {len(elites)})")
     matrix = sketch(elites, list(sizes), coords, sizes)
-    beta = recipe.parameters.get("beta", 10.0)
-    beta = float(min(beta) if isinstance(beta, list) else beta)
-    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=beta)
+    temperature = min(checked.method.reward_temperature(p) for p in checked.grid)
+    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=temperature)
     path = recipe.output.work_path / "diagnose.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot(str(path), entries, matrix, stats)
@@ -235,7 +234,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report = _report(session, entries, checked, decision)
         report["racing"] = race
         if stage2 is not None:
-            report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
+            report["stage2"] = {
+                "rounds": stage2, "accepted": sum(r["accepted"] for r in stage2), "rejected": sum(not r["accepted"] for r in stage2),
+                "sigma_schedule": recipe.iterate.sigma_schedule,
+            }
             subject = subject_of_result(final)
             report["chosen"] = fold_accuracies(session, subject, final, list(report["chosen"]))
         best_index = int(np.argmax([e.reward for e in entries]))
@@ -244,8 +246,12 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
                 if final is not None:
                     subjects["merged"] = (subject_of_result(final), final)
+                pairs: tuple[tuple[str, str], ...] = ()
+                if stage2 is not None and report["stage2"]["accepted"]:  # what stage 2 added, paired on the same examples
+                    subjects["stage1"] = (subject_of_result(decision.result), decision.result)
+                    pairs = (("merged", "stage1"),)
                 ranked = sorted(entries, key=lambda e: -e.reward)
-                report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k)
+                report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k, pairs)
         report["evaluations"] = session.scorer.evaluations
         report["example_evaluations"] = session.scorer.examples_evaluated
         written = final is not None or recipe.output.write_on_abstain
@@ -289,16 +295,14 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
     }
     report["population"]["rewards"] = [e.reward for e in entries]
     if decision.candidates:
-        report["candidates"] = [
-            {"params": c.params, "validate": c.validate.as_dict(), "stopped": c.stopped_at is not None, "validate_examples": c.validate.n}
-            for c in decision.candidates
-        ]
+        report["candidates"] = [candidate_record(c) for c in decision.candidates]
     final, cand = decision.result, decision.accepted
     if final is None:
         return report
-    report["gate"].update(params=cand.params, multiplier=decision.multiplier)
-    if "quantile" in cand.params:
-        report["population"]["elite_threshold"] = float(np.quantile([e.reward for e in entries], cand.params["quantile"]))
+    report["gate"].update(params=cand.params, multiplier=decision.multiplier, ess=cand.result.ess, step_rms=final.step_rms)
+    quantile = checked.method.elite_quantile(cand.params)
+    if quantile is not None:
+        report["population"]["elite_threshold"] = float(np.quantile([e.reward for e in entries], quantile))
     if cand.validate is not None:
         probe = cand.probe[decision.multiplier]
         report["gate"].update(

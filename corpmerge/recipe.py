@@ -191,7 +191,12 @@ class IterateSpec(_Strict):
     local_size: int = Field(default=100, ge=4)
     rank: int = Field(default=8, ge=1)
     isotropic_floor: float = Field(default=0.5, gt=0, le=1, description="ρ: share of proposal variance on a fresh seed")
-    sigma: float | None = Field(default=None, gt=0, description="local scale; default: the population's median σ")
+    sigma: float | None = Field(default=None, gt=0, description="local scale σ, fixed across rounds; default: the population's median σ")
+    sigma_schedule: Literal["fixed", "halve"] = Field(
+        default="fixed",
+        description="fixed (paper); halve (the reference code's, not the paper's): start at the population's σ with the best "
+        "mean reward and halve σ after each rejected round (with patience: 2, its 3 tries)",
+    )
     patience: int = Field(default=0, ge=0, description="rejected rounds tolerated before stopping (paper: 0)")
 
 

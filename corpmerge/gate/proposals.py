@@ -5,9 +5,8 @@ Each round draws P local perturbations around the centre: a fresh seed at scale 
 compatibility-weighted elite cloud, with cⱼ ~ N(0, σ²(1−ρ)·λⱼ/Σλ). The per-coordinate variance
 of a proposal is then σ² in total, of which exactly 1−ρ is low-rank. (The reference code scales
 cⱼ by √λ in amplitude units, which makes the low-rank part ~1000× too small.)
-The local population is scored on a fresh construct fold, merged with the stage-1 method, and the
-step is accepted only through the same gate (fresh validate/probe folds, paired against the
-current centre). Every proposal is an amplitude vector, so the result stays θ₀ + Σ aₛ·ε(s).
+The round then runs the whole stage-1 procedure on the local population (``stage2.iterate``).
+Every proposal is an amplitude vector, so the result stays θ₀ + Σ aₛ·ε(s).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ class BestParams(MethodParams):
     pass
 
 
-@merge_method("best", BestParams)
+@merge_method("best", BestParams)  # linear; its one elite is the top entry (no quantile) and it has no step parameter
 def best(cloud: Cloud, p: BestParams) -> MergeResult:
     """θ₀ + σ·ε(s) of the top entry (the first one listed when rewards tie)."""
     check_rewards(cloud.rewards)

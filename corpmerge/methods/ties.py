@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.methods.registry import MergeResult, MethodParams, merge_method
+from corpmerge.methods.registry import DEFAULT_ALPHA, DEFAULT_QUANTILE, MergeResult, MethodParams, merge_method
 from corpmerge.methods.weights import elite_indices
 from corpmerge.noise import fill_gaussian
 
@@ -24,9 +24,9 @@ _CHUNK_BUDGET = 1 << 26  # float32 elements held at once across all elites (256 
 
 
 class TiesParams(MethodParams):
-    quantile: float = Field(default=0.7, ge=0, lt=1)
+    quantile: float = Field(default=DEFAULT_QUANTILE, ge=0, lt=1)
     density: float = Field(default=0.2, gt=0, le=1, description="fraction of each perturbation kept")
-    alpha: float = Field(default=1.0, gt=0, description="scale of the merged update")
+    alpha: float = Field(default=DEFAULT_ALPHA, gt=0, description="scale of the merged update")
 
 
 def ties_combine(trimmed: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ class TiesDelta:
         return out.view(shape)
 
 
-@merge_method("ties", TiesParams)
+@merge_method("ties", TiesParams, linear=False, elites="quantile", step="alpha")
 def ties(cloud: Cloud, p: TiesParams) -> MergeResult:
     """TIES (trim, elect sign, disjoint mean) over the elite perturbations, times α."""
     elite = elite_indices(cloud.rewards, p.quantile)

@@ -11,14 +11,14 @@ import numpy as np
 from pydantic import Field
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.methods.registry import MergeResult, MethodParams, merge_method
+from corpmerge.methods.registry import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_QUANTILE, MergeResult, MethodParams, merge_method
 from corpmerge.methods.weights import elite_indices, softmax
 
 
 class TopkSubspaceParams(MethodParams):
-    quantile: float = Field(default=0.7, ge=0, lt=1)
-    beta: float = Field(default=10.0, ge=0)
-    alpha: float = Field(default=1.0, gt=0)
+    quantile: float = Field(default=DEFAULT_QUANTILE, ge=0, lt=1)
+    beta: float = Field(default=DEFAULT_BETA, ge=0)
+    alpha: float = Field(default=DEFAULT_ALPHA, gt=0)
     k: int = Field(default=8, ge=1)
 
 
@@ -29,7 +29,7 @@ def principal_directions(vectors: np.ndarray, k: int) -> np.ndarray:
     return vt[: min(k, rank)]
 
 
-@merge_method("topk_subspace", TopkSubspaceParams)
+@merge_method("topk_subspace", TopkSubspaceParams, elites="quantile", step="alpha", temperature="beta")
 def topk_subspace(cloud: Cloud, p: TopkSubspaceParams) -> MergeResult:
     """Δ = α·P_k m: m = Σ wᵢvᵢ with w = softmax(β·r) over the elites, P_k onto the top-k right
     singular vectors of the weighted cloud [√wᵢ·vᵢ]."""

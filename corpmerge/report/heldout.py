@@ -39,8 +39,10 @@ def accuracy(scores: dict, docs: Docs) -> float:
 
 def evaluate_held_out(
     session: Session, subjects: dict[str, tuple[str, Any]], ranked: list[Entry] | None = None, ensemble_k: list[int] | None = None,
+    pairs: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base."""
+    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base;
+    each (a, b) in ``pairs`` also gets a − b paired, as ``rows[a]["vs_" + b]``."""
     spec = session.recipe.evaluate
     suite = session.suites("evaluate")
     support = support_docs(session)
@@ -77,6 +79,10 @@ def evaluate_held_out(
             if "best_entry" in vectors and label != "best_entry":  # paired against RandOpt K=1 too
                 d1, lo1, hi1 = paired_interval(vectors["best_entry"], vec)
                 rows[label]["vs_k1"] = {"diff": d1, "ci_low": lo1, "ci_high": hi1}
+    for a, b in pairs:
+        if a in rows and b in vectors:
+            d, lo, hi = paired_interval(vectors[b], vectors[a])
+            rows[a][f"vs_{b}"] = {"diff": d, "ci_low": lo, "ci_high": hi}
     report: dict[str, Any] = {
         "split": spec.split, "tasks": sorted(suite.tasks), "rows": rows, "n": int(base.size),
         "ranked_on": f"fold A ({count(session.folds['A'])} examples)",

@@ -151,12 +151,15 @@ def _gate_panel(ax: Axes, report: dict[str, Any]) -> None:
     keys = _varying_keys(params) if len(tried) <= 8 else []
     for i, (cand, p) in enumerate(zip(tried, params), 1):
         val = mapping(cand.get("validate"))
-        label = "\n".join([f"#{i}"] + [f"{k}={_fmt(p.get(k))}" for k in keys[:3]])
+        ess = finite(cand.get("ess")) if len(tried) <= 8 else None
+        label = "\n".join([f"#{i}"] + [f"{k}={_fmt(p.get(k))}" for k in keys[:3]] + ([f"ESS {ess:.1f}"] if ess is not None else []))
         accepted = bool(p) and gate.get("accepted") is True and p == mapping(gate.get("params"))
         bars.append((label, finite(val.get("fixes")), finite(val.get("regressions")), accepted, cand.get("stopped") is True))
     for r in rounds:
         val = mapping(r.get("validate"))
-        bars.append((f"stage 2\nround {r.get('round', '?')}", finite(val.get("fixes")), finite(val.get("regressions")), r.get("accepted") is True, False))
+        ess = finite(r.get("ess"))
+        label = f"stage 2\nround {r.get('round', '?')}" + (f"\nESS {ess:.1f}" if ess is not None else "")
+        bars.append((label, finite(val.get("fixes")), finite(val.get("regressions")), r.get("accepted") is True, False))
     if not any(f is not None or g is not None for _, f, g, _, _ in bars):
         message = "gate disabled: no candidate was validated" if gate.get("enabled") is False else "no validated candidates in report.json"
         _no_data(ax, title, message)

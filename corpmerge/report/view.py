@@ -49,6 +49,8 @@ def model_label(key: str, report: dict[str, Any]) -> str:
     if key.startswith("randopt_top"):
         k = key[len("randopt_top"):]
         return f"RandOpt top-{k} vote ({k} passes{by})"
+    if key == "stage1":
+        return "stage 1 (the centre stage 2 started from)"
     if key == "merged":
         gated = mapping(report.get("gate")).get("enabled")
         return f"{report.get('method', 'merged')} ({'gated' if gated else 'merged'})"
