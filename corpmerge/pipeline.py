@@ -17,7 +17,7 @@ from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.scoring.folds import count
-from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
+from corpmerge.gate.procedure import Candidate, GateDecision, run_gate
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.output.hub import push_folder
@@ -32,8 +32,9 @@ from corpmerge.scoring.coordinator import agree
 from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
-from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, in_order
+from corpmerge.scoring.scorer import as_docs, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
+from corpmerge.scoring.subjects import entry_subject, update_subject
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
             table = yaml.safe_load(lineage.read_text()).get("lineage") or []
             if table:
                 amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
-                subjects["merged"] = (subject_of(amps), amps)
+                subjects["merged"] = (update_subject(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method,
                 "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
@@ -226,7 +227,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 decision = run_gate(session, checked, cloud)
             else:
                 result = checked.method(cloud, checked.grid[0])
-                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, subject_of_result(result)), 1.0, [], "gate disabled")
+                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, update_subject(result)), 1.0, [], "gate disabled")
         final = decision.result
         stage2 = None
         if final is not None and recipe.iterate is not None:
@@ -236,14 +237,14 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report["racing"] = race
         if stage2 is not None:
             report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
-            subject = subject_of_result(final)
+            subject = update_subject(final)
             report["chosen"] = fold_accuracies(session, subject, final, list(report["chosen"]))
         best_index = int(np.argmax([e.reward for e in entries]))
         if recipe.evaluate is not None:
             with timer("evaluate"):
                 subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
                 if final is not None:
-                    subjects["merged"] = (subject_of_result(final), final)
+                    subjects["merged"] = (update_subject(final), final)
                 ranked = sorted(entries, key=lambda e: -e.reward)
                 report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k)
         report["evaluations"] = session.scorer.evaluations
@@ -304,7 +305,7 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
             constructive_score=cand.validate.constructive_score, lcb=cand.validate.lcb,
             probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
-    subject = subject_of_result(final)
+    subject = update_subject(final)
     report["chosen"] = fold_accuracies(session, subject, final, used)
     return report
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
-from corpmerge.amplitudes import Amplitudes, Cloud
+from corpmerge.amplitudes import Cloud
 from corpmerge.scoring.folds import Docs
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
-from corpmerge.scoring.scorer import as_docs, in_order, ordered, update_subject
+from corpmerge.scoring.scorer import as_docs, in_order, ordered
 from corpmerge.scoring.session import Session
+from corpmerge.scoring.subjects import update_subject
 
 
 @dataclass
@@ -26,18 +25,6 @@ class Candidate:
     validate: PairedStats | None = None
     probe: dict[float, PairedStats] = field(default_factory=dict)
     stopped_at: int | None = None  # racing stopped it after this many validate examples
-
-
-def subject_of_result(result: MergeResult) -> str:
-    amps = result.final_amplitudes()
-    if amps is not None:
-        return subject_of(amps)
-    return update_subject("update", (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier))
-
-
-def subject_of(amps: Amplitudes) -> str:
-    nz = amps.nonzero()
-    return update_subject("update", (nz.seeds.astype(np.int64).tobytes(), nz.values.astype(np.float64).tobytes()))
 
 
 @dataclass
@@ -58,7 +45,7 @@ def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
     candidates: dict[str, Candidate] = {}
     for point in checked.grid:
         result = checked.method(cloud, point)
-        candidates.setdefault(subject_of_result(result), Candidate(point.model_dump(by_alias=True), result, subject_of_result(result)))
+        candidates.setdefault(update_subject(result), Candidate(point.model_dump(by_alias=True), result, update_subject(result)))
     folds = session.folds
     return gate_candidates(session, list(candidates.values()), ("B", folds["B"]), ("C", folds["C"]), ("base", None), "the base")
 
@@ -102,7 +89,7 @@ def gate_candidates(
     def probe_multiplier(cand: Candidate) -> float | None:
         multipliers = sorted(gate.probe_multipliers)
         requests = [Request(reference[0], plabel, pdocs, reference[1])] + [
-            Request(subject_of_result(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
+            Request(update_subject(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
             for m in multipliers
         ]
         ref_c, *results = session.evaluate(requests, f"probe: step multipliers on fold {plabel}")

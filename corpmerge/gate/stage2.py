@@ -9,12 +9,13 @@ import numpy as np
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.scoring.folds import round_folds
-from corpmerge.gate.procedure import Candidate, GateDecision, gate_candidates, subject_of, subject_of_result
+from corpmerge.gate.procedure import Candidate, GateDecision, gate_candidates
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.scorer import ordered
 from corpmerge.scoring.session import Session, suite_counts
+from corpmerge.scoring.subjects import update_subject
 from corpmerge.gate.proposals import principal_directions, propose, shifted
 
 
@@ -38,14 +39,14 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
         folds = round_folds(counts, support, r)
         centre = result.final_amplitudes()
         seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
-        requests = [Request(subject_of(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]
+        requests = [Request(update_subject(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]
         results = session.evaluate(requests, f"stage 2 round {r}: local population")
         local_rewards = [float(ordered(scores, folds["A"], "value").mean()) for scores in results]
         local = Cloud(seeds, vectors, np.array(local_rewards))
         step = replace(checked.method(local, params), offset=centre)
         decision = gate_candidates(
-            session, [Candidate(params.model_dump(by_alias=True), step, subject_of_result(step))],
-            (f"B{r}", folds["B"]), (f"C{r}", folds["C"]), (subject_of(centre), centre), "the current centre",
+            session, [Candidate(params.model_dump(by_alias=True), step, update_subject(step))],
+            (f"B{r}", folds["B"]), (f"C{r}", folds["C"]), (update_subject(centre), centre), "the current centre",
         )
         rounds.append({
             "round": r, "local_size": spec.local_size, "accepted": decision.accepted is not None,

@@ -34,15 +34,6 @@ def entry_update(entry: Entry) -> Amplitudes:
     return Amplitudes(np.array([entry.seed], dtype=np.int64), np.array([entry.sigma], dtype=np.float64))
 
 
-def entry_subject(entry: Entry) -> str:
-    return f"entry:{entry.seed}:{entry.sigma!r}"
-
-
-def update_subject(label: str, payload: Any) -> str:
-    """A stable subject id for a candidate update (hash of what defines it)."""
-    return f"{label}:" + hashlib.blake2b(repr(payload).encode(), digest_size=10).hexdigest()
-
-
 def base_fingerprint(model: torch.nn.Module, names: list[str]) -> str:
     """Hash of the perturbed parameters' names, shapes and float32 values."""
     digest = hashlib.blake2b(digest_size=12)
