@@ -13,7 +13,7 @@ import torch
 
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
-from corpmerge.scoring.lmeval import TaskSuite, quiet_third_party
+from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
 from corpmerge.model_io import BaseRef, ensure_checkpoint, load_base, load_tokenizer, perturbed_names, resolve_base
 from corpmerge.noise import SCHEME
 from corpmerge.recipe import Recipe
@@ -71,18 +71,20 @@ class Session:
             self.store.close()
 
 
-CODE_TASKS = ("corpmerge_mbpp",)
-
-
 def check_code_isolation(recipe: Recipe) -> None:
-    """Code rewards run model output: refuse them up front where the OS sandbox cannot be set up, unless opted out."""
-    allow_unsandboxed(recipe.scoring.allow_unsandboxed_code)
-    tasks = set(recipe.scoring.tasks) | set((recipe.evaluate.tasks or []) if recipe.evaluate else [])
-    if tasks & set(CODE_TASKS) and not recipe.scoring.allow_unsandboxed_code:
-        problem = isolation_problem()
+    """Tasks whose YAML declares ``unsafe_code: true`` run model output: refuse them up front where the OS
+    sandbox cannot be set up, unless opted out."""
+    spec = recipe.scoring
+    allow_unsandboxed(spec.allow_unsandboxed_code)
+    if spec.allow_unsandboxed_code:
+        return
+    places = [("scoring.tasks", spec.tasks)] + ([("evaluate.tasks", recipe.evaluate.tasks)] if recipe.evaluate and recipe.evaluate.tasks else [])
+    for where, names in places:
+        code = code_tasks(spec, names)
+        problem = isolation_problem() if code else None
         if problem:
             raise CorpmergeError(
-                f"scoring.tasks: {', '.join(sorted(tasks & set(CODE_TASKS)))} runs model-written code, and the OS sandbox "
+                f"{where}: {', '.join(code)} runs model-written code (unsafe_code: true in its task YAML), and the OS sandbox "
                 f"is not available here ({problem}); run as root on Linux, or set scoring.allow_unsandboxed_code: true "
                 "to run it without isolation (unsafe)"
             )
