@@ -15,7 +15,7 @@ import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.report.diagnose import plot, sketch, split_half
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, traceback_text
 from corpmerge.scoring.folds import count
 from corpmerge.gate.procedure import Candidate, GateDecision, run_gate
 from corpmerge.report.heldout import accuracy, evaluate_held_out
@@ -117,10 +117,10 @@ def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = Non
     if world.size == 1:
         return checks()
     try:
-        checked, problem = checks(), None
-    except Exception as exc:  # every rank hears of it below
-        checked, problem = None, first_line(exc)
-    agree(problem, world.size)
+        checked, problem, detail = checks(), None, None
+    except Exception as exc:  # every rank hears of it below; rank 0's log keeps an unexpected one's traceback
+        checked, problem, detail = None, first_line(exc), traceback_text(exc)
+    agree(problem, world.size, detail)
     return checked
 
 

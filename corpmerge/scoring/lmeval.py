@@ -14,7 +14,7 @@ import torch
 
 from corpmerge.scoring.answers import prediction
 from corpmerge.scoring.declarations import answer_extractor, declared_dataset, leaf_configs, runs_code
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.recipe import ScoringSpec
 from corpmerge.tasks import tasks_dir
 
@@ -85,9 +85,9 @@ def _load_tasks(names: list[str], include: list[str], metadata: dict[str, Any]) 
         )
     try:
         return manager.load(names)
-    except Exception as exc:  # lm-eval raises many types for broken task files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorpmergeError(f"scoring.tasks: cannot load {', '.join(names)}: {first}") from None
+    except Exception as exc:  # lm-eval raises many types for broken task files; the traceback says where
+        log_traceback(f"loading tasks {', '.join(names)}", exc)
+        raise CorpmergeError(f"scoring.tasks: cannot load {', '.join(names)}: {first_line(exc)}") from None
 
 
 def _leaf_tasks(loaded: dict[str, Any]) -> dict[str, Any]:

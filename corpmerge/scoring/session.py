@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, traceback_text
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
 from corpmerge.model_io import BaseRef, ensure_checkpoint, load_base, load_tokenizer, perturbed_names, resolve_base
@@ -120,11 +120,11 @@ def open_session(recipe: Recipe, world: World | None = None) -> Session:
     if world.size == 1:
         return _open(recipe, world)
     try:
-        session, problem = _open(recipe, world), None
-    except Exception as exc:  # reported by every rank below, then the run stops cleanly
-        session, problem = None, first_line(exc)
+        session, problem, detail = _open(recipe, world), None, None
+    except Exception as exc:  # reported by every rank below, then the run stops cleanly; rank 0's log keeps the traceback
+        session, problem, detail = None, first_line(exc), traceback_text(exc)
     try:
-        agree_on_startup(problem, world.size)
+        agree_on_startup(problem, world.size, detail)
     except CorpmergeError:
         if session is not None and session.store is not None:
             session.store.close()  # not session.close(): the workers are not serving yet
