@@ -42,7 +42,8 @@ from corpmerge.recipe import parse_recipe  # noqa: E402
 from corpmerge.scoring import session as session_module  # noqa: E402
 from corpmerge.scoring.distributed import World  # noqa: E402
 from corpmerge.scoring.evaluator import Request  # noqa: E402
-from corpmerge.scoring.scorer import entry_subject, entry_update, ordered  # noqa: E402
+from corpmerge.scoring.scorer import entry_update, ordered  # noqa: E402
+from corpmerge.scoring.subjects import entry_subject  # noqa: E402
 from corpmerge.scoring.session import open_session  # noqa: E402
 
 

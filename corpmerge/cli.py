@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -20,7 +21,7 @@ from rich.table import Table
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
 from corpmerge import __version__, progress
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import TRACEBACK_LOGGER, CorpmergeError, first_line, log_traceback
 from corpmerge.rewards.sandbox import SandboxError, SandboxUnavailable
 
 app = typer.Typer(
@@ -81,6 +82,8 @@ def _setup(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(level)
+    if not verbose:
+        handler.addFilter(_NoTracebacks())  # kept in corpmerge.log; -v shows them here too
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("corpmerge").setLevel(min(level, logging.INFO))  # INFO always reaches a run's log file
     bars = err.is_terminal and not quiet
@@ -92,6 +95,13 @@ class _NotProgress(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name != progress.log.name
+
+
+class _NoTracebacks(logging.Filter):
+    """Keeps the tracebacks of unexpected errors off the terminal (they still reach the log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != TRACEBACK_LOGGER
 
 
 class _LazyFileHandler(logging.FileHandler):
@@ -119,6 +129,13 @@ def _log_to_file(path: Path) -> None:
     handler.setLevel(min(logger.level, logging.INFO))
 
 
+def _where_traceback_went() -> str:
+    logs = [h.baseFilename for h in logging.getLogger("corpmerge").handlers if isinstance(h, _LazyFileHandler)]
+    if logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG):
+        return "traceback above" + (f" and in {logs[0]}" if logs else "")
+    return f"traceback in {logs[0]}" if logs else "run again with -v to see the traceback"
+
+
 def _one_line(message: str) -> str:
     """An error message as one line of bounded length (the middle of an overlong one is cut)."""
     line = " ".join(message.split())
@@ -128,7 +145,8 @@ def _one_line(message: str) -> str:
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn CorpmergeError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Turn CorpmergeError into one line on stderr and exit code 2; Ctrl-C into exit 130; any other exception
+    (a bug) into one line and exit code 1, its traceback kept in the run's corpmerge.log (and on stderr with -v)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -143,6 +161,13 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to continue")
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:  # a bug, not a bad input: one line here, the traceback in the log
+            log_traceback(f"corpmerge {fn.__name__}", exc)
+            line = _one_line(f"unexpected {type(exc).__name__}: {first_line(exc)}")
+            err.print(f"[bold red]error:[/] {escape(line)} ({_where_traceback_went()})", highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper
 

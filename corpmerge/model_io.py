@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.recipe import PerturbSpec, excerpt
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ def ensure_checkpoint(ref: BaseRef) -> BaseRef:
         model = AutoModelForCausalLM.from_pretrained(ref.source, gguf_file=ref.gguf_file, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(ref.source, gguf_file=ref.gguf_file)
     except _LOAD_ERRORS as exc:
-        reason = excerpt(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 120)
+        log_traceback(f"converting {gguf}", exc)
+        reason = excerpt(first_line(exc), 120)
         raise CorpmergeError(f"base_model: cannot read the GGUF file '{excerpt(str(gguf), 120)}' ({reason}); is it complete and a supported model?") from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
@@ -175,6 +176,7 @@ def load_base(ref: BaseRef, dtype: str = "float32", device: torch.device | str =
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=TORCH_DTYPES.get(dtype, dtype), **kwargs, **model_args)
     except (*_LOAD_ERRORS, SafetensorError) as exc:
+        log_traceback(f"loading {ref.source}", exc)
         raise CorpmergeError(f"base_model: cannot load '{excerpt(ref.source, 120)}': {excerpt(first_line(exc), 160)}") from None
     return model.eval()
 
@@ -265,7 +267,7 @@ def load_tokenizer(ref: BaseRef):
     try:
         return AutoTokenizer.from_pretrained(ref.source, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
-        log.warning("base model has no usable tokenizer (%s); the output will have none", str(exc).splitlines()[0])
+        log.warning("base model has no usable tokenizer (%s); the output will have none", first_line(exc))
         return None
 
 

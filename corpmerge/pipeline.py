@@ -15,9 +15,9 @@ import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.report.diagnose import plot, sketch, split_half
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, traceback_text
 from corpmerge.scoring.folds import count
-from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate, subject_of, subject_of_result
+from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.output.hub import push_folder
@@ -32,9 +32,10 @@ from corpmerge.scoring.coordinator import agree
 from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
-from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, in_order
+from corpmerge.scoring.scorer import as_docs, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
+from corpmerge.scoring.subjects import entry_subject, update_subject
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,10 @@ def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = Non
     if world.size == 1:
         return checks()
     try:
-        checked, problem = checks(), None
-    except Exception as exc:  # every rank hears of it below
-        checked, problem = None, first_line(exc)
-    agree(problem, world.size)
+        checked, problem, detail = checks(), None, None
+    except Exception as exc:  # every rank hears of it below; rank 0's log keeps an unexpected one's traceback
+        checked, problem, detail = None, first_line(exc), traceback_text(exc)
+    agree(problem, world.size, detail)
     return checked
 
 
@@ -147,7 +148,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
             table = yaml.safe_load(lineage.read_text()).get("lineage") or []
             if table:
                 amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
-                subjects["merged"] = (subject_of(amps), amps)
+                subjects["merged"] = (update_subject(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method,
                 "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
@@ -225,7 +226,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 decision = run_gate(session, checked, cloud)
             else:
                 result = checked.method(cloud, checked.grid[0])
-                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, subject_of_result(result)), 1.0, [], "gate disabled")
+                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, update_subject(result)), 1.0, [], "gate disabled")
         final = decision.result
         stage2 = None
         if final is not None and recipe.iterate is not None:
@@ -238,17 +239,17 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 "rounds": stage2, "accepted": sum(r["accepted"] for r in stage2), "rejected": sum(not r["accepted"] for r in stage2),
                 "sigma_schedule": recipe.iterate.sigma_schedule,
             }
-            subject = subject_of_result(final)
+            subject = update_subject(final)
             report["chosen"] = fold_accuracies(session, subject, final, list(report["chosen"]))
         best_index = int(np.argmax([e.reward for e in entries]))
         if recipe.evaluate is not None:
             with timer("evaluate"):
                 subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
                 if final is not None:
-                    subjects["merged"] = (subject_of_result(final), final)
+                    subjects["merged"] = (update_subject(final), final)
                 pairs: tuple[tuple[str, str], ...] = ()
                 if stage2 is not None and report["stage2"]["accepted"]:  # what stage 2 added, paired on the same examples
-                    subjects["stage1"] = (subject_of_result(decision.result), decision.result)
+                    subjects["stage1"] = (update_subject(decision.result), decision.result)
                     pairs = (("merged", "stage1"),)
                 ranked = sorted(entries, key=lambda e: -e.reward)
                 report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k, pairs)
@@ -258,7 +259,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report["output"] = str(out) if written else None
         with timer("write"):
             if written:
-                subject = subject_of_result(final) if final is not None else "base"
+                subject = update_subject(final) if final is not None else "base"
                 verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
                 write_output(
                     out, recipe=recipe, entries=entries, result=final, tokenizer=session.tokenizer, ref=session.ref,
@@ -310,7 +311,7 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
             constructive_score=cand.validate.constructive_score, lcb=cand.validate.lcb,
             probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
-    subject = subject_of_result(final)
+    subject = update_subject(final)
     report["chosen"] = fold_accuracies(session, subject, final, used)
     return report
 

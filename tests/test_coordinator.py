@@ -9,6 +9,7 @@ program: ``python tests/test_coordinator.py config.json`` with RANK and WORLD_SI
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -75,6 +76,8 @@ def _child(cfg: dict, config: Path, rank: int, size: int) -> None:
 
     out: dict = {"rank": rank}
     result = config.with_name(f"{config.stem}.rank{rank}.json")
+    if rank == 0 and cfg.get("log"):  # as the CLI's corpmerge.log
+        logging.getLogger("corpmerge").addHandler(logging.FileHandler(cfg["log"]))
     try:
         agree_on_startup(cfg.get("problems", {}).get(str(rank)), size)
     except CorpmergeError as exc:
@@ -198,9 +201,12 @@ def test_free_processes_take_the_next_unit_so_uneven_costs_balance(launch, tmp_p
 
 def test_a_failing_unit_on_a_worker_stops_the_run_cleanly_in_one_line(launch, tmp_path):
     units = uneven_units(16, seed=1)
-    codes, (main, *workers) = launch("fail", 3, units=units, fail_after={"1": 2})
+    codes, (main, *workers) = launch("fail", 3, units=units, fail_after={"1": 2}, log=str(tmp_path / "rank0.log"))
     assert codes == [0, 0, 0], [w.get("stderr") for w in workers]  # rank 0 reported; every worker was told to stop
     assert main["error"] == f"rank 1: ValueError: cannot evaluate this unit on rank 1"
+    log = (tmp_path / "rank0.log").read_text()  # the worker's whole traceback reached rank 0's log
+    assert "traceback (rank 1, evaluating unit-" in log and "in evaluate" in log
+    assert "ValueError: cannot evaluate this unit on rank 1\nsecond line" in log
     rows = store_rows(tmp_path / "scores.sqlite")
     finished = {subject for _, subject, *_ in main["history"]}
     assert rows == {s: n for s, n in units if s in finished}  # what finished is kept, complete

@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
-from corpmerge.scoring.scorer import entry_subject, entry_update
+from corpmerge.scoring.scorer import entry_update
+from corpmerge.scoring.subjects import entry_subject
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.session import open_session
 

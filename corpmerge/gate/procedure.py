@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-import numpy as np
-
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.scoring.folds import Docs
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
@@ -19,8 +17,9 @@ from corpmerge.plan import Checked
 from corpmerge.methods import MergeMethod, MergeResult, MethodParams
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
-from corpmerge.scoring.scorer import as_docs, in_order, ordered, update_subject
+from corpmerge.scoring.scorer import as_docs, in_order, ordered
 from corpmerge.scoring.session import Session
+from corpmerge.scoring.subjects import update_subject
 
 
 @dataclass
@@ -32,18 +31,6 @@ class Candidate:
     probe: dict[float, PairedStats] = field(default_factory=dict)
     stopped_at: int | None = None  # racing stopped it after this many validate examples
     family: str = ""  # the grid point without its step parameter: candidates of one family differ only by the factor α
-
-
-def subject_of_result(result: MergeResult) -> str:
-    amps = result.final_amplitudes()
-    if amps is not None:
-        return subject_of(amps)
-    return update_subject("update", (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier))
-
-
-def subject_of(amps: Amplitudes) -> str:
-    nz = amps.nonzero()
-    return update_subject("update", (nz.seeds.astype(np.int64).tobytes(), nz.values.astype(np.float64).tobytes()))
 
 
 @dataclass
@@ -80,7 +67,7 @@ def build_candidates(method: MergeMethod, grid: list[MethodParams], cloud: Cloud
         result = method(cloud, point)
         if offset is not None:
             result = replace(result, offset=offset)
-        subject = subject_of_result(result)
+        subject = update_subject(result)
         candidates.setdefault(subject, Candidate(point.model_dump(by_alias=True), result, subject, family=method.family(point)))
     return list(candidates.values())
 
@@ -145,7 +132,7 @@ def gate_candidates(
     def probe_multiplier(cand: Candidate) -> float | None:
         multipliers = sorted(gate.probe_multipliers)
         requests = [Request(reference.subject, plabel, pdocs, reference.update)] + [
-            Request(subject_of_result(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
+            Request(update_subject(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
             for m in multipliers
         ]
         ref_c, *results = session.evaluate(requests, f"probe: step multipliers on fold {plabel}")

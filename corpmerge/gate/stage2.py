@@ -19,13 +19,14 @@ import numpy as np
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.scoring.folds import round_folds
-from corpmerge.gate.procedure import GateDecision, Reference, candidate_record, run_gate, subject_of
+from corpmerge.gate.procedure import GateDecision, Reference, candidate_record, run_gate
 from corpmerge.plan import Checked
 from corpmerge.methods import MergeResult
 from corpmerge.recipe import IterateSpec
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.scorer import ordered
 from corpmerge.scoring.session import Session, suite_counts
+from corpmerge.scoring.subjects import update_subject
 from corpmerge.gate.proposals import principal_directions, propose, shifted
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,12 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
         folds = round_folds(counts, support, r)
         centre = result.final_amplitudes()
         seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
-        requests = [Request(subject_of(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]
+        requests = [Request(update_subject(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]
         scores = session.evaluate(requests, f"stage 2 round {r}: local population on fold A{r}")
         local = Cloud(seeds, vectors, np.array([float(ordered(s, folds["A"], "value").mean()) for s in scores]))
         decision = run_gate(
             session, checked, local, ((f"B{r}", folds["B"]), (f"C{r}", folds["C"])),
-            Reference(subject_of(centre), centre, "the current centre"),
+            Reference(update_subject(centre), centre, "the current centre"),
         )
         top = decision.accepted or decision.candidates[0]
         rounds.append({

@@ -11,8 +11,9 @@ from corpmerge.scoring.folds import Docs, count, round_folds
 from corpmerge.gate.paired import paired_interval
 from corpmerge.scoring.evaluator import Request
 from corpmerge.population import Entry
-from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
+from corpmerge.scoring.scorer import entry_update, ordered
 from corpmerge.scoring.session import Session, suite_counts
+from corpmerge.scoring.subjects import entry_subject
 
 
 def support_docs(session: Session) -> dict[str, set[int]]:

@@ -11,7 +11,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 
 REPORT_FILE = "report.json"
 
@@ -171,7 +171,7 @@ def load_report(path: str | Path) -> tuple[dict[str, Any], Path]:
     try:
         report = json.loads(found.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorpmergeError(f"report: {found} is not a readable JSON report ({str(exc).splitlines()[0]})") from None
+        raise CorpmergeError(f"report: {found} is not a readable JSON report ({first_line(exc)})") from None
     if not isinstance(report, dict):
         raise CorpmergeError(f"report: {found} does not hold a JSON object")
     return report, found

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, log_traceback, traceback_text
 from corpmerge.progress import task
 from corpmerge.scoring.evaluator import Request, Unit, collect, plan_units
 from corpmerge.scoring.lmeval import TaskSuite
@@ -150,12 +150,13 @@ class Coordinator:
             try:
                 data = pack(("unit", unit))
             except Exception as exc:  # nothing was sent: the worker is fine, the run stops on this unit
-                done.put(("error", worker, unit, (f"cannot send {unit.subject}: {type(exc).__name__}: {first_line(exc)}",)))
+                done.put(("error", worker, unit, (f"cannot send {unit.subject}: {type(exc).__name__}: {first_line(exc)}", traceback_text(exc))))
                 return
             try:
                 send_packed(data, worker)
                 reply = recv(worker)
             except Exception as exc:  # its process died or its connection broke: rank 0 stops the run
+                log_traceback(f"rank {worker}'s connection", exc)
                 done.put(("lost", worker, unit, first_line(exc)))
                 return
             done.put((reply[0], worker, unit, reply[1:]))
@@ -184,6 +185,7 @@ class Coordinator:
                     "run the same command again to continue"
                 )
             else:
+                log_traceback(f"rank {worker}, evaluating {unit.subject}", payload[1] if len(payload) > 1 else None)
                 failure = failure or CorpmergeError(f"rank {worker}: {payload[0]}")
 
     def _save(self, unit: Unit, scores: Scores, requests: Sequence[Request], rank: int, seconds: float) -> None:
@@ -228,8 +230,8 @@ def serve(scorer: Scorer, suites: Callable[[str], TaskSuite]) -> None:
         start = time.perf_counter()
         try:
             reply = ("result", scorer.evaluate(unit.update, unit.docs, suites(unit.suite)), time.perf_counter() - start)
-        except Exception as exc:  # one line to rank 0, which stops the run and then sends "stop"
-            reply = ("error", f"{type(exc).__name__}: {first_line(exc)}")
+        except Exception as exc:  # one line to rank 0, which stops the run and then sends "stop"; its log keeps the traceback
+            reply = ("error", f"{type(exc).__name__}: {first_line(exc)}", traceback_text(exc))
         _to_rank_0(send, reply, 0)
 
 
@@ -237,25 +239,31 @@ def _to_rank_0(call: Callable[..., Any], *args: Any) -> Any:
     try:
         return call(*args)
     except Exception as exc:  # rank 0 is gone: it reported why (or the launcher stopped it)
+        log_traceback("the connection to rank 0", exc)
         raise CorpmergeError(f"lost the connection to rank 0 ({first_line(exc)}); run the same command again to continue") from None
 
 
-def agree(problem: str | None, size: int) -> None:
-    """Every rank says whether its step worked; any failure stops all of them with the same line naming the rank."""
-    problems: list[str | None] = [None] * size
-    dist.all_gather_object(problems, problem)
-    failed = [(rank, p) for rank, p in enumerate(problems) if p]
+def agree(problem: str | None, size: int, detail: str | None = None) -> None:
+    """Every rank says whether its step worked; any failure stops all of them with the same line naming the rank.
+
+    ``detail`` is the traceback of an unexpected failure: every rank's goes to its own log (rank 0's file).
+    """
+    problems: list[tuple[str | None, str | None]] = [(None, None)] * size
+    dist.all_gather_object(problems, (problem, detail))
+    failed = [(rank, p, d) for rank, (p, d) in enumerate(problems) if p]
+    for rank, _, text in failed:
+        log_traceback(f"rank {rank}", text)
     if failed:
-        rank, first = failed[0]
+        rank, first, _ = failed[0]
         raise CorpmergeError(f"rank {rank} could not start: {first}")
 
 
-def agree_on_startup(problem: str | None, size: int) -> None:
+def agree_on_startup(problem: str | None, size: int, detail: str | None = None) -> None:
     """Every rank says whether it could load the model and tasks; any failure stops all of them with one line.
 
     When all could, every rank joins the coordinator's message group (a collective call, so here,
     where every rank of the launch passes exactly once).
     """
     global _channel
-    agree(problem, size)
+    agree(problem, size, detail)
     _channel = dist.new_group(backend="gloo", timeout=CHANNEL_TIMEOUT)

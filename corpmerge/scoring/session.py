@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, traceback_text
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
-from corpmerge.scoring.lmeval import TaskSuite, quiet_third_party
+from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
 from corpmerge.model_io import (
     TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, ensure_checkpoint, load_tokenizer, model_skeleton, perturbed_names, resolve_base,
 )
@@ -80,18 +80,20 @@ class Session:
         self.backend.close()
 
 
-CODE_TASKS = ("corpmerge_mbpp",)
-
-
 def check_code_isolation(recipe: Recipe) -> None:
-    """Code rewards run model output: refuse them up front where the OS sandbox cannot be set up, unless opted out."""
-    allow_unsandboxed(recipe.scoring.allow_unsandboxed_code)
-    tasks = set(recipe.scoring.tasks) | set((recipe.evaluate.tasks or []) if recipe.evaluate else [])
-    if tasks & set(CODE_TASKS) and not recipe.scoring.allow_unsandboxed_code:
-        problem = isolation_problem()
+    """Tasks whose YAML declares ``unsafe_code: true`` run model output: refuse them up front where the OS
+    sandbox cannot be set up, unless opted out."""
+    spec = recipe.scoring
+    allow_unsandboxed(spec.allow_unsandboxed_code)
+    if spec.allow_unsandboxed_code:
+        return
+    places = [("scoring.tasks", spec.tasks)] + ([("evaluate.tasks", recipe.evaluate.tasks)] if recipe.evaluate and recipe.evaluate.tasks else [])
+    for where, names in places:
+        code = code_tasks(spec, names)
+        problem = isolation_problem() if code else None
         if problem:
             raise CorpmergeError(
-                f"scoring.tasks: {', '.join(sorted(tasks & set(CODE_TASKS)))} runs model-written code, and the OS sandbox "
+                f"{where}: {', '.join(code)} runs model-written code (unsafe_code: true in its task YAML), and the OS sandbox "
                 f"is not available here ({problem}); run as root on Linux, or set scoring.allow_unsandboxed_code: true "
                 "to run it without isolation (unsafe)"
             )
@@ -133,11 +135,11 @@ def open_session(recipe: Recipe, world: World | None = None) -> Session:
     if world.size == 1:
         return _open(recipe, world)
     try:
-        session, problem = _open(recipe, world), None
-    except Exception as exc:  # reported by every rank below, then the run stops cleanly
-        session, problem = None, first_line(exc)
+        session, problem, detail = _open(recipe, world), None, None
+    except Exception as exc:  # reported by every rank below, then the run stops cleanly; rank 0's log keeps the traceback
+        session, problem, detail = None, first_line(exc), traceback_text(exc)
     try:
-        agree_on_startup(problem, world.size)
+        agree_on_startup(problem, world.size, detail)
     except CorpmergeError:
         if session is not None and session.store is not None:
             session.store.close()  # not session.close(): the workers are not serving yet
