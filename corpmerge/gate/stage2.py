@@ -27,7 +27,7 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
     spec, support = session.recipe.iterate, session.recipe.scoring.support
     result = stage1.result
     params = checked.method.params.model_validate(stage1.accepted.params)
-    sigma = spec.sigma or float(np.median(np.diag(cloud.vectors)))
+    sigma = spec.sigma or float(np.median(cloud.norms()))
     rng = np.random.default_rng([support.split_seed, 2])
     used = {int(s) for s in cloud.seeds}
     source = (cloud, result.elites, result.weights)

@@ -18,10 +18,13 @@ class CorpParams(MethodParams):
     lambda_: float = Field(default=1.0, ge=0, alias="lambda", description="weight of the dispersion z-score")
 
 
-def compatibility(vectors: np.ndarray, proposal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Alignment aᵢ = cos(vᵢ, m) and dispersion dᵢ = ‖vᵢ‖² − ⟨vᵢ, m̂⟩²."""
-    norms = np.linalg.norm(vectors, axis=1)
-    projection = vectors @ proposal / np.linalg.norm(proposal)
+def compatibility(vectors: np.ndarray | Cloud, proposal: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Alignment aᵢ = cos(vᵢ, m) and dispersion dᵢ = ‖vᵢ‖² − ⟨vᵢ, m̂⟩², over the rows of a matrix or of a cloud
+    (``rows`` of it; all by default)."""
+    cloud = vectors if isinstance(vectors, Cloud) else Cloud(np.arange(vectors.shape[1]), vectors, np.zeros(len(vectors)))
+    rows = np.arange(cloud.size) if rows is None else rows
+    norms = cloud.norms(rows)
+    projection = cloud.dot(rows, proposal) / np.linalg.norm(proposal)
     return projection / norms, norms**2 - projection**2
 
 
@@ -29,9 +32,9 @@ def compatibility(vectors: np.ndarray, proposal: np.ndarray) -> tuple[np.ndarray
 def corp(cloud: Cloud, p: CorpParams) -> MergeResult:
     """CoRP: softmax(β·r + γ·z(alignment) − λ·z(dispersion)) over the elites, times α."""
     elite = elite_indices(cloud.rewards, p.quantile)
-    rewards, vectors = cloud.rewards[elite], cloud.vectors[elite]
-    proposal = softmax(p.beta * rewards) @ vectors
-    alignment, dispersion = compatibility(vectors, proposal)
+    rewards = cloud.rewards[elite]
+    proposal = cloud.combine(elite, softmax(p.beta * rewards)).values
+    alignment, dispersion = compatibility(cloud, proposal, elite)
     weights = softmax(p.beta * rewards + p.gamma * zscore(alignment) - p.lambda_ * zscore(dispersion))
     return MergeResult(
         method="corp",
