@@ -20,7 +20,7 @@ from rich.table import Table
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
 from corpmerge import __version__, progress
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import FILE_ONLY, CorpmergeError
 from corpmerge.rewards.sandbox import SandboxError, SandboxUnavailable
 
 app = typer.Typer(
@@ -81,6 +81,7 @@ def _setup(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(level)
+    handler.addFilter(lambda record: not getattr(record, FILE_ONLY, False))  # tracebacks: the log file only
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("corpmerge").setLevel(min(level, logging.INFO))  # INFO always reaches a run's log file
     bars = err.is_terminal and not quiet
