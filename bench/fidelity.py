@@ -54,7 +54,7 @@ class PlaceboParams(CorpParams):
 def corp_placebo(cloud: Cloud, p: PlaceboParams) -> MergeResult:
     """CoRP with its compatibility logits γ·z(a) − λ·z(d) permuted across the elites (a placebo; bench only)."""
     elite = elite_indices(cloud.rewards, p.quantile)
-    compat = compatibility_logits(cloud.vectors[elite], softmax(p.beta * cloud.rewards[elite]), p)
+    compat = compatibility_logits(cloud, elite, softmax(p.beta * cloud.rewards[elite]), p)
     order = np.random.default_rng([p.shuffle_seed, elite.size]).permutation(elite.size)
     return corp_result(cloud, p, "corp_placebo", compat[order], elite)
 

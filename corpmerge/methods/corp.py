@@ -18,16 +18,19 @@ class CorpParams(MethodParams):
     lambda_: float = Field(default=1.0, ge=0, alias="lambda", description="weight of the dispersion z-score")
 
 
-def compatibility(vectors: np.ndarray, proposal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Alignment aᵢ = cos(vᵢ, m) and dispersion dᵢ = ‖vᵢ‖² − ⟨vᵢ, m̂⟩²."""
-    norms = np.linalg.norm(vectors, axis=1)
-    projection = vectors @ proposal / np.linalg.norm(proposal)
+def compatibility(vectors: np.ndarray | Cloud, proposal: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Alignment aᵢ = cos(vᵢ, m) and dispersion dᵢ = ‖vᵢ‖² − ⟨vᵢ, m̂⟩², over the rows of a matrix or of a cloud
+    (``rows`` of it; all by default)."""
+    cloud = vectors if isinstance(vectors, Cloud) else Cloud(np.arange(vectors.shape[1]), vectors, np.zeros(len(vectors)))
+    rows = np.arange(cloud.size) if rows is None else rows
+    norms = cloud.norms(rows)
+    projection = cloud.dot(rows, proposal) / np.linalg.norm(proposal)
     return projection / norms, norms**2 - projection**2
 
 
-def compatibility_logits(vectors: np.ndarray, proposal_weights: np.ndarray, p: CorpParams) -> np.ndarray:
-    """γ·z(a) − λ·z(d) over the elites, against the proposal m = Σ w¹ᵢvᵢ."""
-    alignment, dispersion = compatibility(vectors, proposal_weights @ vectors)
+def compatibility_logits(cloud: Cloud, elite: np.ndarray, proposal_weights: np.ndarray, p: CorpParams) -> np.ndarray:
+    """γ·z(a) − λ·z(d) over the elites, against the proposal m = Σ w¹ᵢvᵢ (O(|elite|) for a single-seed cloud)."""
+    alignment, dispersion = compatibility(cloud, cloud.combine(elite, proposal_weights).values, elite)
     return p.gamma * zscore(alignment) - p.lambda_ * zscore(dispersion)
 
 
@@ -49,5 +52,5 @@ def corp_result(cloud: Cloud, p: CorpParams, method: str, compat: np.ndarray, el
 def corp(cloud: Cloud, p: CorpParams) -> MergeResult:
     """CoRP: softmax(β·r + γ·z(alignment) − λ·z(dispersion)) over the elites, times α."""
     elite = elite_indices(cloud.rewards, p.quantile)
-    compat = compatibility_logits(cloud.vectors[elite], softmax(p.beta * cloud.rewards[elite]), p)
+    compat = compatibility_logits(cloud, elite, softmax(p.beta * cloud.rewards[elite]), p)
     return corp_result(cloud, p, "corp", compat, elite)

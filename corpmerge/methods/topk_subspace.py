@@ -2,7 +2,7 @@
 
 The cloud's rows are √wᵢ·vᵢ (the paper's weighted point cloud), so the subspace depends on the
 rewards: on single-seed entries (a diagonal elite matrix) it is spanned by the k elites with the
-largest √wᵢ·σᵢ, not merely the largest σᵢ.
+largest √wᵢ·σᵢ, not merely the largest σᵢ, and is found without forming the matrix.
 """
 
 from __future__ import annotations
@@ -29,6 +29,22 @@ def principal_directions(vectors: np.ndarray, k: int) -> np.ndarray:
     return vt[: min(k, rank)]
 
 
+def weighted_basis(cloud: Cloud, rows: np.ndarray, weights: np.ndarray, k: int) -> np.ndarray:
+    """Top-k principal directions (rows over ``cloud.seeds``) of the weighted elite cloud [√wᵢ·vᵢ].
+
+    Single-seed rows √wᵢσᵢ·e_i are orthogonal, so the singular vectors are the basis vectors of
+    the k largest √wᵢσᵢ (ties: the first rows): no matrix is formed, O(|rows|) memory.
+    """
+    if cloud.sigmas is None:
+        return principal_directions(np.sqrt(weights)[:, None] * cloud.vectors[rows], k)
+    scales = np.sqrt(weights) * cloud.sigmas[rows]
+    order = np.argsort(-scales, kind="stable")
+    top = order[: int((scales > scales.max() * 1e-12).sum()) if scales.size else 0][:k]
+    basis = np.zeros((top.size, cloud.seeds.size))
+    basis[np.arange(top.size), rows[top]] = 1.0
+    return basis
+
+
 @merge_method("topk_subspace", TopkSubspaceParams, elites="quantile", step="alpha", temperature="beta")
 def topk_subspace(cloud: Cloud, p: TopkSubspaceParams) -> MergeResult:
     """Δ = α·P_k m: m = Σ wᵢvᵢ with w = softmax(β·r) over the elites, P_k onto the top-k right
@@ -36,7 +52,7 @@ def topk_subspace(cloud: Cloud, p: TopkSubspaceParams) -> MergeResult:
     elite = elite_indices(cloud.rewards, p.quantile)
     weights = softmax(p.beta * cloud.rewards[elite])
     mean = cloud.combine(elite, weights)
-    basis = principal_directions(np.sqrt(weights)[:, None] * cloud.vectors[elite], p.k)
+    basis = weighted_basis(cloud, elite, weights, p.k)
     projected = (mean.values @ basis.T) @ basis
     return MergeResult(
         method="topk_subspace",

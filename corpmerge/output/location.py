@@ -9,7 +9,8 @@ The rules, checked by ``validate`` and again right before anything is written:
 - an existing ``output.path`` is an empty folder, or, with ``--overwrite``, a previous corpmerge
   output (its ``corpmerge.yaml`` starts with ``corpmerge_version:``); never a file;
 - the folders can be created: the nearest existing ancestor is a folder where a probe folder
-  can be made (and is removed at once).
+  can be made (and is removed at once);
+- the output fits in the free space where it will be written (``corpmerge.output.space``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import resolve_base
+from corpmerge.output.space import check_free_space
 from corpmerge.recipe import Recipe, excerpt
 
 LINEAGE_FILE = "corpmerge.yaml"
@@ -33,6 +35,7 @@ def check_output_location(recipe: Recipe, overwrite: bool) -> None:
     _check_replaceable(out, overwrite)
     _check_creatable("output.path", out, out.parent)
     check_work_location(recipe)
+    check_free_space(recipe, overwrite)
 
 
 def check_work_location(recipe: Recipe) -> None:
