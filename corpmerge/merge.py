@@ -8,7 +8,7 @@ from pathlib import Path
 from corpmerge.amplitudes import Cloud
 from corpmerge.output.hub import push_folder
 from corpmerge.methods import MergeResult
-from corpmerge.model_io import ensure_checkpoint, load_base, load_tokenizer, resolve_base
+from corpmerge.model_io import ensure_checkpoint, load_tokenizer, resolve_base
 from corpmerge.output.folder import write_output
 from corpmerge.output.location import check_output_location
 from corpmerge.plan import check_recipe
@@ -27,11 +27,9 @@ def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: b
     check_output_location(recipe, overwrite)
     result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
     ref = ensure_checkpoint(resolve_base(recipe.base_model))
-    log.info("loading base %s", recipe.base_model)
-    model = load_base(ref)
     tokenizer = load_tokenizer(ref)
     out = Path(recipe.output.path)
-    write_output(out, recipe=recipe, entries=checked.entries, result=result, model=model, tokenizer=tokenizer, ref=ref, overwrite=overwrite)
+    write_output(out, recipe=recipe, entries=checked.entries, result=result, tokenizer=tokenizer, ref=ref, overwrite=overwrite)
     if recipe.output.push_to_hub:
         push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
     return out, result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -13,11 +14,12 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.recipe import PerturbSpec, excerpt
 
 log = logging.getLogger(__name__)
@@ -160,17 +162,99 @@ def ensure_checkpoint(ref: BaseRef) -> BaseRef:
     return BaseRef(str(target))
 
 
-def load_base(ref: BaseRef) -> torch.nn.Module:
-    """Load the base as a float32 causal LM in eval mode."""
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_base(ref: BaseRef, dtype: str = "float32", device: torch.device | str = "cpu", **model_args: Any) -> torch.nn.Module:
+    """Load a causal LM in ``dtype`` ("auto": the folder's own), straight onto ``device`` (no float32 detour in host RAM), in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    kwargs: dict[str, Any] = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    if torch.device(device).type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=TORCH_DTYPES.get(dtype, dtype), **kwargs, **model_args)
     except (*_LOAD_ERRORS, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorpmergeError(f"base_model: cannot load '{excerpt(ref.source, 120)}': {excerpt(first, 160)}") from None
+        raise CorpmergeError(f"base_model: cannot load '{excerpt(ref.source, 120)}': {excerpt(first_line(exc), 160)}") from None
     return model.eval()
+
+
+def model_skeleton(ref: BaseRef) -> torch.nn.Module:
+    """The base's module tree on the meta device: parameter names, shapes and ties, no weights read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(ref.source)
+    except _LOAD_ERRORS as exc:
+        raise CorpmergeError(f"base_model: cannot read the config of '{excerpt(ref.source, 120)}': {excerpt(first_line(exc), 160)}") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """Names under which a parameter appears a second time (tied weights); the first name is the parameter's own."""
+    return set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
+
+
+_FLOAT_KINDS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+_ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+class Checkpoint:
+    """A base checkpoint's safetensors files, read lazily on the host: tensor name → tensor in its stored dtype."""
+
+    def __init__(self, folder: str | Path):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = list(dict.fromkeys(weight_map.values()))
+        elif (self.folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise CorpmergeError(
+                f"base_model: '{excerpt(str(self.folder), 120)}' has no safetensors weights (model.safetensors or an index); "
+                "save the checkpoint with save_pretrained(..., safe_serialization=True)"
+            )
+        self._handles = {file: safe_open(str(self.folder / file), framework="pt", device="cpu") for file in files}
+        self.files: dict[str, list[str]] = {file: list(handle.keys()) for file, handle in self._handles.items()}
+        self._where = {name: file for file, names in self.files.items() for name in names}
+
+    def names(self) -> list[str]:
+        """Every tensor name, in file order."""
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """A fresh host copy of one tensor, in the dtype it is stored in."""
+        if name not in self._where:
+            raise CorpmergeError(f"base_model: the checkpoint in '{excerpt(str(self.folder), 120)}' has no tensor '{excerpt(name)}'")
+        return self._handles[self._where[name]].get_tensor(name)
+
+    def info(self, name: str) -> tuple[torch.Size, bool, int]:
+        """(shape, is floating point, bytes per element) of a stored tensor, without reading it."""
+        view = self._handles[self._where[name]].get_slice(name)
+        kind = view.get_dtype()
+        return torch.Size(view.get_shape()), kind in _FLOAT_KINDS, _ITEM_BYTES.get(kind, 1)
+
+    def file_sizes(self) -> dict[str, int]:
+        return {file: (self.folder / file).stat().st_size for file in self.files}
+
+
+def checkpoint_folder(ref: BaseRef) -> Path:
+    """The folder holding the base's files: the local folder, or the Hub snapshot ``from_pretrained`` uses."""
+    if ref.is_local:
+        return Path(ref.source)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.md"]))
+    except Exception as exc:  # the Hub client's errors have no common base class
+        raise CorpmergeError(f"base_model: cannot fetch '{excerpt(ref.source, 120)}' from the Hub: {excerpt(first_line(exc), 160)}") from None
 
 
 def load_tokenizer(ref: BaseRef):
@@ -183,25 +267,6 @@ def load_tokenizer(ref: BaseRef):
     except (OSError, ValueError, TypeError) as exc:
         log.warning("base model has no usable tokenizer (%s); the output will have none", str(exc).splitlines()[0])
         return None
-
-
-def unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied duplicates dropped (kept under the parameter's own name)."""
-    tensors: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    params = dict(model.named_parameters())
-    ordered = list(params) + [n for n in model.state_dict() if n not in params]
-    state = model.state_dict()
-    for name in ordered:
-        tensor = state[name]
-        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
-        key = (ptr, tensor.storage_offset(), tuple(tensor.shape))
-        if key in seen:
-            continue
-        seen.add(key)
-        tensors[name] = tensor
-    order = {n: i for i, n in enumerate(state)}
-    return dict(sorted(tensors.items(), key=lambda kv: order[kv[0]]))
 
 
 def perturbed_names(model: torch.nn.Module, spec: PerturbSpec) -> list[str]:

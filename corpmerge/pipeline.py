@@ -22,7 +22,7 @@ from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.output.hub import push_folder
 from corpmerge.plan import Checked, check_recipe
-from corpmerge.model_io import ensure_checkpoint, load_base, perturbed_names, resolve_base
+from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
 from corpmerge.output.folder import population_summary, write_output
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.population import Entry
@@ -34,6 +34,7 @@ from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
 from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
+from corpmerge.scoring.shipped import shipped_check
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +163,12 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
             return session.serve()
         try:
             entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
-            params = session.scorer.params
-            sizes = {name: p.numel() for name, p in params.items()}
+            sizes = {name: t.numel() for name, t in session.scorer.theta0.items()}
         finally:
             session.close()
     else:
         entries = checked.entries
-        model = load_base(ensure_checkpoint(resolve_base(recipe.base_model)))
+        model = model_skeleton(ensure_checkpoint(resolve_base(recipe.base_model)))
         sizes = {name: dict(model.named_parameters())[name].numel() for name in perturbed_names(model, recipe.perturb)}
     elites = sorted(entries, key=lambda e: -e.reward)[:top]
     if len(elites) < 4:
@@ -252,9 +252,11 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report["output"] = str(out) if written else None
         with timer("write"):
             if written:
+                subject = subject_of_result(final) if final is not None else "base"
+                verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
                 write_output(
-                    out, recipe=recipe, entries=entries, result=final, model=session.model, tokenizer=session.tokenizer,
-                    ref=session.ref, report=report, overwrite=overwrite, picture=lambda path: write_report_png(report, path),
+                    out, recipe=recipe, entries=entries, result=final, tokenizer=session.tokenizer, ref=session.ref,
+                    report=report, overwrite=overwrite, picture=lambda path: write_report_png(report, path), verify=verify,
                 )
         if final is not None and recipe.output.push_to_hub:
             with timer("push"):
@@ -307,6 +309,15 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
     subject = subject_of_result(final)
     report["chosen"] = fold_accuracies(session, subject, final, used)
     return report
+
+
+def verify_shipped(session: Session, folder: Path, subject: str, update: Any) -> dict[str, Any]:
+    """Fold B as the gate scored it (from the store) against the written folder loaded as a user would."""
+    docs = session.folds["B"]
+    scored = session.scores(Request(subject, "B", docs, update))
+    result = shipped_check(session.backend, session.suite, folder, docs, scored)
+    result.update(scoring_dtype=session.recipe.scoring_dtype, output_dtype=session.recipe.dtype, backend=session.backend.kind)
+    return result
 
 
 def fold_accuracies(session: Session, subject: str, update: Any, folds: list[str] | tuple[str, ...]) -> dict[str, float]:

@@ -76,6 +76,16 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
                 "gate: the given rewards may have been computed on examples that are now in the validate/probe folds (B/C), "
                 "which biases the gate; score the population with corpmerge (drop the rewards) for an honest gate"
             )
+    if recipe.scoring is not None and recipe.scoring_dtype != recipe.dtype:
+        notes.append(dtype_mismatch_note(recipe))
     for note in notes:
         log.warning("%s", note)
     return Checked(recipe, method, grid, entries, tuple(notes))
+
+
+def dtype_mismatch_note(recipe: Recipe) -> str:
+    """One line: the gate scores a model in another dtype than the one written."""
+    return (
+        f"scoring.dtype: models are scored in {recipe.scoring_dtype} but written in {recipe.dtype}, so the gate does not "
+        f"validate the bits that ship; drop scoring.dtype (or set it to {recipe.dtype}) to score what is written"
+    )

@@ -211,6 +211,9 @@ class OutputSpec(_Strict):
     max_shard_size: int | str = "5GB"
     work_dir: str | None = None
     write_on_abstain: bool = False
+    verify: bool = Field(
+        default=True, description="after writing, load the folder as a user would and re-score fold B; it must match what the gate scored"
+    )
     push_to_hub: str | None = None
     private: bool = False
 
@@ -299,6 +302,11 @@ class Recipe(_Strict):
             p = self.population
             return sample_population(p.size, p.sigmas, p.seed)
         return [Entry(e.seed, e.sigma, e.reward) for e in self.population]
+
+    @property
+    def scoring_dtype(self) -> str:
+        """The dtype scored models are rounded to: ``scoring.dtype``, else the output ``dtype`` (score what ships)."""
+        return (self.scoring.dtype if self.scoring is not None else None) or self.dtype
 
     def dump(self) -> dict[str, Any]:
         """The recipe as plain data, with defaults filled in."""

@@ -168,11 +168,12 @@ def test_cached_and_rescaled_updates_are_the_same_bits_as_regeneration(tmp_path,
     session = open_session(parse_recipe(data))
     try:
         scorer = session.scorer
-        original = {n: p.detach().clone() for n, p in scorer.params.items()}
+        params = {n: p for n, p in session.model.named_parameters() if n in scorer.theta0}
+        original = {n: p.detach().clone() for n, p in params.items()}
         update = Amplitudes(np.array([11, 12, 13, 14], dtype=np.int64), np.array([0.01, -0.02, 0.005, 0.03]))
         for amps in (update, update.scaled(4.0), update.scaled(0.5), update.scaled(3.0), update):
             scorer.apply(amps)
-            for name, param in scorer.params.items():
+            for name, param in params.items():
                 expected = original[name] + amps.delta(name, param.shape)
                 assert torch.equal(param, expected), (name, amps.values)
             scorer.restore()
@@ -193,7 +194,8 @@ def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, 
     session = open_session(parse_recipe(data))
     try:
         scorer = session.scorer
-        original = {n: p.detach().clone() for n, p in scorer.params.items()}
+        params = {n: p for n, p in session.model.named_parameters() if n in scorer.theta0}
+        original = {n: p.detach().clone() for n, p in params.items()}
         vectors = np.array([[0.01, 0.0, -0.02], [0.0, 0.03, 0.01]])
         computed = []
 
@@ -206,10 +208,10 @@ def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, 
         result = MergeResult("ties", {}, np.arange(2), np.full(2, 0.5), tensor_delta=ties, multiplier=2.0)
         for update in (result, result.scaled(0.5), result.scaled(3.0), result):
             scorer.apply(update)
-            for name, param in scorer.params.items():
+            for name, param in params.items():
                 assert torch.equal(param, original[name] + update.delta(name, param.shape)), (name, update.multiplier)
             scorer.restore()
-        assert len(computed) == len(scorer.params) + 4 * len(scorer.params)  # once by the scorer, once per check
+        assert len(computed) == len(params) + 4 * len(params)  # once by the scorer, once per check
         other = TiesDelta(np.array([5, 6, 7], dtype=np.int64), vectors, 0.2)
         assert other.key != ties.key and TiesDelta(np.array([5, 6, 7]), vectors.copy(), 0.5).key == ties.key
     finally:

@@ -31,10 +31,16 @@ def test_scorer_sets_exact_perturbation_and_restores_bit_exactly(tmp_path, tiny_
             expected = original[name] + update.delta(name, param.shape)
             assert torch.equal(param, expected), name
         session.scorer.restore()
+        for name, param in session.model.named_parameters():
+            assert torch.equal(param, original[name]), name
+        base_before = session.scorer.evaluate(None, session.folds["A"])
         for e in [Entry(1, 0.1), Entry(2, 0.3), Entry(3, 0.02)]:
             session.scores(Request(entry_subject(e), "A", session.folds["A"], entry_update(e)))
-            for name, param in session.model.named_parameters():
-                assert torch.equal(param, original[name]), name
+            for name, param in session.model.named_parameters():  # every evaluation sees exactly θ₀ + Δ
+                assert torch.equal(param, original[name] + entry_update(e).delta(name, param.shape)), name
+        assert session.scorer.evaluate(None, session.folds["A"]) == base_before  # restored lazily, bit-exactly
+        for name, param in session.model.named_parameters():
+            assert torch.equal(param, original[name]), name
         assert not session.store.missing(entry_subject(Entry(2, 0.3)), "A", [(t, d) for t in session.folds["A"] for d in session.folds["A"][t]])
     finally:
         session.close()

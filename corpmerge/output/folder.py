@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -15,14 +15,15 @@ import yaml
 
 from corpmerge import __version__
 from corpmerge.methods import MergeResult
-from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
+from corpmerge.errors import CorpmergeError
+from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
 from corpmerge.noise import NOISE_BATCH, SCHEME
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import Recipe
-from corpmerge.output.safetensors_writer import DTYPES, staging_dir, write_weights
+from corpmerge.output.safetensors_writer import staging_dir, write_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,15 @@ def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult |
     }
 
 
-def _save_config(model: torch.nn.Module, ref: BaseRef, folder: Path, dtype: str) -> None:
-    config = copy.deepcopy(model.config)
-    config.dtype = DTYPES[dtype]
-    config.save_pretrained(folder)
-    has_generation = ref.gguf_file is not None or (Path(ref.source) / "generation_config.json").is_file() or not ref.is_local
-    if has_generation and getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(folder)
+def _save_config(folder: Path, target: Path, dtype: str) -> None:
+    """The base folder's config (with the output dtype) and generation config, never a live model's."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    config.dtype = TORCH_DTYPES[dtype]
+    config.save_pretrained(target)
+    if (folder / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(folder).save_pretrained(target)
 
 
 def write_output(
@@ -81,34 +84,48 @@ def write_output(
     recipe: Recipe,
     entries: list[Entry],
     result: MergeResult | None,
-    model: torch.nn.Module,
     tokenizer: Any,
     ref: BaseRef,
     report: dict[str, Any] | None = None,
     picture: Callable[[Path], Any] | None = None,
+    verify: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically.
 
+    θ₀ is streamed from the base checkpoint's files on the host (``ref``: a folder, a Hub id, a
+    converted GGUF), so the output never depends on the device scoring ran on or on the scorer's
+    state. ``verify(staged folder)`` runs once weights, config and tokenizer are staged and before
+    the card is written; its answer goes into ``report["shipped_check"]`` and the card.
     The location is checked again first (``check_output_location``): never onto or around the base,
     ``overwrite`` replaces only a previous corpmerge output.
     """
     out_dir = Path(out_dir)
     check_output_location(recipe.with_output(out_dir), overwrite)
-    tensors = unique_tensors(model)
-    perturbed = set(perturbed_names(model, recipe.perturb)) if result is not None else set()
-    scratch = torch.empty(max(max(t.numel() for t in tensors.values()), NOISE_BATCH), dtype=torch.float32)
+    folder = checkpoint_folder(ref)
+    source = Checkpoint(folder)
+    skeleton = model_skeleton(BaseRef(str(folder)))
+    aliases = tied_aliases(skeleton)
+    names = [name for name in source.names() if name not in aliases]
+    perturbed = set(perturbed_names(skeleton, recipe.perturb)) if result is not None else set()
+    missing = sorted(perturbed - set(names))
+    if missing:
+        raise CorpmergeError(f"base_model: the checkpoint has no tensor for parameter '{missing[0]}', so it cannot be written")
+    largest = max(math.prod(source.info(name)[0]) for name in names)
+    scratch = torch.empty(max(largest, NOISE_BATCH), dtype=torch.float32)
 
     def delta(name: str, shape: torch.Size) -> torch.Tensor:
         return result.delta(name, shape, scratch)
 
-    with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(tensors)) as advance:
+    with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(names)) as advance:
         files = write_weights(
-            tmp, tensors, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance()
+            tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance()
         )
-        _save_config(model, ref, tmp, recipe.dtype)
+        _save_config(folder, tmp, recipe.dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if verify is not None and report is not None:
+            report["shipped_check"] = verify(tmp)
         lineage = lineage_document(recipe, entries, result)
         (tmp / LINEAGE_FILE).write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
         shown = None

@@ -114,6 +114,9 @@ def _report_section(report: dict[str, Any], picture: str | None = None) -> str:
         )
     else:
         lines.append(f"Abstained: {gate.get('reason', 'no candidate passed')}. These are the base model's weights.\n")
+    check = report.get("shipped_check")
+    if check:
+        lines.append(_shipped_line(check))
     held = report.get("evaluation")
     if held:
         rows = []
@@ -131,3 +134,18 @@ def _report_section(report: dict[str, Any], picture: str | None = None) -> str:
             + "".join(f"\n{note}\n" for note in notes)
         )
     return "\n".join(lines)
+
+
+def _shipped_line(check: dict[str, Any]) -> str:
+    """``shipped_check: n examples, identical | differs``, with what a difference means."""
+    scored_as = f"scored in {check['scoring_dtype']}, written in {check['output_dtype']}, {check['backend']} backend"
+    if check["identical"]:
+        return (
+            f"**shipped check: {check['examples']} examples, identical** — this folder, loaded with `from_pretrained`, gives "
+            f"exactly the per-example results the gate scored on fold {check['fold']} ({scored_as}).\n"
+        )
+    return (
+        f"**shipped check: {check['examples']} examples, DIFFERS on {check['differing']}** — this folder, loaded with "
+        f"`from_pretrained`, does not reproduce what the gate scored on fold {check['fold']} ({scored_as}); "
+        "the gate's numbers above do not describe this file.\n"
+    )

@@ -4,35 +4,45 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from corpmerge.errors import CorpmergeError
+from corpmerge.model_io import TORCH_DTYPES
 from corpmerge.recipe import excerpt
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DeltaFn = Callable[[str, torch.Size], torch.Tensor]
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
-def plan_shards(tensors: dict[str, torch.Tensor], dtype: torch.dtype, max_shard_bytes: int) -> list[list[str]]:
+class TensorSource(Protocol):
+    """Where the base's tensors come from (a ``model_io.Checkpoint``): names, metadata, and one tensor at a time."""
+
+    def names(self) -> list[str]: ...
+    def info(self, name: str) -> tuple[torch.Size, bool, int]: ...
+    def tensor(self, name: str) -> torch.Tensor: ...
+
+
+def plan_shards(source: TensorSource, names: list[str], dtype: torch.dtype, max_shard_bytes: int) -> list[list[str]]:
     """Group tensor names, in order, into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own)."""
     shards: list[list[str]] = [[]]
     size = 0
-    for name, tensor in tensors.items():
-        nbytes = tensor.numel() * (dtype.itemsize if tensor.is_floating_point() else tensor.element_size())
+    for name in names:
+        shape, floating, itemsize = source.info(name)
+        nbytes = math.prod(shape) * (dtype.itemsize if floating else itemsize)
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
@@ -102,23 +112,25 @@ def _write_error(out_dir: Path, exc: Exception) -> CorpmergeError:
 
 def write_weights(
     folder: Path,
-    tensors: dict[str, torch.Tensor],
+    source: TensorSource,
+    names: list[str],
     delta: DeltaFn,
     perturbed: set[str],
     dtype: str,
     max_shard_bytes: int,
     on_tensor: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Write θ₀ + Δ (float32 sum, one rounding to ``dtype``) as safetensors shards (+ index)."""
-    out_dtype = DTYPES[dtype]
-    shards = plan_shards(tensors, out_dtype, max_shard_bytes)
+    """Write θ₀ + Δ (float32 sum, one rounding to ``dtype``) as safetensors shards (+ index), streaming
+    θ₀ from ``source`` one tensor at a time (at most one shard is held in memory)."""
+    out_dtype = TORCH_DTYPES[dtype]
+    shards = plan_shards(source, names, out_dtype, max_shard_bytes)
     files = shard_file_names(len(shards))
     weight_map: dict[str, str] = {}
     total = 0
-    for names, file in zip(shards, files):
+    for shard_names, file in zip(shards, files):
         shard: dict[str, torch.Tensor] = {}
-        for name in names:
-            base = tensors[name]
+        for name in shard_names:
+            base = source.tensor(name)
             if name in perturbed:
                 value = base.to(torch.float32) + delta(name, base.shape)
             else:
@@ -132,7 +144,7 @@ def write_weights(
                 on_tensor(name)
         save_file(shard, str(folder / file), metadata={"format": "pt"})
         os.chmod(folder / file, _FILE_MODE)
-        log.debug("wrote %s (%d tensors)", file, len(names))
+        log.debug("wrote %s (%d tensors)", file, len(shard_names))
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -1,8 +1,10 @@
-"""Scores the base, population entries and candidate updates on the live model.
+"""Scores the base, population entries and candidate updates through a backend.
 
-Each evaluation sets the perturbed parameters to θ₀ + Δ (float32, computed exactly as the
-writer computes it, so the scored model is the written model), runs lm-eval, and restores
-θ₀ by copying from a float32 snapshot (bit-exact; subtracting noise again would drift).
+Each evaluation hands the backend θ₀ + Δ for every perturbed tensor: Δ in float32, added to
+θ₀ in float32 and rounded once to the scoring dtype — exactly the writer's arithmetic, so when
+the scoring dtype is the output dtype the scored tensors are the written tensors, bit for bit.
+θ₀ is the checkpoint's own tensors, kept on the host in their stored precision (pinned when the
+model is on an accelerator); restoring θ₀ hands them back (bit-exact; subtracting noise drifts).
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 
 from corpmerge.amplitudes import Amplitudes
-from corpmerge.scoring.folds import Docs
-from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.noise import NOISE_BATCH, fill_many
 from corpmerge.population import Entry
+from corpmerge.scoring.backends import Backend
+from corpmerge.scoring.folds import Docs
+from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.store import Scores
 
 log = logging.getLogger(__name__)
+Values = Iterator[tuple[str, torch.Tensor]]
 
 
 class Update(Protocol):
@@ -43,19 +47,23 @@ def update_subject(label: str, payload: Any) -> str:
     return f"{label}:" + hashlib.blake2b(repr(payload).encode(), digest_size=10).hexdigest()
 
 
-def base_fingerprint(model: torch.nn.Module, names: list[str]) -> str:
-    """Hash of the perturbed parameters' names, shapes and float32 values."""
+def base_fingerprint(theta0: dict[str, torch.Tensor]) -> str:
+    """Hash of the perturbed tensors' names, shapes, stored dtypes and bytes."""
     digest = hashlib.blake2b(digest_size=12)
-    params = dict(model.named_parameters())
-    for name in names:
-        tensor = params[name].detach().to(torch.float32).contiguous().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.numpy().tobytes())
+    for name, tensor in theta0.items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
+def host_copy(tensors: dict[str, torch.Tensor], device_type: str) -> dict[str, torch.Tensor]:
+    """θ₀ on the host whatever the scoring device; pinned for CUDA, so copies to the device are fast."""
+    pin = device_type == "cuda" and torch.cuda.is_available()
+    return {name: (t.to("cpu").pin_memory() if pin else t.to("cpu")) for name, t in tensors.items()}
+
+
 class Scorer:
-    """Perturb in place → lm-eval on chosen examples → restore by copy (the store is the evaluator's business).
+    """θ₀ + Δ → backend → lm-eval on chosen examples (the store is the evaluator's business).
 
     Amplitude updates (population entries, candidates, stage-2 proposals) are materialised
     through a per-(seed, tensor) noise cache bounded by ``memory_budget`` bytes, with exactly
@@ -65,78 +73,83 @@ class Scorer:
     2ᵏ·Δ, which is exact in floating point. A tensor-by-tensor update (``ties``) keeps its
     unscaled Δ₁ instead, so every probe multiplier m costs one product Δ₁·m (the bits ``delta``
     computes). One model-sized slot holds either, when the budget allows it.
+
+    Restoring θ₀ is lazy: the next update overwrites every perturbed tensor anyway, so θ₀ is
+    handed back only before the base itself is evaluated (or on ``restore()``).
     """
 
-    def __init__(
-        self, model: torch.nn.Module, tokenizer: Any, names: list[str], suite: TaskSuite, batch_size: int | str, memory_budget: int = 0,
-    ):
-        self.model, self.suite = model, suite
-        params = dict(model.named_parameters())
-        self.params = {name: params[name] for name in names}
-        self.snapshot = {name: p.detach().to(torch.float32, copy=True) for name, p in self.params.items()}
-        largest = max(p.numel() for p in self.params.values())
-        self.scratch = torch.empty(largest, dtype=torch.float32)
-        self.noise_buffer = torch.empty(max(largest, min(sum(p.numel() for p in self.params.values()), NOISE_BATCH)))
-        self._on_cpu_f32 = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.params.values())
-        self.model_bytes = 4 * sum(p.numel() for p in self.params.values())
+    def __init__(self, backend: Backend, theta0: dict[str, torch.Tensor], suite: TaskSuite, memory_budget: int = 0):
+        self.backend, self.suite, self.theta0 = backend, suite, theta0
+        self.dtype = backend.dtype
+        numels = [t.numel() for t in theta0.values()]
+        self.scratch = torch.empty(max(numels), dtype=torch.float32)
+        self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), NOISE_BATCH)))
+        self.model_bytes = 4 * sum(numels)
         self.noise_cache = NoiseCache(max(0, memory_budget - self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
         self._unscaled: tuple[str, dict[str, torch.Tensor]] | None = None
         self._keep_last = memory_budget >= self.model_bytes
-        self.lm = make_lm(model, tokenizer, batch_size)
+        self._at_base = True
         self.evaluations = 0
         self.examples_evaluated = 0
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.theta0)
+
+    def value(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """θ₀ + Δ for one tensor: a float32 sum, rounded once to the scoring dtype (the writer's arithmetic)."""
+        theta = self.theta0[name]
+        return torch.add(theta.to(torch.float32), delta.view(theta.shape)).to(self.dtype)
 
     @torch.no_grad()
     def apply(self, update: Update) -> None:
         """Set every perturbed parameter to θ₀ + Δ."""
+        self._at_base = False
+        self.backend.load(self._values(update))
+
+    def _values(self, update: Update) -> Values:
         amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
-        if isinstance(amps, Amplitudes) and self._on_cpu_f32:
+        if isinstance(amps, Amplitudes):
             nz = amps.nonzero()
             if nz.seeds.size == 1 and not self.noise_cache.has_seed(int(nz.seeds[0])):
-                self._apply_single_seed(int(nz.seeds[0]), float(nz.values[0]))
+                yield from self._single_seed(int(nz.seeds[0]), float(nz.values[0]))
             else:
-                self._apply_amplitudes(nz)
+                yield from self._amplitudes(nz)
             return
         streamed = update.streamed() if hasattr(update, "streamed") else None
         if streamed is not None and self._keep_last:
-            self._apply_streamed(*streamed)
+            yield from self._streamed(*streamed)
             return
-        for name, param in self.params.items():
-            self._set(name, param, update.delta(name, param.shape, self.scratch))
+        for name, theta in self.theta0.items():
+            yield name, self.value(name, update.delta(name, theta.shape, self.scratch))
 
-    def _set(self, name: str, param: torch.nn.Parameter, delta: torch.Tensor) -> None:
-        """param ← θ₀ + Δ."""
-        if self._on_cpu_f32:
-            torch.add(self.snapshot[name], delta, out=param.data)
-        else:
-            param.copy_(self.snapshot[name] + delta.to(param.device))
-
-    def _apply_streamed(self, key: str, unscaled: Callable[[str, torch.Size], torch.Tensor], multiplier: float) -> None:
+    def _streamed(self, key: str, unscaled: Callable[[str, torch.Size], torch.Tensor], multiplier: float) -> Values:
         """θ₀ + Δ₁·m, with Δ₁ computed once per key and kept."""
         if self._unscaled is None or self._unscaled[0] != key:
             self._last = self._unscaled = None  # one model-sized slot
-            self._unscaled = (key, {name: unscaled(name, param.shape) for name, param in self.params.items()})
-        for name, param in self.params.items():
+            self._unscaled = (key, {name: unscaled(name, theta.shape) for name, theta in self.theta0.items()})
+        for name in self.theta0:
             base = self._unscaled[1][name]
-            self._set(name, param, base if multiplier == 1.0 else base * multiplier)
+            yield name, self.value(name, base if multiplier == 1.0 else base * multiplier)
 
-    def _apply_amplitudes(self, nz: Amplitudes) -> None:
+    def _amplitudes(self, nz: Amplitudes) -> Values:
         """θ₀ + Σ aⱼ·εⱼ per tensor, from the last Δ (2ᵏ multiple), the noise cache, or fresh draws."""
         factor = self._power_of_two_multiple(nz)
         if factor is not None:
-            for name, param in self.params.items():
-                torch.add(self.snapshot[name], self._last[1][name], alpha=factor, out=param.data)
+            for name, last in self._last[1].items():
+                theta = self.theta0[name]
+                yield name, torch.add(theta.to(torch.float32), last, alpha=factor).to(self.dtype)
             return
         kept: dict[str, torch.Tensor] = {}
         if self._keep_last and nz.seeds.size > 1:
             self._unscaled = None  # one model-sized slot
         pairs = list(zip(nz.seeds.tolist(), nz.values.tolist()))
-        for name, param in self.params.items():
-            acc = self._delta(name, param.numel(), pairs)
-            torch.add(self.snapshot[name].view(-1), acc, out=param.data.view(-1))
+        for name, theta in self.theta0.items():
+            acc = self._delta(name, theta.numel(), pairs)
+            yield name, self.value(name, acc)
             if self._keep_last and len(pairs) > 1:
-                kept[name] = acc.view(param.shape)
+                kept[name] = acc.view(theta.shape)
         self._last = (nz, kept) if kept else None
 
     def _power_of_two_multiple(self, nz: Amplitudes) -> float | None:
@@ -168,43 +181,42 @@ class Scorer:
                     acc.add_(noise, alpha=amp)
         return acc
 
-    def _apply_single_seed(self, seed: int, amplitude: float) -> None:
+    def _single_seed(self, seed: int, amplitude: float) -> Values:
         """Fast path for population entries: noise for many tensors drawn in one parallel batch.
 
         Same arithmetic as ``Amplitudes.delta`` + the writer (Δ = ε·a, then θ₀ + Δ), so the same bits.
         """
-        group: list[tuple[str, torch.nn.Parameter]] = []
+        group: list[str] = []
         used = 0
-        for name, param in list(self.params.items()) + [("", None)]:
-            if param is None or (group and used + param.numel() > self.noise_buffer.numel()):
+        for name in [*self.theta0, None]:
+            numel = self.theta0[name].numel() if name is not None else 0
+            if name is None or (group and used + numel > self.noise_buffer.numel()):
                 views, offset = [], 0
-                for gname, gparam in group:
-                    views.append((self.noise_buffer[offset : offset + gparam.numel()], gname, gparam))
-                    offset += gparam.numel()
-                fill_many([(view.numpy(), seed, gname) for view, gname, _ in views])
-                for view, gname, gparam in views:
-                    delta = torch.mul(view, amplitude, out=self.scratch[: view.numel()])
-                    torch.add(self.snapshot[gname].view(-1), delta, out=gparam.data.view(-1))
+                for gname in group:
+                    size = self.theta0[gname].numel()
+                    views.append((self.noise_buffer[offset : offset + size], gname))
+                    offset += size
+                fill_many([(view.numpy(), seed, gname) for view, gname in views])
+                for view, gname in views:
+                    yield gname, self.value(gname, torch.mul(view, amplitude, out=self.scratch[: view.numel()]))
                 group, used = [], 0
-            if param is not None:
-                group.append((name, param))
-                used += param.numel()
+            if name is not None:
+                group.append(name)
+                used += numel
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Back to θ₀, bit-exactly."""
-        for name, param in self.params.items():
-            param.copy_(self.snapshot[name])
+        """Back to θ₀, bit-exactly (θ₀ rounded once to the scoring dtype, as the writer writes an unperturbed tensor)."""
+        self.backend.load((name, theta.to(self.dtype)) for name, theta in self.theta0.items())
+        self._at_base = True
 
     def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None) -> Scores:
-        """Evaluate θ₀ + Δ on ``docs`` now (no store); θ₀ is restored afterwards."""
+        """Evaluate θ₀ + Δ on ``docs`` now (no store); ``update=None`` evaluates θ₀."""
         if update is not None:
             self.apply(update)
-        try:
-            scores = (suite or self.suite).evaluate(self.lm, docs)
-        finally:
-            if update is not None:
-                self.restore()
+        elif not self._at_base:
+            self.restore()
+        scores = (suite or self.suite).evaluate(self.backend.lm, docs)
         self.evaluations += 1
         self.examples_evaluated += len(scores)
         return scores

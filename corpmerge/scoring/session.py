@@ -14,12 +14,15 @@ import torch
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, quiet_third_party
-from corpmerge.model_io import BaseRef, ensure_checkpoint, load_base, load_tokenizer, perturbed_names, resolve_base
+from corpmerge.model_io import (
+    TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, ensure_checkpoint, load_tokenizer, model_skeleton, perturbed_names, resolve_base,
+)
 from corpmerge.noise import SCHEME
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
 from corpmerge.sizes import parse_size
-from corpmerge.scoring.scorer import Scorer, base_fingerprint
+from corpmerge.scoring.backends import Backend, make_backend
+from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
 from corpmerge.scoring.coordinator import Coordinator, agree_on_startup, serve
 from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
@@ -34,7 +37,7 @@ class Session:
 
     recipe: Recipe
     ref: BaseRef
-    model: torch.nn.Module
+    backend: Backend
     tokenizer: Any
     suite: TaskSuite
     folds: dict[str, Docs]
@@ -60,6 +63,11 @@ class Session:
     def scores(self, request: Request) -> Scores:
         return self.evaluate([request], f"evaluating {request.subject}")[0]
 
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The live HF module when the backend has one (tests and diagnostics; the writer never reads it)."""
+        return getattr(self.backend, "model", None)
+
     def serve(self) -> None:
         """A worker's whole job: evaluate what rank 0 hands out until it says stop."""
         serve(self.scorer, self.suites)
@@ -69,6 +77,7 @@ class Session:
             self.evaluator.close()
         if self.store is not None:
             self.store.close()
+        self.backend.close()
 
 
 CODE_TASKS = ("corpmerge_mbpp",)
@@ -92,15 +101,21 @@ def suite_counts(suite: TaskSuite) -> dict[str, int]:
     return {name: suite.doc_count(name) for name in suite.tasks}
 
 
-def memory_budget(setting: int | str | None, model_bytes: int) -> int:
-    """Bytes for materialised updates: the recipe's ``scoring.memory_budget``, else min(8 × model, ½ free RAM)."""
+def memory_budget(setting: int | str | None, model_bytes: int, processes_on_host: int = 1) -> int:
+    """Bytes for materialised updates: the recipe's ``scoring.memory_budget``, else
+    min(8 × model, ½ free RAM ÷ the processes sharing this host)."""
     if setting is not None:
         return parse_size(setting)
     try:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         free = 2 * model_bytes
-    return int(min(8 * model_bytes, free // 2))
+    return int(min(8 * model_bytes, free // 2 // max(1, processes_on_host)))
+
+
+def processes_on_host(world: World) -> int:
+    """How many corpmerge processes share this machine's RAM (the launcher's LOCAL_WORLD_SIZE, else the world)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "") or world.size)
 
 
 def store_path(recipe: Recipe) -> Path:
@@ -136,21 +151,27 @@ def _open(recipe: Recipe, world: World) -> Session:
     quiet_third_party(verbose=logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG))
     check_code_isolation(recipe)
     ref = ensure_checkpoint(resolve_base(recipe.base_model))
-    log.info("loading base %s", recipe.base_model)
-    model = load_base(ref)
-    model.to(world.device)
+    folder = checkpoint_folder(ref)
     tokenizer = load_tokenizer(ref)
     if tokenizer is None:
         raise CorpmergeError(f"base_model: '{recipe.base_model}' has no tokenizer, which scoring needs")
-    names = perturbed_names(model, recipe.perturb)
-    suite = TaskSuite(recipe.scoring)
-    folds = assign_folds(suite_counts(suite), recipe.scoring.support)
+    names = perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb)
+    theta0 = host_copy(read_tensors(Checkpoint(folder), names), world.device.type)
+    spec = recipe.scoring
+    log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, world.device)
+    backend = make_backend(
+        spec.backend, checkpoint=folder, tokenizer=tokenizer, device=world.device,
+        dtype=TORCH_DTYPES[recipe.scoring_dtype], model_args=spec.model_args, batch_size=spec.batch_size,
+    )
+    suite = TaskSuite(spec)
+    folds = assign_folds(suite_counts(suite), spec.support)
     identity = {
-        "base": base_fingerprint(model, names),
+        "base": base_fingerprint(theta0),
         "tasks": suite.fingerprint(),
         "folds": fold_fingerprint(folds),
         "noise": SCHEME,
         "perturb": hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest(),
+        "scoring": f"{backend.kind} backend, {recipe.scoring_dtype} on {backend.device_type}",
     }
     if recipe.gate.enabled:
         check_gate_fold_sizes({f: count(folds[f]) for f in ("B", "C")}, f" ({', '.join(f'{t}: {n} support docs' for t, n in sorted(suite_counts(suite).items()))})")
@@ -160,13 +181,24 @@ def _open(recipe: Recipe, world: World) -> Session:
         sum(count(d) for d in folds.values()), count(folds["A"]), count(folds["B"]), count(folds["C"]),
         store.path if store is not None else f"on rank 0 (this is rank {world.rank})",
     )
-    model_bytes = 4 * sum(p.numel() for n, p in model.named_parameters() if n in set(names))
-    budget = memory_budget(recipe.scoring.memory_budget, model_bytes)
-    scorer = Scorer(model, tokenizer, names, suite, recipe.scoring.batch_size, budget)
-    session = Session(recipe, ref, model, tokenizer, suite, folds, store, scorer, world)
+    model_bytes = 4 * sum(t.numel() for t in theta0.values())
+    budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world))
+    scorer = Scorer(backend, theta0, suite, budget)
+    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world)
     if world.is_main:
         session.evaluator = (
             LocalEvaluator(scorer, store, session.suites) if world.size == 1
             else Coordinator(scorer, store, session.suites, world.size)
         )
     return session
+
+
+def read_tensors(checkpoint: Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:
+    """θ₀ of the perturbed parameters, from the checkpoint files (the bits the writer starts from)."""
+    missing = [name for name in names if name not in checkpoint]
+    if missing:
+        raise CorpmergeError(
+            f"base_model: the checkpoint has no tensor for parameter '{missing[0]}' ({len(missing)} missing); "
+            "corpmerge reads θ₀ from the checkpoint's safetensors files, whose names must match the model's parameters"
+        )
+    return {name: checkpoint.tensor(name) for name in names}

@@ -41,6 +41,7 @@ IDENTITY_LABELS = {
     "folds": "fold assignment",
     "noise": "noise scheme",
     "perturb": "set of perturbed parameters",
+    "scoring": "scoring setup (backend, scoring dtype, device type)",
 }
 
 
@@ -63,6 +64,11 @@ class ScoreStore:
         with self._transaction():
             stored = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
             for key, value in identity.items():
+                if stored and key not in stored:
+                    raise CorpmergeError(
+                        f"{self.path}: this score store was made by an older corpmerge that did not record the "
+                        f"{IDENTITY_LABELS.get(key, key)}; set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
+                    )
                 if key in stored and stored[key] != value:
                     label = IDENTITY_LABELS.get(key, key)
                     raise CorpmergeError(

@@ -1,0 +1,55 @@
+"""The seam between "what Δ is" (the scorer) and "how a model with these weights is evaluated" (a backend).
+
+The scorer computes θ₀ + Δ per Hugging Face parameter name on the host (Δ in float32, one
+rounding to the scoring dtype) and hands the tensors to a backend; restore hands θ₀ back. A
+backend owns the model's layout (an HF module in place, a vLLM engine with fused, sharded or
+pre-packed weights) and the lm-eval LM that evaluates it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import torch
+
+from corpmerge.errors import CorpmergeError
+
+BACKENDS = {"hf": "corpmerge.scoring.backends.hf:HFBackend", "vllm": "corpmerge.scoring.backends.vllm:VLLMBackend"}
+
+
+class Backend(Protocol):
+    """A model that scores with lm-eval and whose perturbed parameters can be set by HF name."""
+
+    kind: str  # part of the store identity: stores of different backends are never mixed
+    device_type: str  # "cpu", "cuda", …: part of the store identity
+    dtype: torch.dtype  # the scoring dtype; every tensor given to ``load`` has it
+
+    def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Set these HF-named parameters to exactly these values (host tensors in ``dtype``; read, not kept);
+        all others stay as they are; every cache that depends on the weights is dropped. The iterator is lazy."""
+
+    @property
+    def lm(self) -> Any:
+        """The lm-eval ``LM`` that evaluates the current weights."""
+
+    def folder_lm(self, folder: Path) -> AbstractContextManager[Any]:
+        """An lm-eval ``LM`` for a written model folder, loaded the way a user of this backend loads it."""
+
+    def close(self) -> None: ...
+
+
+def make_backend(
+    kind: str, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any], batch_size: int | str,
+) -> Backend:
+    """Build the named backend (its engine is imported only when it is asked for)."""
+    module, _, name = BACKENDS[kind].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise CorpmergeError(
+            f"scoring.backend: '{kind}' needs a package that is not installed ({exc.name}); see the README's \"Backends\" section"
+        ) from None
+    return cls(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, model_args=model_args, batch_size=batch_size)

@@ -1,0 +1,51 @@
+"""The Hugging Face backend: one transformers model on the scoring device, edited in place, evaluated by lm-eval's HFLM."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from corpmerge.model_io import BaseRef, load_base
+from corpmerge.scoring.lmeval import make_lm
+
+log = logging.getLogger(__name__)
+_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class HFBackend:
+    """The model in the scoring dtype on ``device`` (one copy; θ₀ is the scorer's, on the host)."""
+
+    kind = "hf"
+
+    def __init__(self, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any], batch_size: int | str):
+        self.dtype, self.device_type = dtype, torch.device(device).type
+        self.tokenizer, self.batch_size, self.model_args = tokenizer, batch_size, model_args
+        self.model = load_base(BaseRef(str(checkpoint)), _NAMES[dtype], device, **model_args)
+        self.params = dict(self.model.named_parameters())
+        self._lm = make_lm(self.model, tokenizer, batch_size)
+
+    @torch.no_grad()
+    def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        for name, value in tensors:
+            self.params[name].copy_(value)
+
+    @property
+    def lm(self) -> Any:
+        return self._lm
+
+    @contextmanager
+    def folder_lm(self, folder: Path) -> Iterator[Any]:
+        """``AutoModelForCausalLM.from_pretrained(folder)`` in the folder's own dtype on the scoring device, as an HFLM."""
+        device = next(self.model.parameters()).device
+        model = load_base(BaseRef(str(folder)), "auto", device, **self.model_args)
+        try:
+            yield make_lm(model, self.tokenizer, self.batch_size)
+        finally:
+            del model
+
+    def close(self) -> None:
+        self.params.clear()
