@@ -10,7 +10,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from corpmerge.recipe import ScoringSpec
-from corpmerge.scoring.backends.vllm import VllmBackend
+from corpmerge.scoring.backends.vllm import VLLMBackend
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from vllm_tiny import ENGINE_ARGS, checkpoint_state
 
@@ -26,7 +26,7 @@ def tokenizer(vllm_model):
 
 @pytest.fixture(scope="module")
 def backend(vllm_model, tokenizer):
-    backend = VllmBackend(checkpoint=vllm_model, tokenizer=tokenizer, device=CPU, dtype=torch.float32, model_args=ENGINE_ARGS)
+    backend = VLLMBackend(checkpoint=vllm_model, tokenizer=tokenizer, device=CPU, dtype=torch.float32, model_args=ENGINE_ARGS)
     yield backend
     backend.close()
 
@@ -68,6 +68,21 @@ def test_per_example_scores_agree_with_hflm(backend, vllm_model, tokenizer, suit
 
     hf = make_lm(AutoModelForCausalLM.from_pretrained(vllm_model, dtype=torch.float32).eval(), tokenizer, batch_size=8)
     assert suite.evaluate(backend.lm, DOCS) == suite.evaluate(hf, DOCS)
+
+
+def test_loaded_weights_are_the_weights_evaluated(backend, vllm_model, tokenizer):
+    """After a load the engine answers as an HF model holding those weights, the tied lm_head included."""
+    from transformers import AutoModelForCausalLM
+
+    theta0 = checkpoint_state(vllm_model)
+    for only in ("embed_tokens", ""):  # the tied embedding alone (CPU pre-packs the lm_head's copy), then everything
+        moved = dict(noisy(theta0, 0.05, seed=4, only=only))
+        model = AutoModelForCausalLM.from_pretrained(vllm_model, dtype=torch.float32).eval()
+        model.load_state_dict({**theta0, **moved}, strict=False)
+        backend.load(iter(moved.items()))
+        (h_ll, h_gen, _), (v_ll, v_gen, _) = raw(make_lm(model, tokenizer, batch_size=8)), raw(backend.lm)
+        assert [lp for lp, _ in v_ll] == pytest.approx([lp for lp, _ in h_ll], abs=1e-4) and v_gen == h_gen
+    backend.load(iter(theta0.items()))
 
 
 def test_a_perturbation_changes_outputs_and_restore_is_exact(backend, vllm_model, suite):

