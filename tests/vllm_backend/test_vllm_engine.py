@@ -11,7 +11,8 @@ from lm_eval.api.instance import Instance
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.scoring.backends.vllm import VLLMBackend
-from vllm_tiny import ENGINE_ARGS
+from tiny import build_tiny_model
+from vllm_tiny import ENGINE_ARGS, VLLM_TINY, checkpoint_state, vllm_model  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
 GREEDY = [Instance("generate_until", {}, (f"{k}+1=", {"until": ["\n"], "do_sample": False, "max_gen_toks": 4}), 0) for k in range(4)]
@@ -37,9 +38,6 @@ def test_engine_errors_name_the_field(vllm_model):
 
 
 def test_one_engine_at_a_time_and_a_closed_one_frees_the_process(vllm_model, tmp_path):
-    from tiny import build_tiny_model
-    from vllm_tiny import VLLM_TINY
-
     first = open_backend(vllm_model, **ENGINE_ARGS)
     with pytest.raises(RuntimeError, match="one vllm engine per process"):
         open_backend(vllm_model, **ENGINE_ARGS)
@@ -59,7 +57,7 @@ def test_folder_lm_runs_the_written_folder_on_a_fresh_engine(vllm_model, tmp_pat
     import shutil
 
     from safetensors.torch import save_file
-    from vllm_tiny import checkpoint_state
+    from transformers import AutoTokenizer
 
     from corpmerge.scoring.backends import make_backend
 
@@ -69,8 +67,6 @@ def test_folder_lm_runs_the_written_folder_on_a_fresh_engine(vllm_model, tmp_pat
     folder = tmp_path / "written"
     shutil.copytree(vllm_model, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
     save_file(moved, folder / "model.safetensors", metadata={"format": "pt"})
-    from transformers import AutoTokenizer
-
     backend = make_backend(
         "vllm", checkpoint=vllm_model, tokenizer=AutoTokenizer.from_pretrained(vllm_model), device=CPU, dtype=torch.float32,
         model_args=ENGINE_ARGS, batch_size=8,
