@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from conftest import run_cli, scoring_recipe, write_recipe
+from test_distributed import finish, launcher, spawn  # noqa: F401 (fixture)
 from vllm_tiny import ENGINE_ARGS, vllm_model, vllm_tasks  # noqa: F401 (fixtures)
 
 
@@ -79,16 +80,28 @@ def test_a_vllm_store_is_not_reused_by_the_hf_backend(resumed_run):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_the_written_model_is_the_one_scored(tmp_path, vllm_model, vllm_tasks):
-    """Gate off, so a model is always written: the shipped check re-scores fold B on a fresh engine over the written folder."""
-    data = vllm_recipe(
-        vllm_model, vllm_tasks, tmp_path / "out", population={"size": 4, "sigmas": [0.1], "seed": 2},
-        gate={"enabled": False}, parameters={"quantile": 0.5, "beta": 10, "alpha": 2}, evaluate={"limit": 8},
-    )
-    result = run_cli("-q", "run", str(write_recipe(tmp_path, data)))
-    assert result.returncode == 0, result.stderr
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["shipped_check"] == {
-        "fold": "B", "examples": 20, "identical": True, "differing": 0,
-        "scoring_dtype": "float32", "output_dtype": "float32", "backend": "vllm",
-    }
+def test_the_written_model_is_the_one_scored_with_one_engine_per_rank_too(tmp_path, vllm_model, vllm_tasks, spawn):
+    """Gate off, so a model is always written: the shipped check re-scores fold B on the written folder (a fresh engine in
+    one process; rank 0's engine under torchrun). Two ranks, one engine each, score and write exactly what one process does."""
+    runs = {}
+    for kind in ("single", "torchrun"):
+        data = vllm_recipe(
+            vllm_model, vllm_tasks, tmp_path / kind, population={"size": 6, "sigmas": [0.1], "seed": 2},
+            gate={"enabled": False}, parameters={"quantile": 0.5, "beta": 10, "alpha": 2}, evaluate={"limit": 8},
+        )
+        recipe = write_recipe(tmp_path, data, f"{kind}.yaml")
+        if kind == "single":
+            result = run_cli("-q", "run", str(recipe))
+            assert result.returncode == 0, result.stderr
+        else:
+            code, _, err = finish(spawn(launcher("torchrun", 2, ["-q", "run", str(recipe)])))
+            assert code == 0 and "Traceback" not in err, err
+        report = json.loads((tmp_path / kind / "report.json").read_text())
+        assert report["shipped_check"] == {
+            "fold": "B", "examples": 20, "identical": True, "differing": 0,
+            "scoring_dtype": "float32", "output_dtype": "float32", "backend": "vllm",
+        }
+        with sqlite3.connect(tmp_path / f"{kind}.work" / "scores.sqlite") as con:
+            runs[kind] = sorted(con.execute("SELECT subject, fold, task, doc_id, value, correct, prediction FROM scores"))
+        runs[kind + " model"] = (tmp_path / kind / "model.safetensors").read_bytes()
+    assert runs["single"] == runs["torchrun"] and runs["single model"] == runs["torchrun model"]

