@@ -19,7 +19,7 @@ from pathlib import Path
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import BaseRef, resolve_base
-from corpmerge.output.safetensors_writer import DTYPES
+from corpmerge.model_io import TORCH_DTYPES
 from corpmerge.recipe import Recipe, SampledPopulation, excerpt
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def show_bytes(n: int) -> str:
 def output_bytes(recipe: Recipe) -> int | None:
     """Bytes of the output folder (see the module docstring); None when the base cannot be sized without downloading it."""
     ref = resolve_base(recipe.base_model)
-    itemsize = DTYPES[recipe.dtype].itemsize
+    itemsize = TORCH_DTYPES[recipe.dtype].itemsize
     try:
         sized = _gguf_tensors(ref, itemsize) if ref.gguf_file else _checkpoint_tensors(ref, itemsize)
     except (ImportError, OSError, ValueError, KeyError, struct.error) as exc:  # loading the base reports a broken one
