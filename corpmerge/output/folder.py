@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -16,8 +15,10 @@ import yaml
 from corpmerge import __version__
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import BaseRef, perturbed_names, unique_tensors
+from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
+from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.noise import NOISE_BATCH, SCHEME
 from corpmerge.population import Entry
 from corpmerge.progress import task
@@ -84,7 +85,7 @@ def write_output(
     model: torch.nn.Module,
     tokenizer: Any,
     ref: BaseRef,
-    report: dict[str, Any] | None = None,
+    report: RunReport | None = None,
     picture: Callable[[Path], Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -110,6 +111,7 @@ def write_output(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         lineage = lineage_document(recipe, entries, result)
+        lineage["base"] = pin_base(recipe.base_model, ref)
         (tmp / LINEAGE_FILE).write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
         shown = None
         if report is not None and picture is not None:
@@ -118,8 +120,8 @@ def write_output(
         if result is not None:
             (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown))
         elif report is not None:
-            (tmp / "README.md").write_text(render_abstain_card(recipe.base_model, report, picture=shown))
+            (tmp / "README.md").write_text(render_abstain_card(lineage, report, picture=shown))
         if report is not None:
-            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            report.write(tmp / REPORT_FILE)
     log.info("wrote %s (%d weight file(s))", out_dir, len(files))
     return out_dir
