@@ -232,13 +232,13 @@ def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bo
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
-    from corpmerge.report.view import render_report
+    from corpmerge.report.view import load_report, render_report
 
     parsed = load_recipe(recipe).with_output(output)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     report = run_recipe(parsed, None, overwrite)
     if report is not None:  # None on the non-main processes of a launched run
-        render_report(out, report)
+        render_report(out, *load_report(report["report_path"]))  # what the file holds, read as any reader reads it
 
 
 @app.command()
@@ -285,13 +285,16 @@ def ensemble(
     top_k: list[int] = typer.Option([1, 50], "--top-k", "-k", help="Vote sizes to report (repeat the option), e.g. -k 1 -k 50."),
 ) -> None:
     """RandOpt baseline: majority vote of the top-K perturbed models on the evaluate split, vs the base (and the merged model in output.path, if any)."""
+    from corpmerge.output.report_schema import HeldOut
     from corpmerge.pipeline import ensemble_recipe
     from corpmerge.recipe import load_recipe
     from corpmerge.report.view import render_evaluation
 
     if any(k < 1 for k in top_k):
         raise CorpmergeError("--top-k: vote sizes must be ≥ 1")
-    render_evaluation(out, ensemble_recipe(load_recipe(recipe), sorted(set(top_k))))
+    result = ensemble_recipe(load_recipe(recipe), sorted(set(top_k)))
+    if result is not None:  # None on the non-main processes of a launched run
+        render_evaluation(out, HeldOut.model_validate(result["evaluation"]), result["method"])
 
 
 @app.command()

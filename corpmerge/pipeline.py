@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ from corpmerge.output.hub import push_folder
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
 from corpmerge.output.folder import population_summary, write_output
+from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.population import Entry
 from corpmerge.recipe import EvaluateSpec, Recipe
@@ -208,7 +207,8 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any] | None:
-    """The whole job. Returns the report (also written as report.json); None on non-main processes."""
+    """The whole job. Returns the report as report.json holds it (``corpmerge.output.report_schema``),
+    plus ``report_path``; None on non-main processes."""
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
     checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
@@ -255,25 +255,30 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k, pairs)
         report["evaluations"] = session.scorer.evaluations
         report["example_evaluations"] = session.scorer.examples_evaluated
+        datasets = {**session.suite.datasets, **(session.suites("evaluate").datasets if recipe.evaluate else {})}
+        if datasets:
+            report["datasets"] = datasets  # the model card's `datasets`
         written = final is not None or recipe.output.write_on_abstain
         report["output"] = str(out) if written else None
         with timer("write"):
             if written:
                 subject = update_subject(final) if final is not None else "base"
                 verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
+                shipped = RunReport.of_run(report)  # the folder's copy, as the card describes it
                 write_output(
                     out, recipe=recipe, entries=entries, result=final, tokenizer=session.tokenizer, ref=session.ref,
-                    report=report, overwrite=overwrite, picture=lambda path: write_report_png(report, path), verify=verify,
+                    report=shipped, overwrite=overwrite, picture=lambda path: write_report_png(shipped, path), verify=verify,
                 )
+                if shipped.shipped_check is not None:
+                    report["shipped_check"] = shipped.shipped_check.model_dump()
         if final is not None and recipe.output.push_to_hub:
             with timer("push"):
                 report["pushed"] = push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
         report["timings_s"] = timer.seconds
-        report_dir = out if written else recipe.output.work_path
-        _write_json_atomic(report_dir / "report.json", report)
-        write_report_png(report, recipe.output.work_path / "report.png")
-        report["report_path"] = str(report_dir / "report.json")
-        return report
+        final_report = RunReport.of_run(report)
+        path = final_report.write((out if written else recipe.output.work_path) / REPORT_FILE)
+        write_report_png(final_report, recipe.output.work_path / "report.png")
+        return {**final_report.as_json(), "report_path": str(path)}
     finally:
         session.close()
 
@@ -329,10 +334,3 @@ def fold_accuracies(session: Session, subject: str, update: Any, folds: list[str
     """Accuracy of ``subject`` on each named support fold (one batch)."""
     results = session.evaluate([Request(subject, f, session.folds[f], update) for f in folds], f"{subject} on the support folds")
     return {f: accuracy(scores, session.folds[f]) for f, scores in zip(folds, results)}
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)

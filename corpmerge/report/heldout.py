@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
+
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.errors import CorpmergeError
 from corpmerge.scoring.folds import Docs, count, round_folds
@@ -72,11 +74,16 @@ def evaluate_held_out(
             [[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members]
         )
     base = vectors["base"]
-    rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size)}}
+    tasks = np.array([t for t, _ in keys])
+
+    def by_task(vec: np.ndarray) -> dict[str, float]:
+        return {t: float(vec[tasks == t].mean()) for t in sorted(docs) if docs[t]}
+
+    rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size), "by_task": by_task(base)}}
     for label, vec in vectors.items():
         if label != "base":
             diff, low, high = paired_interval(base, vec)
-            rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
+            rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high, "by_task": by_task(vec)}
             if "best_entry" in vectors and label != "best_entry":  # paired against RandOpt K=1 too
                 d1, lo1, hi1 = paired_interval(vectors["best_entry"], vec)
                 rows[label]["vs_k1"] = {"diff": d1, "ci_low": lo1, "ci_high": hi1}
