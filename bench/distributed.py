@@ -78,7 +78,7 @@ def child(config: Path) -> None:
         ]
         scorer.evaluate(None, as_docs(keys[:4]))  # warm-up: tokenizer and allocator caches
     else:
-        from corpmerge.scoring.coordinator import Coordinator, agree_on_startup
+        from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup
         from corpmerge.scoring.store import ScoreStore
 
         agree_on_startup(None, world.size)
@@ -114,7 +114,7 @@ def child(config: Path) -> None:
             serve(scorer, suites)
             return
         store = ScoreStore(cfg["store"], {"bench": "distributed"})
-        coordinator = Coordinator(scorer, store, suites, world.size)
+        coordinator = Coordinator(scorer, store, suites, world.size, Deadlines(10.0, 600.0))
         coordinator.run(requests, "bench")
         coordinator.close()
         store.close()

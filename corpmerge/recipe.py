@@ -152,6 +152,14 @@ class ScoringSpec(_Strict):
     allow_unsandboxed_code: bool = Field(
         default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe"
     )
+    unit_timeout: float = Field(
+        default=600.0, gt=0, allow_inf_nan=False,
+        description="seconds a unit of work on another process may take at least before that process counts as stalled",
+    )
+    stall_factor: float = Field(
+        default=10.0, ge=1, allow_inf_nan=False,
+        description="a unit counts as stalled after this many times its expected time (examples × the slowest measured cost per example)",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="dtype the scored models are rounded to; default: the output dtype, so the gate scores the bits that ship"
     )

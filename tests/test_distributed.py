@@ -312,6 +312,36 @@ def test_without_a_launcher_rank_0_notices_a_killed_worker_and_stops_in_one_line
     assert {k: after[k] for k in before} == before and len(rewards(recipe)) == 48
 
 
+def test_a_worker_stopped_mid_run_is_noticed_and_the_command_returns_in_one_line(tmp_path, tiny_model, tiny_task, spawn):
+    """SIGSTOP: the worker neither dies nor answers. Rank 0 gives its unit back, sees every worker stalled,
+    stops in one line and kills the stopped worker (the command must not hang); the next run resumes."""
+    recipe, db = score_recipe(tmp_path, tiny_model, tiny_task, "stopped", 48)
+    data = yaml.safe_load(recipe.read_text())
+    data["scoring"]["unit_timeout"] = 10
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    main, worker = (
+        spawn([sys.executable, "-m", "corpmerge", "-q", "score", str(recipe)], {**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+        for r in range(2)
+    )
+    wait_for_units(main, db, 6)
+    os.kill(worker.pid, signal.SIGSTOP)
+    code, _, err = finish(main, 180)
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: every worker stalled: rank 1 (no answer for "), err[-3000:]
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert finish(worker, 30)[0] == -signal.SIGKILL  # rank 0 ended it: a launcher would otherwise wait forever
+    log = (tmp_path / "stopped.work" / "corpmerge.log").read_text()
+    assert "rank 1 stalled: no answer for " in log and "rank 1 (pid " in log
+
+    before = rows(db)
+    result = run_cli("-q", "score", str(recipe))
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = rows(db)
+    assert {k: after[k] for k in before} == before and len(rewards(recipe)) == 48
+
+
 def test_torchrun_max_restarts_relaunches_after_a_killed_worker_and_resumes_from_the_store(tmp_path, tiny_model, tiny_task, spawn):
     recipe, db = score_recipe(tmp_path, tiny_model, tiny_task, "elastic", 48)
     proc = spawn(launcher("torchrun", 2, ["-q", "score", str(recipe)], ["--max-restarts", "1"]))

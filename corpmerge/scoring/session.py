@@ -23,7 +23,7 @@ from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
 from corpmerge.sizes import parse_size
 from corpmerge.scoring.backends import Backend, make_backend
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
-from corpmerge.scoring.coordinator import Coordinator, agree_on_startup, serve
+from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup, serve
 from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
 from corpmerge.scoring.store import Scores, ScoreStore
@@ -190,7 +190,7 @@ def _open(recipe: Recipe, world: World) -> Session:
     if world.is_main:
         session.evaluator = (
             LocalEvaluator(scorer, store, session.suites) if world.size == 1
-            else Coordinator(scorer, store, session.suites, world.size)
+            else Coordinator(scorer, store, session.suites, world.size, Deadlines(recipe.scoring.stall_factor, recipe.scoring.unit_timeout))
         )
     return session
 
