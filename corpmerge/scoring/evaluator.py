@@ -86,8 +86,9 @@ class LocalEvaluator:
         units = plan_units(self.store, requests)
         if units:
             with task(label, len(units)) as advance:
-                for unit in units:
-                    scores = self.scorer.evaluate(unit.update, unit.docs, self.suites(unit.suite))
+                for unit, then in zip(units, [*units[1:], None]):
+                    after = then.update if then is not None else None  # its noise is drawn while this one evaluates
+                    scores = self.scorer.evaluate(unit.update, unit.docs, self.suites(unit.suite), then=after)
                     self.store.save(unit.subject, unit.fold, scores, requests[unit.index].spec)
                     advance()
         return collect(self.store, requests)

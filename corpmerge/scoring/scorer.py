@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
@@ -85,7 +86,9 @@ class Scorer:
         self.scratch = torch.empty(max(numels), dtype=torch.float32)
         self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), NOISE_BATCH)))
         self.model_bytes = 4 * sum(numels)
-        self.noise_cache = NoiseCache(max(0, memory_budget - self.model_bytes))
+        self.prefetch = Prefetch(theta0) if memory_budget >= 2 * self.model_bytes else None
+        slots = 2 if self.prefetch is not None else 1
+        self.noise_cache = NoiseCache(max(0, memory_budget - slots * self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
         self._unscaled: tuple[str, dict[str, torch.Tensor]] | None = None
         self._keep_last = memory_budget >= self.model_bytes
@@ -109,6 +112,12 @@ class Scorer:
         self.backend.load(self._values(update))
 
     def _values(self, update: Update) -> Values:
+        amps = single_seed(update)
+        if amps is not None and self.prefetch is not None:
+            drawn = self.prefetch.take(amps)
+            if drawn is not None:
+                yield from ((name, self.value(name, delta)) for name, delta in drawn.items())
+                return
         amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
         if isinstance(amps, Amplitudes):
             nz = amps.nonzero()
@@ -210,16 +219,86 @@ class Scorer:
         self.backend.load((name, theta.to(self.dtype)) for name, theta in self.theta0.items())
         self._at_base = True
 
-    def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None) -> Scores:
-        """Evaluate θ₀ + Δ on ``docs`` now (no store); ``update=None`` evaluates θ₀."""
+    def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None, then: Update | None = None) -> Scores:
+        """Evaluate θ₀ + Δ on ``docs`` now (no store); ``update=None`` evaluates θ₀.
+
+        ``then``: the update evaluated next; a population entry's noise is drawn in the background
+        while this evaluation runs (when the budget holds a second model-sized slot)."""
         if update is not None:
             self.apply(update)
         elif not self._at_base:
             self.restore()
+        upcoming = single_seed(then) if then is not None else None
+        if upcoming is not None and self.prefetch is not None and not self.noise_cache.has_seed(int(upcoming.seeds[0])):
+            self.prefetch.start(upcoming)
         scores = (suite or self.suite).evaluate(self.backend.lm, docs)
         self.evaluations += 1
         self.examples_evaluated += len(scores)
         return scores
+
+
+def single_seed(update: Update) -> Amplitudes | None:
+    """The update as one (seed, amplitude) pair when it is one (a population entry), else None."""
+    amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
+    if not isinstance(amps, Amplitudes):
+        return None
+    nz = amps.nonzero()
+    return nz if nz.seeds.size == 1 else None
+
+
+class Prefetch:
+    """The next entry's Δ = a·ε(seed), drawn on a background thread into one model-sized float32 slot.
+
+    Same arithmetic as the scorer's own path (ε drawn by ``fill_many``, then ε·a), so the same bits;
+    the noise generator releases the GIL, so the draw overlaps an evaluation that waits on a device.
+    """
+
+    def __init__(self, theta0: dict[str, torch.Tensor]):
+        self.shapes = {name: t.shape for name, t in theta0.items()}
+        self._buffer: torch.Tensor | None = None
+        self._thread: threading.Thread | None = None
+        self._key: tuple[int, float] | None = None
+        self._error: BaseException | None = None
+
+    def start(self, amps: Amplitudes) -> None:
+        self.wait()
+        if self._buffer is None:
+            self._buffer = torch.empty(sum(math.prod(s) for s in self.shapes.values()), dtype=torch.float32)
+        self._key, self._error = (int(amps.seeds[0]), float(amps.values[0])), None
+        self._thread = threading.Thread(target=self._draw, args=self._key, name="corpmerge-prefetch", daemon=True)
+        self._thread.start()
+
+    def _draw(self, seed: int, amplitude: float) -> None:
+        try:
+            views = self.views()
+            fill_many([(view.view(-1).numpy(), seed, name) for name, view in views.items()])
+            for view in views.values():
+                view.mul_(amplitude)
+        except BaseException as exc:  # handed to the caller by take()
+            self._error = exc
+
+    def views(self) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            out[name] = self._buffer[offset : offset + size].view(shape)
+            offset += size
+        return out
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def take(self, amps: Amplitudes) -> dict[str, torch.Tensor] | None:
+        """The drawn Δ when it is the one for ``amps`` (the slot is then free again), else None."""
+        self.wait()
+        key, self._key = self._key, None
+        if key != (int(amps.seeds[0]), float(amps.values[0])):
+            return None
+        if self._error is not None:
+            raise self._error
+        return self.views()
 
 
 class NoiseCache:
