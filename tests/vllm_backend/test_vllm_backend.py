@@ -85,6 +85,19 @@ def test_loaded_weights_are_the_weights_evaluated(backend, vllm_model, tokenizer
     backend.load(iter(theta0.items()))
 
 
+def test_chat_formatted_prompts_score_as_with_hflm(backend, vllm_model, vllm_tasks):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(vllm_model)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    chat = TaskSuite(ScoringSpec(tasks=["tiny_mc", "tiny_gen"], include_path=str(vllm_tasks), apply_chat_template=True), split="test")
+    hf = make_lm(AutoModelForCausalLM.from_pretrained(vllm_model, dtype=torch.float32).eval(), tokenizer, batch_size=8)
+    vllm_lm = type(backend.lm)(backend.engine, tokenizer)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2="}]
+    assert vllm_lm.apply_chat_template(messages) == hf.apply_chat_template(messages) == "<system>be brief\n<user>2+2=\n<assistant>"
+    assert chat.evaluate(vllm_lm, DOCS) == chat.evaluate(hf, DOCS)
+
+
 def test_a_perturbation_changes_outputs_and_restore_is_exact(backend, vllm_model, suite):
     theta0 = checkpoint_state(vllm_model)
     base_raw, base_scores = raw(backend.lm), suite.evaluate(backend.lm, DOCS)

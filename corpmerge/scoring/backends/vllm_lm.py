@@ -72,10 +72,18 @@ class VllmLM(TemplateLM):
         return self.tokenizer(context, **special)["input_ids"]
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-            continue_final_message=not add_generation_prompt,
-        )
+        """HFLM.apply_chat_template: the tokenizer's template; a template that refuses a system turn gets none."""
+        import jinja2
+
+        def render(history: list[dict[str, str]]) -> str:
+            return self.tokenizer.apply_chat_template(
+                history, tokenize=False, add_generation_prompt=add_generation_prompt, continue_final_message=not add_generation_prompt,
+            )
+
+        try:
+            return render(chat_history)
+        except jinja2.exceptions.TemplateError:
+            return render([message for message in chat_history if message["role"] != "system"])
 
     def _run(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Any]:
         if not prompts:
