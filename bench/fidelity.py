@@ -98,16 +98,21 @@ def matching_beta(rewards: np.ndarray, quantile: float, ess: float) -> float:
     return float(10 ** ((lo + hi) / 2))
 
 
-def variant(recipe: Recipe, task: str, seed: int, work: Path, name: str, change: dict[str, Any], grid: dict[str, Any],
-            stage2: IterateSpec) -> Recipe:
-    scoring = recipe.scoring.model_copy(update={
-        "tasks": [task], "store": str(work / f"{task}-{seed}.sqlite"),
-        "support": recipe.scoring.support.model_copy(update={"split_seed": seed}),
-    })
+def variant(recipe: Recipe, task: str, seed: int, work: Path, name: str, change: dict[str, Any], grid: dict[str, Any], stage2: IterateSpec) -> Recipe:
+    scoring = recipe.scoring.model_copy(
+        update={
+            "tasks": [task],
+            "store": str(work / f"{task}-{seed}.sqlite"),
+            "support": recipe.scoring.support.model_copy(update={"split_seed": seed}),
+        }
+    )
     evaluate = (recipe.evaluate or EvaluateSpec()).model_copy(update={"tasks": [task], "ensemble_k": [1, 5, 20]})
     update: dict[str, Any] = {
-        "scoring": scoring, "evaluate": evaluate, "merge_method": change["merge_method"],
-        "population": recipe.population.model_copy(update={"seed": seed}), "parameters": grid,
+        "scoring": scoring,
+        "evaluate": evaluate,
+        "merge_method": change["merge_method"],
+        "population": recipe.population.model_copy(update={"seed": seed}),
+        "parameters": grid,
         "iterate": stage2 if change["iterate"] == "stage2" else None,
     }
     slug = name.lower().replace(" ", "-").replace("+", "plus").replace("'", "")
@@ -198,8 +203,7 @@ def main() -> None:
     started = time.perf_counter()
     recipe, work = load_recipe(args.recipe), Path(args.work)
     stage2 = IterateSpec(rounds=2, local_size=args.local_size, rank=4)
-    lines = ["| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | ESS of | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | ESS of | note |", "|---|---|---|---|---|---|---|---|"]
     rounds = ["| task | seed | round | σ | outcome | chosen point | fold B fixes / regressions | ESS of |", "|---|---|---|---|---|---|---|---|"]
     summary, shares = [], ["| task | seed | CoRP stage 1 | CoRP + stage 2 |", "|---|---|---|---|"]
     for task in args.tasks:
@@ -216,17 +220,26 @@ def main() -> None:
             for name, row in table.items():
                 note = "abstained (= base)" if row.get("abstained") else ""
                 lines.append(
-                    f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | "
-                    f"{row.get('weights', '')} | {note} |"
+                    f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | {row.get('weights', '')} | {note} |"
                 )
                 if name != "base":
-                    summary.append({"task": f"{task} (seed {seed})", "method": name, "delta": row.get("diff"),
-                                    "lo": row.get("ci_low"), "hi": row.get("ci_high"), "abstained": bool(row.get("abstained"))})
+                    summary.append(
+                        {
+                            "task": f"{task} (seed {seed})",
+                            "method": name,
+                            "delta": row.get("diff"),
+                            "lo": row.get("ci_low"),
+                            "hi": row.get("ci_high"),
+                            "abstained": bool(row.get("abstained")),
+                        }
+                    )
     wall = time.perf_counter() - started
     text = (
         "\n".join(lines)
-        + f"\n\nStage 2 as the paper defines it (local population {args.local_size}, every grid point per round):\n\n" + "\n".join(rounds)
-        + "\n\nShare of the top-20 vote's gain that CoRP keeps (an abstention keeps 0):\n\n" + "\n".join(shares)
+        + f"\n\nStage 2 as the paper defines it (local population {args.local_size}, every grid point per round):\n\n"
+        + "\n".join(rounds)
+        + "\n\nShare of the top-20 vote's gain that CoRP keeps (an abstention keeps 0):\n\n"
+        + "\n".join(shares)
     )
     command = "python bench/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     figure = write_summary_png(summary, Path(args.out).with_suffix(".png"))

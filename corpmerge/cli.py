@@ -36,9 +36,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 RecipeArg = typer.Argument(..., exists=False, dir_okay=False, help="Path to a corpmerge YAML recipe.")
 OutputOpt = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path).")
-OverwriteOpt = typer.Option(
-    False, "--overwrite", help="Replace an existing output folder if corpmerge wrote it (atomically, once the new one is complete)."
-)
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output folder if corpmerge wrote it (atomically, once the new one is complete).")
 GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--version")
 MAX_ERROR_CHARS = 1000
 
@@ -49,8 +47,13 @@ def _rich_reporter() -> progress.Reporter:
     @contextmanager
     def reporter(description: str, total: int) -> Iterator[progress.Advance]:
         columns = [
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
         ]
         with Progress(*columns, console=err, transient=False) as bar:
             tid = bar.add_task(description, total=total, status="")
@@ -245,8 +248,9 @@ def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bo
 @_user_errors
 def report(
     folder: Path = typer.Argument(
-        ..., help="A run's output folder or work folder, or its report.json. A folder without report.json falls back to "
-        "<folder>.work, where an abstained run leaves its report."
+        ...,
+        help="A run's output folder or work folder, or its report.json. A folder without report.json falls back to "
+        "<folder>.work, where an abstained run leaves its report.",
     ),
 ) -> None:
     """Re-render a finished run's tables and report.png from its report.json, without loading a model."""
@@ -270,8 +274,13 @@ def diagnose(
     from corpmerge.recipe import load_recipe
 
     result = diagnose_recipe(load_recipe(recipe), top, coords, k, splits)
-    table = Table("statistic", "mean", "95% lower bound", "verdict",
-                  title=f"split-half over {result['splits']} splits of {result['elites']} elites ({result['sketch_dims']} sketch dims, k={result['k']})")
+    table = Table(
+        "statistic",
+        "mean",
+        "95% lower bound",
+        "verdict",
+        title=f"split-half over {result['splits']} splits of {result['elites']} elites ({result['sketch_dims']} sketch dims, k={result['k']})",
+    )
     for name, st in result["statistics"].items():
         table.add_row(name.replace("_", "-"), f"{st['mean']:+.4f}", f"{st['lower95']:+.4f}", "[green]stable[/]" if st["stable"] else "not stable")
     out.print(table)
@@ -348,7 +357,9 @@ def hoist_global_options(args: list[str]) -> list[str]:
     if command is None:
         return args
     takes_value = {
-        name for param in command.params if param.param_type_name == "option" and not param.is_flag and not param.count
+        name
+        for param in command.params
+        if param.param_type_name == "option" and not param.is_flag and not param.count
         for name in param.opts + param.secondary_opts
     }
     moved: list[str] = []

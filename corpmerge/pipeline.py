@@ -12,24 +12,24 @@ import numpy as np
 import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.errors import CorpmergeError, first_line, traceback_text
-from corpmerge.scoring.folds import count
 from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
-from corpmerge.report.heldout import accuracy, evaluate_held_out
-from corpmerge.report.plots import write_report_png
-from corpmerge.output.hub import push_folder
-from corpmerge.plan import Checked, check_recipe
+from corpmerge.gate.stage2 import iterate
 from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
 from corpmerge.output.folder import population_summary, write_output
-from corpmerge.output.report_schema import REPORT_FILE, RunReport
+from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
+from corpmerge.output.report_schema import REPORT_FILE, RunReport
+from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import EvaluateSpec, Recipe
-from corpmerge.gate.stage2 import iterate
+from corpmerge.report.diagnose import plot, sketch, split_half
+from corpmerge.report.heldout import accuracy, evaluate_held_out
+from corpmerge.report.plots import write_report_png
 from corpmerge.scoring.coordinator import agree
 from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import count
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
 from corpmerge.scoring.scorer import as_docs, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
@@ -78,8 +78,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     for stage, m in enumerate(sizes, 1):
         prefix = as_docs(order[:m])
         requests = [
-            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma})
-            for i in alive
+            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma}) for i in alive
         ]
         results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
         values = np.array([in_order(scores, order[:m], "value") for scores in results]).reshape(len(alive), m)
@@ -93,8 +92,13 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
     examples = {i: stopped_at.get(i, n) for i in todo}
     summary = {
-        "enabled": spec.enabled, "stages": sizes, "z": spec.z, "keep": keep, "scored": len(todo),
-        "stopped": len(stopped_at), "example_evaluations": int(sum(examples.values())),
+        "enabled": spec.enabled,
+        "stages": sizes,
+        "z": spec.z,
+        "keep": keep,
+        "scored": len(todo),
+        "stopped": len(stopped_at),
+        "example_evaluations": int(sum(examples.values())),
         "example_evaluations_without_racing": len(todo) * n,
         "examples": [examples.get(i, n) for i in range(len(entries))],
     }
@@ -148,8 +152,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
             if table:
                 amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
                 subjects["merged"] = (update_subject(amps), amps)
-        return {"base_model": recipe.base_model, "method": recipe.merge_method,
-                "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
+        return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
         session.close()
 
@@ -180,7 +183,11 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
     path.parent.mkdir(parents=True, exist_ok=True)
     plot(str(path), entries, matrix, stats)
     return {
-        "elites": len(elites), "sketch_dims": int(matrix.shape[1]), "k": k, "splits": splits, "plot": str(path),
+        "elites": len(elites),
+        "sketch_dims": int(matrix.shape[1]),
+        "k": k,
+        "splits": splits,
+        "plot": str(path),
         "statistics": {name: {"mean": st.mean, "lower95": st.lower, "stable": st.stable} for name, st in stats.items()},
     }
 
@@ -236,7 +243,9 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report["racing"] = race
         if stage2 is not None:
             report["stage2"] = {
-                "rounds": stage2, "accepted": sum(r["accepted"] for r in stage2), "rejected": sum(not r["accepted"] for r in stage2),
+                "rounds": stage2,
+                "accepted": sum(r["accepted"] for r in stage2),
+                "rejected": sum(not r["accepted"] for r in stage2),
                 "sigma_schedule": recipe.iterate.sigma_schedule,
             }
             subject = update_subject(final)
@@ -266,8 +275,16 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
                 shipped = RunReport.of_run(report)  # the folder's copy, as the card describes it
                 write_output(
-                    out, recipe=recipe, entries=entries, result=final, tokenizer=session.tokenizer, ref=session.ref,
-                    report=shipped, overwrite=overwrite, picture=lambda path: write_report_png(shipped, path), verify=verify,
+                    out,
+                    recipe=recipe,
+                    entries=entries,
+                    result=final,
+                    tokenizer=session.tokenizer,
+                    ref=session.ref,
+                    report=shipped,
+                    overwrite=overwrite,
+                    picture=lambda path: write_report_png(shipped, path),
+                    verify=verify,
                 )
                 if shipped.shipped_check is not None:
                     report["shipped_check"] = shipped.shipped_check.model_dump()
@@ -295,8 +312,11 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
         "base": fold_accuracies(session, "base", None, used),
         "candidates_tried": len(decision.candidates),
         "gate": {
-            "enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason,
-            "candidates_probed": decision.probed, "fallback": session.recipe.gate.fallback,
+            "enabled": session.recipe.gate.enabled,
+            "accepted": decision.accepted is not None,
+            "reason": decision.reason,
+            "candidates_probed": decision.probed,
+            "fallback": session.recipe.gate.fallback,
         },
     }
     report["population"]["rewards"] = [e.reward for e in entries]
@@ -312,9 +332,12 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
     if cand.validate is not None:
         probe = cand.probe[decision.multiplier]
         report["gate"].update(
-            fixes=cand.validate.fixes, regressions=cand.validate.regressions,
-            constructive_score=cand.validate.constructive_score, lcb=cand.validate.lcb,
-            probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
+            fixes=cand.validate.fixes,
+            regressions=cand.validate.regressions,
+            constructive_score=cand.validate.constructive_score,
+            lcb=cand.validate.lcb,
+            probe_lcb=probe.lcb,
+            probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
     subject = update_subject(final)
     report["chosen"] = fold_accuracies(session, subject, final, used)

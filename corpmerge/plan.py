@@ -39,9 +39,7 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
     entries = recipe.entries()
     if needs_rewards:
         if isinstance(recipe.population, SampledPopulation):
-            raise CorpmergeError(
-                "population: a sampled population has no rewards yet; add a `scoring:` section and use `corpmerge run`"
-            )
+            raise CorpmergeError("population: a sampled population has no rewards yet; add a `scoring:` section and use `corpmerge run`")
         for i, entry in enumerate(entries):
             if entry.reward is None:
                 raise CorpmergeError(
@@ -55,13 +53,10 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
             )
     if recipe.iterate is not None and (recipe.scoring is None or not recipe.gate.enabled or not method.linear):
         linear = ", ".join(n for n in method_names() if get_method(n).linear)
-        raise CorpmergeError(
-            f"iterate: stage 2 needs `scoring:`, the gate enabled and a method whose update is an amplitude table ({linear})"
-        )
+        raise CorpmergeError(f"iterate: stage 2 needs `scoring:`, the gate enabled and a method whose update is an amplitude table ({linear})")
     if len(grid) > 1 and (needs_rewards or not recipe.gate.enabled):
         raise CorpmergeError(
-            "parameters: a list value is a grid, and only the gate can choose from a grid; "
-            "give single values, or enable the gate and use `corpmerge run`"
+            "parameters: a list value is a grid, and only the gate can choose from a grid; give single values, or enable the gate and use `corpmerge run`"
         )
     if recipe.scoring is not None and recipe.gate.enabled and recipe.scoring.support.limit is not None:
         support, per_task = recipe.scoring.support, recipe.scoring.support.limit

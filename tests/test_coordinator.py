@@ -67,9 +67,7 @@ def child(config: Path) -> None:
 
     cfg = json.loads(config.read_text())
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank, world_size=size, timeout=timedelta(seconds=CHILD_TIMEOUT_S)
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank, world_size=size, timeout=timedelta(seconds=CHILD_TIMEOUT_S))
     try:
         _child(cfg, config, rank, size)
     finally:
@@ -111,8 +109,14 @@ def _child(cfg: dict, config: Path, rank: int, size: int) -> None:
         coordinator.close()
         store.close()
     out.update(
-        history=coordinator.history, units_done=coordinator.units_done, busy_s=coordinator.busy_s, batch_s=coordinator.batch_s,
-        evaluations=scorer.evaluations, examples_evaluated=scorer.examples_evaluated, stalls=coordinator.stalls, late=coordinator.late,
+        history=coordinator.history,
+        units_done=coordinator.units_done,
+        busy_s=coordinator.busy_s,
+        batch_s=coordinator.batch_s,
+        evaluations=scorer.evaluations,
+        examples_evaluated=scorer.examples_evaluated,
+        stalls=coordinator.stalls,
+        late=coordinator.late,
     )
     result.write_text(json.dumps(out))
 
@@ -136,8 +140,14 @@ def launch(tmp_path):
         config.write_text(json.dumps({"port": free_port(), "store": str(tmp_path / "scores.sqlite"), "example_s": 0.01, **cfg}))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(size)}
         procs = [
-            subprocess.Popen([sys.executable, __file__, str(config)], env={**env, "RANK": str(r)}, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, __file__, str(config)],
+                env={**env, "RANK": str(r)},
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for r in range(size)
         ]
         started.extend(procs)
@@ -207,15 +217,14 @@ def test_free_processes_take_the_next_unit_so_uneven_costs_balance(launch, tmp_p
     coordinated, round_robin = idle(loads(dealt, slowness)), idle(loads(static, slowness))
     assert coordinated < 0.5 * round_robin, (coordinated, round_robin, dealt)
     # the busy seconds rank 0 logs are each rank's own evaluation time (reported, not asserted: wall clock)
-    print(f"idle in example-units: coordinator {coordinated:.0f}, round-robin {round_robin:.0f}; "
-          f"measured busy {main['busy_s']} of {main['batch_s']:.2f} s")
+    print(f"idle in example-units: coordinator {coordinated:.0f}, round-robin {round_robin:.0f}; measured busy {main['busy_s']} of {main['batch_s']:.2f} s")
 
 
 def test_a_failing_unit_on_a_worker_stops_the_run_cleanly_in_one_line(launch, tmp_path):
     units = uneven_units(16, seed=1)
     codes, (main, *workers) = launch("fail", 3, units=units, fail_after={"1": 2}, log=str(tmp_path / "rank0.log"))
     assert codes == [0, 0, 0], [w.get("stderr") for w in workers]  # rank 0 reported; every worker was told to stop
-    assert main["error"] == f"rank 1: ValueError: cannot evaluate this unit on rank 1"
+    assert main["error"] == "rank 1: ValueError: cannot evaluate this unit on rank 1"
     log = (tmp_path / "rank0.log").read_text()  # the worker's whole traceback reached rank 0's log
     assert "traceback (rank 1, evaluating unit-" in log and "in evaluate" in log
     assert "ValueError: cannot evaluate this unit on rank 1\nsecond line" in log

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import scoring_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import scoring_recipe, write_recipe
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import ScoringSpec
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, make_lm

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
+
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import parse_recipe
 
@@ -68,7 +68,9 @@ def test_validate_merge_and_run_refuse_an_output_bigger_than_the_free_space(tmp_
     assert one_error_line(run_cli("-q", "merge", str(recipe))) == line  # before loading weights
     assert sorted(os.listdir(disk)) == []  # nothing was made there
 
-    scored = write_recipe(tmp_path, scoring_recipe(tiny_model, tiny_task, disk / "run", output={"path": str(disk / "run"), "work_dir": str(tmp_path / "work")}), "run.yaml")
+    scored = write_recipe(
+        tmp_path, scoring_recipe(tiny_model, tiny_task, disk / "run", output={"path": str(disk / "run"), "work_dir": str(tmp_path / "work")}), "run.yaml"
+    )
     assert "needs about" in one_error_line(run_cli("-q", "run", str(scored)))  # before scoring: no store was made
     assert not (tmp_path / "work" / "scores.sqlite").exists() and sorted(os.listdir(disk)) == []
 

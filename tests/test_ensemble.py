@@ -2,13 +2,13 @@ import json
 import random
 
 import pytest
+from conftest import run_cli, scoring_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_cli, scoring_recipe, write_recipe
 from corpmerge.recipe import ScoringSpec
+from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.scoring.answers import ANSWERS, prediction
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
-from corpmerge.report.ensemble import majority_vote, recovered_fraction
 
 
 def write_length_task(folder, n: int = 12):
@@ -90,8 +90,7 @@ def test_recovered_fraction():
 
 def test_run_reports_ensembles_and_the_command_matches(tmp_path, tiny_model, tiny_task):
     out = tmp_path / "out"
-    data = scoring_recipe(tiny_model, tiny_task, out, gate={"enabled": False}, parameters={"quantile": 0.5},
-                          evaluate={"limit": 12, "ensemble_k": [1, 3]})
+    data = scoring_recipe(tiny_model, tiny_task, out, gate={"enabled": False}, parameters={"quantile": 0.5}, evaluate={"limit": 12, "ensemble_k": [1, 3]})
     recipe = write_recipe(tmp_path, data)
     result = run_cli("run", str(recipe))
     assert result.returncode == 0, result.stderr

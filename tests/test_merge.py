@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import given_rewards_recipe, run_cli, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import given_rewards_recipe, run_cli, write_recipe
 from corpmerge.merge import merge_recipe
 from corpmerge.noise import gaussian
 from corpmerge.recipe import parse_recipe

@@ -5,13 +5,13 @@ import json
 import shutil
 
 import yaml
+from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
+from tiny import write_mc_task
 
-from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from corpmerge.model_io import BaseRef, resolve_base
 from corpmerge.output.base_pin import pin_base
-from tiny import write_mc_task
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -33,8 +33,12 @@ def test_a_local_base_passes_its_card_and_is_pinned_by_hash(tmp_path, tiny_model
     assert card.data.eval_results is None and "model-index" not in metadata_load(out / "README.md")  # no held-out run
     assert "arXiv:2605.31494" in card.text and "arXiv:2603.12228" in card.text  # CoRP and RandOpt cited
     pin = yaml.safe_load((out / "corpmerge.yaml").read_text())["base"]
-    assert pin == {"model": str(base), "weights": {"model.safetensors": sha256(base / "model.safetensors")},
-                   "license": "mit", "card_base_model": "org/upstream"}
+    assert pin == {
+        "model": str(base),
+        "weights": {"model.safetensors": sha256(base / "model.safetensors")},
+        "license": "mit",
+        "card_base_model": "org/upstream",
+    }
 
 
 def test_a_hub_base_is_pinned_to_its_revision(tmp_path, tiny_model):
@@ -63,8 +67,13 @@ def test_a_gguf_base_pins_the_file_and_its_conversion(tmp_path, tiny_model):
     writer.add_string("general.license", "apache-2.0")
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     pin = pin_base(str(gguf), BaseRef(str(tiny_model)))  # BaseRef: the converted checkpoint it loaded
-    assert pin == {"model": str(gguf), "hub_id": "org/source", "gguf": {"file": "tiny.gguf", "sha256": sha256(gguf)},
-                   "weights": {"model.safetensors": sha256(tiny_model / "model.safetensors")}, "license": "apache-2.0"}
+    assert pin == {
+        "model": str(gguf),
+        "hub_id": "org/source",
+        "gguf": {"file": "tiny.gguf", "sha256": sha256(gguf)},
+        "weights": {"model.safetensors": sha256(tiny_model / "model.safetensors")},
+        "license": "apache-2.0",
+    }
     embedded = pin_base("embedded:smollm2-135m-instruct", BaseRef(str(tiny_model)))
     packaged = resolve_base("embedded:smollm2-135m-instruct")
     assert embedded["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and embedded["license"] == "apache-2.0"
@@ -75,8 +84,7 @@ def test_a_run_card_has_a_model_index_with_the_held_out_results(tmp_path, tiny_m
     tasks = write_mc_task(tmp_path / "tasks")
     (tasks / "tiny_mc.yaml").write_text((tasks / "tiny_mc.yaml").read_text() + "metadata:\n  version: 1.0\n  dataset: org/tiny-data\n")
     out = tmp_path / "out"
-    data = scoring_recipe(tiny_model, tasks, out, evaluate={"limit": 12}, gate={"enabled": False},
-                          parameters={"quantile": 0.5, "beta": 10, "alpha": 1})
+    data = scoring_recipe(tiny_model, tasks, out, evaluate={"limit": 12}, gate={"enabled": False}, parameters={"quantile": 0.5, "beta": 10, "alpha": 1})
     result = run_cli("-q", "run", str(write_recipe(tmp_path, data)))
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())

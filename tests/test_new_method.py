@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import scoring_recipe
 from pydantic import Field
 
-from conftest import scoring_recipe
 from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
 from corpmerge.gate.paired import PairedStats
@@ -47,8 +47,14 @@ def test_a_new_linear_method_goes_through_racing_gate_probe_and_stage2(tmp_path,
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 
     monkeypatch.setattr(gating, "paired_stats", always_passes)  # the plumbing, not the statistics, is under test
-    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", merge_method="even_mean",
-                          parameters={"top": [0.5], "scale": [1, 2]}, iterate={"rounds": 1, "local_size": 4, "rank": 2})
+    data = scoring_recipe(
+        tiny_model,
+        tiny_task,
+        tmp_path / "out",
+        merge_method="even_mean",
+        parameters={"top": [0.5], "scale": [1, 2]},
+        iterate={"rounds": 1, "local_size": 4, "rank": 2},
+    )
     report = run_recipe(parse_recipe(data))
     assert report["racing"]["keep"] == entries_to_keep(6, 0.5, 1)  # racing keeps the elites the declared `top` selects
     assert [c["params"] for c in report["candidates"]] == [{"top": 0.5, "scale": 1.0}, {"top": 0.5, "scale": 2.0}]
@@ -66,16 +72,14 @@ def test_declarations_are_checked_and_a_tensorwise_method_cannot_be_a_stage2_ste
     cloud = Cloud(np.arange(3), np.eye(3), np.array([0.1, 0.2, 0.3]))
     with pytest.raises(TypeError, match="declared to return a tensor-wise update"):
         registry.get_method("claims_tensorwise")(cloud, point)
-    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", merge_method="claims_tensorwise",
-                          parameters={"top": 0.5}, iterate={"rounds": 1})
+    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", merge_method="claims_tensorwise", parameters={"top": 0.5}, iterate={"rounds": 1})
     with pytest.raises(CorpmergeError, match="iterate: stage 2 needs .* amplitude table") as err:
         check_recipe(parse_recipe(data), needs_rewards=False)
     assert "claims_tensorwise" not in str(err.value) and "corp" in str(err.value)
 
 
 def test_a_small_local_population_is_noted_with_the_size_that_gives_ten_elites(tmp_path, tiny_model, tiny_task):
-    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", iterate={"local_size": 10},
-                          parameters={"quantile": [0.5, 0.7], "beta": 1, "alpha": 1})
+    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", iterate={"local_size": 10}, parameters={"quantile": [0.5, 0.7], "beta": 1, "alpha": 1})
     notes = check_recipe(parse_recipe(data), needs_rewards=False).notes
     assert any("iterate.local_size: 10 local perturbations give 3 elites at quantile 0.7" in n and "at least 31" in n for n in notes)
     data["iterate"] = {"local_size": 31}

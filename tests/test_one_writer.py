@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, scoring_recipe, write_recipe
 
 RUN_TIMEOUT_S = 600
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "corpmerge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "corpmerge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import given_rewards_recipe, run_cli, write_recipe
+
 from corpmerge.amplitudes import Cloud
 from corpmerge.methods import get_method
 from corpmerge.methods.ties import TiesDelta

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli, scoring_recipe, write_recipe
 from PIL import Image
 from rich.console import Console
 
-from conftest import run_cli, scoring_recipe, write_recipe
 from corpmerge.errors import CorpmergeError
 from corpmerge.output.model_card import render_abstain_card, render_model_card
 from corpmerge.output.report_schema import SCHEMA_VERSION, RunReport
@@ -23,17 +23,32 @@ def paired(n: int, fixes: int, regressions: int) -> dict:
     """Fold statistics as the gate reports them (z = 1.645, λ_reg = 2)."""
     d = np.array([1.0] * fixes + [-1.0] * regressions + [0.0] * (n - fixes - regressions))
     sd = float(d.std(ddof=1))
-    return {"n": n, "fixes": fixes, "regressions": regressions, "constructive_score": (fixes - 2 * regressions) / n,
-            "mean_diff": float(d.mean()), "sd": sd, "lcb": float(d.mean()) - 1.645 * sd / np.sqrt(n), "base_accuracy": 0.5,
-            "accuracy": 0.5 + float(d.mean())}
+    return {
+        "n": n,
+        "fixes": fixes,
+        "regressions": regressions,
+        "constructive_score": (fixes - 2 * regressions) / n,
+        "mean_diff": float(d.mean()),
+        "sd": sd,
+        "lcb": float(d.mean()) - 1.645 * sd / np.sqrt(n),
+        "base_accuracy": 0.5,
+        "accuracy": 0.5 + float(d.mean()),
+    }
 
 
 def minimal_report(**parts) -> dict:
     """The least a valid report.json holds: an abstained run without rewards, candidates or an evaluation."""
     nan = float("nan")
-    return {"base_model": "org/base", "method": "corp", "folds": {}, "base": {}, "candidates_tried": 0, "evaluations": 0,
-            "population": {"size": 0, "sigmas": {}, "reward_min": nan, "reward_mean": nan, "reward_max": nan},
-            "gate": {"enabled": True, "accepted": False, "reason": "no candidate passed"}} | parts
+    return {
+        "base_model": "org/base",
+        "method": "corp",
+        "folds": {},
+        "base": {},
+        "candidates_tried": 0,
+        "evaluations": 0,
+        "population": {"size": 0, "sigmas": {}, "reward_min": nan, "reward_mean": nan, "reward_max": nan},
+        "gate": {"enabled": True, "accepted": False, "reason": "no candidate passed"},
+    } | parts
 
 
 def accepted_report(candidates: int = 4, entries: int = 500) -> dict:
@@ -43,25 +58,65 @@ def accepted_report(candidates: int = 4, entries: int = 500) -> dict:
     grid = [{"quantile": q, "beta": b, "alpha": 1.0} for q in (0.9, 0.95, 0.99) for b in (1.0, 10.0, 30.0)][:candidates]
     grid += [{"quantile": 0.5, "beta": float(b), "alpha": 1.0} for b in range(candidates - len(grid))]
     return {
-        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "method": "corp",
-        "population": {"size": entries, "sigmas": {"0.001": entries}, "reward_min": min(rewards), "reward_mean": float(np.mean(rewards)),
-                       "reward_max": max(rewards), "rewards": rewards, "elite_threshold": 0.6333},
-        "folds": {"A": 60, "B": 120, "C": 60}, "base": {"A": 0.55, "B": 0.52, "C": 0.5},
+        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "method": "corp",
+        "population": {
+            "size": entries,
+            "sigmas": {"0.001": entries},
+            "reward_min": min(rewards),
+            "reward_mean": float(np.mean(rewards)),
+            "reward_max": max(rewards),
+            "rewards": rewards,
+            "elite_threshold": 0.6333,
+        },
+        "folds": {"A": 60, "B": 120, "C": 60},
+        "base": {"A": 0.55, "B": 0.52, "C": 0.5},
         "candidates_tried": candidates,
-        "gate": {"enabled": True, "accepted": True, "reason": "accepted", "params": grid[1], "multiplier": 1.0, "fixes": 14,
-                 "regressions": 6, "constructive_score": 0.066, "lcb": 0.01, "probe_lcb": 0.02, "candidates_probed": 2},
-        "candidates": [{"params": p, "validate": paired(120, 9 + i % 6, 4 + i % 5), "stopped": i == 2}
-                       for i, p in enumerate(grid)],
+        "gate": {
+            "enabled": True,
+            "accepted": True,
+            "reason": "accepted",
+            "params": grid[1],
+            "multiplier": 1.0,
+            "fixes": 14,
+            "regressions": 6,
+            "constructive_score": 0.066,
+            "lcb": 0.01,
+            "probe_lcb": 0.02,
+            "candidates_probed": 2,
+        },
+        "candidates": [{"params": p, "validate": paired(120, 9 + i % 6, 4 + i % 5), "stopped": i == 2} for i, p in enumerate(grid)],
         "chosen": {"A": 0.6, "B": 0.59, "C": 0.55},
-        "stage2": {"rounds": [{"round": 1, "local_size": 10, "accepted": True, "multiplier": 1.0, "reason": "accepted",
-                               "local_reward_max": 0.7, "local_reward_mean": 0.6, "validate": paired(60, 7, 3)}], "accepted": 1},
-        "evaluation": {"split": "test", "tasks": ["corpmerge_arith"], "n": 300, "recovered_fraction": 0.57, "rows": {
-            "base": {"accuracy": 0.52, "n": 300},
-            "best_entry": {"accuracy": 0.53, "n": 300, "diff": 0.01, "ci_low": -0.03, "ci_high": 0.05},
-            "merged": {"accuracy": 0.56, "n": 300, "diff": 0.04, "ci_low": 0.005, "ci_high": 0.075},
-            "randopt_top50": {"accuracy": 0.59, "n": 300, "diff": 0.07, "ci_low": 0.03, "ci_high": 0.11},
-        }},
-        "evaluations": 900, "output": "/somewhere/out", "timings_s": {"load": 3.2, "score": 100.0},
+        "stage2": {
+            "rounds": [
+                {
+                    "round": 1,
+                    "local_size": 10,
+                    "accepted": True,
+                    "multiplier": 1.0,
+                    "reason": "accepted",
+                    "local_reward_max": 0.7,
+                    "local_reward_mean": 0.6,
+                    "validate": paired(60, 7, 3),
+                }
+            ],
+            "accepted": 1,
+        },
+        "evaluation": {
+            "split": "test",
+            "tasks": ["corpmerge_arith"],
+            "n": 300,
+            "recovered_fraction": 0.57,
+            "rows": {
+                "base": {"accuracy": 0.52, "n": 300},
+                "best_entry": {"accuracy": 0.53, "n": 300, "diff": 0.01, "ci_low": -0.03, "ci_high": 0.05},
+                "merged": {"accuracy": 0.56, "n": 300, "diff": 0.04, "ci_low": 0.005, "ci_high": 0.075},
+                "randopt_top50": {"accuracy": 0.59, "n": 300, "diff": 0.07, "ci_low": 0.03, "ci_high": 0.11},
+            },
+        },
+        "evaluations": 900,
+        "output": "/somewhere/out",
+        "timings_s": {"load": 3.2, "score": 100.0},
     }
 
 
@@ -116,11 +171,17 @@ def test_a_large_grid_stays_small_and_thins_its_ticks(tmp_path):
     assert_small_png(write_report_png(report, tmp_path / "big.png"), "corpmerge run report")
 
 
-@pytest.mark.parametrize("report", [
-    minimal_report(),
-    minimal_report(population={"size": 2, "sigmas": {"0.01": 2}, "reward_min": float("nan"), "reward_mean": 0.1, "reward_max": float("inf")},
-                   base={"A": float("nan")}, gate={"enabled": False, "accepted": True, "reason": "gate disabled", "params": {"q": 1}}),
-])
+@pytest.mark.parametrize(
+    "report",
+    [
+        minimal_report(),
+        minimal_report(
+            population={"size": 2, "sigmas": {"0.01": 2}, "reward_min": float("nan"), "reward_mean": 0.1, "reward_max": float("inf")},
+            base={"A": float("nan")},
+            gate={"enabled": False, "accepted": True, "reason": "gate disabled", "params": {"q": 1}},
+        ),
+    ],
+)
 def test_sparse_reports_draw_panels_that_say_so(tmp_path, report):
     report = RunReport.of_run(report)
     rewards_ax, gate_ax, held_ax = report_figure(report).axes
@@ -132,11 +193,15 @@ def test_sparse_reports_draw_panels_that_say_so(tmp_path, report):
 
 
 def test_only_summary_statistics_draw_a_range(tmp_path):
-    report = RunReport.of_run(minimal_report(
-        population={"size": 3, "sigmas": {"0.01": 3}, "reward_min": 0.1, "reward_mean": 0.2, "reward_max": 0.4}, base={"A": 0.25},
-        gate={"enabled": True, "accepted": False, "reason": "no candidate [bold]passed"}, candidates_tried=1,
-        candidates=[{"params": {"beta": 1}, "validate": paired(20, 0, 0)}],
-    ))
+    report = RunReport.of_run(
+        minimal_report(
+            population={"size": 3, "sigmas": {"0.01": 3}, "reward_min": 0.1, "reward_mean": 0.2, "reward_max": 0.4},
+            base={"A": 0.25},
+            gate={"enabled": True, "accepted": False, "reason": "no candidate [bold]passed"},
+            candidates_tried=1,
+            candidates=[{"params": {"beta": 1}, "validate": paired(20, 0, 0)}],
+        )
+    )
     rewards_ax, gate_ax, _ = report_figure(report).axes
     assert legend(rewards_ax) == ["range 0.100–0.400", "mean 0.200", "base accuracy 0.250"]
     assert "every candidate matched the base" in texts(gate_ax)[-1]
@@ -166,15 +231,18 @@ def test_report_command_renders_table_and_picture_from_the_work_folder(tmp_path)
         assert shown.index("RandOpt K=1") < shown.index("RandOpt top-50") < shown.index("corp (gated)")
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "report: no report.json in "),
-    ("{not json", "is not a readable JSON report"),
-    ("[1, 2]", "does not hold a JSON object"),
-    (json.dumps(accepted_report()), "has no schema_version: an older corpmerge wrote it, or it is not a corpmerge report"),
-    (json.dumps(accepted_report() | {"schema_version": 99}), "has schema_version 99, this corpmerge reads version 1"),
-    (json.dumps({"schema_version": 1, "base_model": "x"}), "does not match the report schema (method: Field required)"),
-    (json.dumps(accepted_report() | {"schema_version": 1, "gate": {"enabled": "maybe"}}), "does not match the report schema (gate.enabled:"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "report: no report.json in "),
+        ("{not json", "is not a readable JSON report"),
+        ("[1, 2]", "does not hold a JSON object"),
+        (json.dumps(accepted_report()), "has no schema_version: an older corpmerge wrote it, or it is not a corpmerge report"),
+        (json.dumps(accepted_report() | {"schema_version": 99}), "has schema_version 99, this corpmerge reads version 1"),
+        (json.dumps({"schema_version": 1, "base_model": "x"}), "does not match the report schema (method: Field required)"),
+        (json.dumps(accepted_report() | {"schema_version": 1, "gate": {"enabled": "maybe"}}), "does not match the report schema (gate.enabled:"),
+    ],
+)
 def test_report_command_errors_are_one_line(tmp_path, content, message):
     if content is not None:
         (tmp_path / "report.json").write_text(content)
@@ -193,8 +261,11 @@ def test_corpmerge_report_refuses_an_old_report_in_one_line(tmp_path):
 
 
 def summary_rows(tasks: int, methods: int) -> list[dict]:
-    rows = [{"task": f"task{t}", "method": f"method_{m}", "delta": 0.01 * m, "lo": 0.01 * m - 0.04, "hi": 0.01 * m + 0.04, "abstained": False}
-            for t in range(tasks) for m in range(methods)]
+    rows = [
+        {"task": f"task{t}", "method": f"method_{m}", "delta": 0.01 * m, "lo": 0.01 * m - 0.04, "hi": 0.01 * m + 0.04, "abstained": False}
+        for t in range(tasks)
+        for m in range(methods)
+    ]
     rows[0] = {"task": "task0", "method": "method_0", "delta": None, "lo": None, "hi": None, "abstained": True}
     rows[1] = {"task": "task0", "method": "method_1", "delta": None, "lo": None, "hi": None, "abstained": False}
     return rows
@@ -217,7 +288,8 @@ def card_lineage() -> dict:
         "recipe": {"base_model": "org/base", "dtype": "bfloat16"},
         "merge": {"method": "corp", "parameters": {"beta": 10}, "multiplier": 1.0, "elite_seeds": [1, 2]},
         "population_summary": {"size": 2, "sigmas": {0.01: 2}, "reward_min": 0.1, "reward_mean": 0.2, "reward_max": 0.3},
-        "noise": "scheme", "lineage": [{"seed": 1, "amplitude": 0.5}],
+        "noise": "scheme",
+        "lineage": [{"seed": 1, "amplitude": 0.5}],
     }
 
 

@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
-
 from conftest import scoring_recipe
+
 from corpmerge.amplitudes import Cloud
 from corpmerge.gate.paired import PairedStats
-from corpmerge.plan import check_recipe
 from corpmerge.gate.procedure import Candidate, GateDecision
+from corpmerge.gate.proposals import low_rank_share, principal_directions, propose, shifted
 from corpmerge.gate.stage2 import iterate
+from corpmerge.plan import check_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.session import open_session
-from corpmerge.gate.proposals import low_rank_share, principal_directions, propose, shifted
 
 
 @pytest.mark.parametrize("floor", [0.2, 0.5, 0.9])
@@ -46,8 +46,14 @@ def _stage1(session, recipe):
 
 
 def test_rejected_rounds_leave_the_centre_unchanged(tmp_path, tiny_model, tiny_task):
-    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", gate={"enabled": True, "z": 100.0},
-                          parameters={"quantile": 0.5}, iterate={"rounds": 3, "local_size": 4, "rank": 2})
+    data = scoring_recipe(
+        tiny_model,
+        tiny_task,
+        tmp_path / "out",
+        gate={"enabled": True, "z": 100.0},
+        parameters={"quantile": 0.5},
+        iterate={"rounds": 3, "local_size": 4, "rank": 2},
+    )
     recipe = parse_recipe(data)
     session = open_session(recipe)
     try:
@@ -62,8 +68,14 @@ def test_rejected_rounds_leave_the_centre_unchanged(tmp_path, tiny_model, tiny_t
 
 
 def test_patience_allows_that_many_more_rejected_rounds(tmp_path, tiny_model, tiny_task):
-    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", gate={"enabled": True, "z": 100.0},
-                          parameters={"quantile": 0.5}, iterate={"rounds": 3, "local_size": 4, "rank": 2, "patience": 1})
+    data = scoring_recipe(
+        tiny_model,
+        tiny_task,
+        tmp_path / "out",
+        gate={"enabled": True, "z": 100.0},
+        parameters={"quantile": 0.5},
+        iterate={"rounds": 3, "local_size": 4, "rank": 2, "patience": 1},
+    )
     recipe = parse_recipe(data)
     session = open_session(recipe)
     try:
@@ -82,8 +94,7 @@ def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_mo
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 
     monkeypatch.setattr(gating, "paired_stats", always_passes)
-    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", parameters={"quantile": 0.5},
-                          iterate={"rounds": 3, "local_size": 4, "rank": 2})
+    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", parameters={"quantile": 0.5}, iterate={"rounds": 3, "local_size": 4, "rank": 2})
     recipe = parse_recipe(data)
     session = open_session(recipe)
     try:
@@ -112,8 +123,7 @@ def test_run_with_iterate_end_to_end_writes_the_stage2_model(tmp_path, tiny_mode
 
     monkeypatch.setattr(gating, "paired_stats", always_passes)  # make every gate pass: this tests the plumbing
     out = tmp_path / "out"
-    data = scoring_recipe(tiny_model, tiny_task, out, parameters={"quantile": 0.5},
-                          iterate={"rounds": 2, "local_size": 9, "rank": 2}, evaluate={"limit": 8})
+    data = scoring_recipe(tiny_model, tiny_task, out, parameters={"quantile": 0.5}, iterate={"rounds": 2, "local_size": 9, "rank": 2}, evaluate={"limit": 8})
     report = run_recipe(parse_recipe(data))
     assert report["stage2"]["accepted"] == 2 and len(report["stage2"]["rounds"]) == 2
     assert set(report["chosen"]) == {"A", "B", "C"} and "stage2" in report["timings_s"]
@@ -217,12 +227,17 @@ class FakeSession:
 
 def planted(iterate_spec: dict, parameters: dict, z: float = 1.645):
     """A stage-1 decision at STAGE1 on a 20-entry cloud, and a fake session over the planted world."""
-    recipe = parse_recipe({
-        "base_model": "unused", "population": [{"seed": 100 + i, "sigma": 0.01} for i in range(20)],
-        "scoring": {"tasks": ["t"], "support": {"limit": 400, "split_seed": 0}},
-        "merge_method": "corp", "parameters": parameters, "gate": {"z": z, "regression_penalty": 2.0},
-        "iterate": iterate_spec,
-    })
+    recipe = parse_recipe(
+        {
+            "base_model": "unused",
+            "population": [{"seed": 100 + i, "sigma": 0.01} for i in range(20)],
+            "scoring": {"tasks": ["t"], "support": {"limit": 400, "split_seed": 0}},
+            "merge_method": "corp",
+            "parameters": parameters,
+            "gate": {"z": z, "regression_penalty": 2.0},
+            "iterate": iterate_spec,
+        }
+    )
     method = get_method("corp")
     rewards = np.random.default_rng(1).uniform(0.3, 0.5, 20)
     entries = [Entry(100 + i, 0.01, float(r)) for i, r in enumerate(rewards)]
@@ -300,8 +315,7 @@ def test_sigma_is_fixed_by_default_and_the_reference_schedule_halves_it_after_ea
     session, checked, cloud, stage1 = planted({"rounds": 2, "local_size": 12, "rank": 4, "patience": 2}, GRID, z=100.0)
     _, rounds = iterate(session, checked, cloud, stage1)
     assert [r["sigma"] for r in rounds] == [0.01] * 3 and not any(r["accepted"] for r in rounds)
-    session, checked, cloud, stage1 = planted(
-        {"rounds": 2, "local_size": 12, "rank": 4, "patience": 2, "sigma_schedule": "halve"}, GRID, z=100.0)
+    session, checked, cloud, stage1 = planted({"rounds": 2, "local_size": 12, "rank": 4, "patience": 2, "sigma_schedule": "halve"}, GRID, z=100.0)
     _, rounds = iterate(session, checked, cloud, stage1)
     assert [r["sigma"] for r in rounds] == [0.01, 0.005, 0.0025]
     spec = parse_recipe({"base_model": "x", "population": [{"seed": 1, "sigma": 1}], "iterate": {"sigma_schedule": "halve"}}).iterate

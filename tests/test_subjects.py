@@ -5,8 +5,8 @@ import json
 import sqlite3
 
 import numpy as np
-
 from conftest import given_rewards_recipe, run_cli, write_recipe
+
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.methods import MergeResult
 from corpmerge.methods.ties import TiesDelta
@@ -23,7 +23,9 @@ def ties_result(seeds, multiplier=1.0) -> MergeResult:
 def test_subjects_name_content_and_keep_the_store_formats():
     assert entry_subject(Entry(101, 0.01, 0.4)) == "entry:101:0.01"
     amps = Amplitudes(np.array([3, 5, 9]), np.array([0.5, 0.0, -0.25]))
-    old = "update:" + hashlib.blake2b(repr((np.array([3, 9]).astype(np.int64).tobytes(), np.array([0.5, -0.25]).tobytes())).encode(), digest_size=10).hexdigest()
+    old = (
+        "update:" + hashlib.blake2b(repr((np.array([3, 9]).astype(np.int64).tobytes(), np.array([0.5, -0.25]).tobytes())).encode(), digest_size=10).hexdigest()
+    )
     assert update_subject(amps) == old  # amplitude subjects of existing stores stay valid
     result = MergeResult("corp", {}, np.arange(2), np.full(2, 0.5), amplitudes=amps)
     assert update_subject(result) == old and update_subject(result.scaled(2.0)) == update_subject(amps.scaled(2.0))
@@ -41,7 +43,10 @@ def fold_subjects(store) -> set[str]:
 def test_an_edited_population_is_rescored_not_read_back_from_the_store(tmp_path, tiny_model, tiny_task):
     store = tmp_path / "scores.sqlite"
     data = given_rewards_recipe(
-        tiny_model, tmp_path / "out", merge_method="ties", parameters={"quantile": 0.5, "density": 0.5, "alpha": [1, 2]},
+        tiny_model,
+        tmp_path / "out",
+        merge_method="ties",
+        parameters={"quantile": 0.5, "density": 0.5, "alpha": [1, 2]},
         gate={"enabled": True, "z": 0.0, "regression_penalty": 1.0},
         scoring={"tasks": ["tiny_mc"], "include_path": str(tiny_task), "support": {"limit": 80}, "batch_size": 8, "store": str(store)},
     )

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.scoring.folds import Docs
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
-from corpmerge.plan import Checked
 from corpmerge.methods import MergeMethod, MergeResult, MethodParams
+from corpmerge.plan import Checked
 from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import Docs
 from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
 from corpmerge.scoring.scorer import as_docs, in_order, ordered
 from corpmerge.scoring.session import Session
@@ -73,7 +73,10 @@ def build_candidates(method: MergeMethod, grid: list[MethodParams], cloud: Cloud
 
 
 def run_gate(
-    session: Session, checked: Checked, cloud: Cloud, folds: tuple[tuple[str, Docs], tuple[str, Docs]] | None = None,
+    session: Session,
+    checked: Checked,
+    cloud: Cloud,
+    folds: tuple[tuple[str, Docs], tuple[str, Docs]] | None = None,
     reference: Reference = BASE,
 ) -> GateDecision:
     """Candidates over the grid (the cloud's fold-A rewards) → validate-fold gate → probe-fold multiplier, against ``reference``.
@@ -108,7 +111,11 @@ def rank_key(cand: Candidate) -> tuple[float, float, float]:
 
 
 def gate_candidates(
-    session: Session, candidates: list[Candidate], validate: tuple[str, Docs], probe: tuple[str, Docs], reference: Reference = BASE,
+    session: Session,
+    candidates: list[Candidate],
+    validate: tuple[str, Docs],
+    probe: tuple[str, Docs],
+    reference: Reference = BASE,
 ) -> GateDecision:
     """The paper's gate (§4.2, App. C.3/C.5) of ``candidates`` against ``reference``.
 
@@ -129,11 +136,11 @@ def gate_candidates(
             f"regressions {top.regressions}, S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
         )
         return GateDecision(None, None, ranked, reason)
+
     def probe_multiplier(cand: Candidate) -> float | None:
         multipliers = sorted(gate.probe_multipliers)
         requests = [Request(reference.subject, plabel, pdocs, reference.update)] + [
-            Request(update_subject(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
-            for m in multipliers
+            Request(update_subject(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m}) for m in multipliers
         ]
         ref_c, *results = session.evaluate(requests, f"probe: step multipliers on fold {plabel}")
         for m, scores in zip(multipliers, results):
@@ -150,7 +157,9 @@ def gate_candidates(
 
 
 def select(
-    ranked: list[Candidate], probe: Callable[[Candidate], float | None], fallback: bool = False,
+    ranked: list[Candidate],
+    probe: Callable[[Candidate], float | None],
+    fallback: bool = False,
 ) -> tuple[Candidate | None, float | None, int]:
     """The paper's choice from candidates ranked on the validate fold: the top one must pass (S > 0, LCB > 0),
     then ``probe`` gives its multiplier (None: abstain). With ``fallback`` the next passing, fully evaluated
@@ -166,7 +175,11 @@ def select(
 
 
 def race_candidates(
-    session: Session, candidates: list[Candidate], label: str, docs: Docs, reference: Reference = BASE,
+    session: Session,
+    candidates: list[Candidate],
+    label: str,
+    docs: Docs,
+    reference: Reference = BASE,
 ) -> list[Candidate]:
     """Score candidates on the validate fold in stages, stopping those that cannot rank first; return them ranked.
 
@@ -185,7 +198,7 @@ def race_candidates(
     ref = in_order(session.scores(Request(reference.subject, label, docs, reference.update)), order)
     alive = sorted(candidates, key=lambda c: c.family)  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
     sizes = stage_sizes(n, spec)
-    for stage, m in enumerate(sizes, 1):
+    for m in sizes:
         prefix = as_docs(order[:m])
         requests = [Request(c.subject, label, prefix, c.result, {"params": c.params}) for c in alive]
         for cand, scores in zip(alive, session.evaluate(requests, f"gate: candidates on fold {label} ({m} of {n} examples)")):

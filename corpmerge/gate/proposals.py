@@ -101,6 +101,7 @@ def _single_seed_eigen(a: np.ndarray, mu: np.ndarray, rank: int) -> tuple[np.nda
 
 def _orthogonal_in_group(mu: np.ndarray, count: int) -> list[np.ndarray]:
     """Up to ``count`` orthonormal vectors orthogonal to ``mu`` (all basis vectors when mu = 0)."""
+
     def basis(j: int) -> np.ndarray:
         e = np.zeros(mu.size)
         e[j] = 1.0
@@ -121,6 +122,7 @@ def _secular_roots(poles: np.ndarray, z2: np.ndarray, count: int) -> list[tuple[
     Root k lies in (poles[k+1], poles[k]) (the last one below the smallest pole, by at most Σz2);
     it is bisected as an offset from whichever end it is nearer, so polesⱼ − λ keeps its relative precision.
     """
+
     def secular(origin: float, offset: float) -> float:
         return float(np.sum(z2 / ((poles - origin) - offset))) - 1.0  # increasing in λ = origin + offset
 
@@ -143,9 +145,7 @@ def _secular_roots(poles: np.ndarray, z2: np.ndarray, count: int) -> list[tuple[
     return out
 
 
-def propose(
-    directions: Directions, size: int, sigma: float, floor: float, rng: np.random.Generator, used_seeds: set[int]
-) -> tuple[np.ndarray, np.ndarray]:
+def propose(directions: Directions, size: int, sigma: float, floor: float, rng: np.random.Generator, used_seeds: set[int]) -> tuple[np.ndarray, np.ndarray]:
     """``size`` local perturbations as amplitude rows over (direction seeds + one fresh seed each).
 
     Returns (seeds, vectors): vectors[k] = σ√ρ·e(fresh_k) + Σⱼ c_kj·uⱼ.

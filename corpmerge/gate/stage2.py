@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.scoring.folds import round_folds
 from corpmerge.gate.procedure import GateDecision, Reference, candidate_record, run_gate
-from corpmerge.plan import Checked
+from corpmerge.gate.proposals import principal_directions, propose, shifted
 from corpmerge.methods import MergeResult
+from corpmerge.plan import Checked
 from corpmerge.recipe import IterateSpec
 from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import round_folds
 from corpmerge.scoring.scorer import ordered
 from corpmerge.scoring.session import Session, suite_counts
 from corpmerge.scoring.subjects import update_subject
-from corpmerge.gate.proposals import principal_directions, propose, shifted
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,31 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
         scores = session.evaluate(requests, f"stage 2 round {r}: local population on fold A{r}")
         local = Cloud(seeds, vectors, np.array([float(ordered(s, folds["A"], "value").mean()) for s in scores]))
         decision = run_gate(
-            session, checked, local, ((f"B{r}", folds["B"]), (f"C{r}", folds["C"])),
+            session,
+            checked,
+            local,
+            ((f"B{r}", folds["B"]), (f"C{r}", folds["C"])),
             Reference(update_subject(centre), centre, "the current centre"),
         )
         top = decision.accepted or decision.candidates[0]
-        rounds.append({
-            "round": r, "sigma": sigma, "local_size": spec.local_size, "accepted": decision.accepted is not None,
-            "params": decision.accepted.params if decision.accepted else None, "multiplier": decision.multiplier,
-            "reason": decision.reason, "candidates_probed": decision.probed,
-            "local_reward_max": float(local.rewards.max()), "local_reward_mean": float(local.rewards.mean()),
-            "validate": top.validate.as_dict(), "ess": top.result.ess, "step_rms": top.result.step_rms,
-            "candidates": [candidate_record(c) for c in decision.candidates],
-        })
+        rounds.append(
+            {
+                "round": r,
+                "sigma": sigma,
+                "local_size": spec.local_size,
+                "accepted": decision.accepted is not None,
+                "params": decision.accepted.params if decision.accepted else None,
+                "multiplier": decision.multiplier,
+                "reason": decision.reason,
+                "candidates_probed": decision.probed,
+                "local_reward_max": float(local.rewards.max()),
+                "local_reward_mean": float(local.rewards.mean()),
+                "validate": top.validate.as_dict(),
+                "ess": top.result.ess,
+                "step_rms": top.result.step_rms,
+                "candidates": [candidate_record(c) for c in decision.candidates],
+            }
+        )
         log.info("stage 2 round %d (σ %.3g): %s", r, sigma, "accepted" if decision.accepted else decision.reason)
         if decision.accepted is None:
             rejected += 1

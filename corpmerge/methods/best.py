@@ -19,6 +19,4 @@ def best(cloud: Cloud, p: BestParams) -> MergeResult:
     check_rewards(cloud.rewards)
     top = np.array([int(np.argmax(cloud.rewards))])
     weights = np.ones(1)
-    return MergeResult(
-        method="best", params={}, elites=top, weights=weights, amplitudes=cloud.combine(top, weights)
-    )
+    return MergeResult(method="best", params={}, elites=top, weights=weights, amplitudes=cloud.combine(top, weights))

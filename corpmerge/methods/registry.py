@@ -15,7 +15,6 @@ from corpmerge.errors import CorpmergeError
 from corpmerge.methods.weights import effective_size
 from corpmerge.recipe import excerpt
 
-
 # Defaults of the parameters several methods share, in one place (each method's Field takes them from here).
 DEFAULT_QUANTILE = 0.7  # elites: rewards ≥ this quantile
 DEFAULT_BETA = 10.0  # reward temperature on raw rewards in [0, 1]; also the split-half diagnostic's for methods without one
@@ -154,9 +153,7 @@ class MergeMethod:
                 key = ".".join(str(p) for p in err["loc"])
                 allowed = ", ".join(f.alias or n for n, f in self.params.model_fields.items()) or "none"
                 if err["type"] == "extra_forbidden":
-                    raise CorpmergeError(
-                        f"parameters.{key}: unknown parameter for merge_method '{self.name}'; allowed: {allowed}"
-                    ) from None
+                    raise CorpmergeError(f"parameters.{key}: unknown parameter for merge_method '{self.name}'; allowed: {allowed}") from None
                 raise CorpmergeError(f"parameters.{key}: {err['msg']} (got {excerpt(err.get('input'))})") from None
         return points
 
@@ -165,8 +162,13 @@ _REGISTRY: dict[str, MergeMethod] = {}
 
 
 def merge_method(
-    name: str, params: type[MethodParams], *, linear: bool = True,
-    elites: str | None = None, step: str | None = None, temperature: str | None = None,
+    name: str,
+    params: type[MethodParams],
+    *,
+    linear: bool = True,
+    elites: str | None = None,
+    step: str | None = None,
+    temperature: str | None = None,
 ) -> Callable[[Callable], Callable]:
     """Register ``fn(cloud, params) -> MergeResult`` as merge method ``name``, with its declarations (see ``MergeMethod``)."""
     for role, field_name in (("elites", elites), ("step", step), ("temperature", temperature)):

@@ -74,8 +74,12 @@ class TiesDelta:
         self.seeds, self.density = seeds, density
         self.indptr, self.columns, self.values = (np.asarray(a) for a in vectors)
         digest = hashlib.blake2b(digest_size=12)
-        for part in (np.ascontiguousarray(seeds, dtype=np.int64), np.ascontiguousarray(self.indptr, dtype=np.int64),
-                     np.ascontiguousarray(self.columns, dtype=np.int64), np.ascontiguousarray(self.values, dtype=np.float64)):
+        for part in (
+            np.ascontiguousarray(seeds, dtype=np.int64),
+            np.ascontiguousarray(self.indptr, dtype=np.int64),
+            np.ascontiguousarray(self.columns, dtype=np.int64),
+            np.ascontiguousarray(self.values, dtype=np.float64),
+        ):
             digest.update(repr(part.shape).encode() + part.tobytes())
         self.key = f"ties:{digest.hexdigest()}:{density!r}"
 

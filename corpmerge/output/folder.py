@@ -13,18 +13,18 @@ import torch
 import yaml
 
 from corpmerge import __version__
-from corpmerge.methods import MergeResult
 from corpmerge.errors import CorpmergeError
+from corpmerge.methods import MergeResult
 from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
+from corpmerge.noise import NOISE_BATCH, SCHEME
 from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
 from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
-from corpmerge.noise import NOISE_BATCH, SCHEME
+from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import Recipe
-from corpmerge.output.safetensors_writer import staging_dir, write_weights
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,7 @@ def write_output(
         return result.delta(name, shape, scratch)
 
     with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(names)) as advance:
-        files = write_weights(
-            tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance()
-        )
+        files = write_weights(tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance())
         _save_config(folder, tmp, recipe.dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -59,7 +59,9 @@ def push_folder(
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, revision=revision,
+            folder_path=str(folder),
+            repo_id=repo_id,
+            revision=revision,
             commit_message=commit_message or f"corpmerge: upload {folder.name}",
         )
     except HfHubHTTPError as exc:

@@ -49,8 +49,7 @@ def check_work_location(recipe: Recipe) -> None:
         _check_not_base(recipe, field, path)
         if _within(path, out):
             raise CorpmergeError(
-                f"{field}: '{_show(path)}' lies inside output.path '{_show(out)}', which is replaced when the model is written; "
-                "put it beside the output folder"
+                f"{field}: '{_show(path)}' lies inside output.path '{_show(out)}', which is replaced when the model is written; put it beside the output folder"
             )
     work = recipe.output.work_path
     _check_creatable(work_field, work, work)
@@ -103,8 +102,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         raise CorpmergeError(f"output.path: cannot inspect '{_show(out)}' ({exc.strerror}); choose another path") from None
     if not overwrite:
         raise CorpmergeError(
-            f"output.path: '{_show(out)}' already exists; remove it, choose another path or pass --overwrite "
-            "(which replaces only a previous corpmerge output)"
+            f"output.path: '{_show(out)}' already exists; remove it, choose another path or pass --overwrite (which replaces only a previous corpmerge output)"
         )
     if not is_corpmerge_output(out):
         raise CorpmergeError(

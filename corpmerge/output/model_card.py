@@ -74,8 +74,12 @@ def _eval_results(report: RunReport | None, row: str) -> list[EvalResult]:
     values = held.rows[row].by_task
     return [
         EvalResult(
-            task_type="text-generation", dataset_type=report.datasets.get(task, task), dataset_name=task,
-            dataset_split=held.split, metric_type="accuracy", metric_value=round(value, 4),
+            task_type="text-generation",
+            dataset_type=report.datasets.get(task, task),
+            dataset_name=task,
+            dataset_split=held.split,
+            metric_type="accuracy",
+            metric_value=round(value, 4),
             metric_name=f"accuracy (held-out {held.split}, corpmerge)",
         )
         for task, value in sorted(values.items())
@@ -95,7 +99,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_model_card(
-    lineage: dict[str, Any], report: RunReport | None = None, max_rows: int = 20, picture: str | None = None,
+    lineage: dict[str, Any],
+    report: RunReport | None = None,
+    max_rows: int = 20,
+    picture: str | None = None,
 ) -> str:
     """Markdown model card from the lineage document (and the run report, when there is one).
 
@@ -114,20 +121,32 @@ def render_model_card(
         "(RandOpt's population) and folded into one model with CoRP's operator (see the citations below).\n",
         _base_section(lineage),
         "## Merge\n",
-        _table(["field", "value"], [
-            ["base model", f"`{recipe['base_model']}`"],
-            ["method", f"`{merge['method']}`"],
-            ["parameters", f"`{merge['parameters']}`"],
-            ["step multiplier", merge["multiplier"]],
-            ["elites", len(merge["elite_seeds"]) if merge["elite_seeds"] is not None else "stage 2: see the lineage"],
-            ["output dtype", recipe["dtype"]],
-        ]) + "\n",
+        _table(
+            ["field", "value"],
+            [
+                ["base model", f"`{recipe['base_model']}`"],
+                ["method", f"`{merge['method']}`"],
+                ["parameters", f"`{merge['parameters']}`"],
+                ["step multiplier", merge["multiplier"]],
+                ["elites", len(merge["elite_seeds"]) if merge["elite_seeds"] is not None else "stage 2: see the lineage"],
+                ["output dtype", recipe["dtype"]],
+            ],
+        )
+        + "\n",
         "## Population\n",
-        _table(["entries", "σ values (count)", "reward min", "reward mean", "reward max"], [[
-            pop["size"],
-            ", ".join(f"{s:g} ({n})" for s, n in pop["sigmas"].items()),
-            f"{pop['reward_min']:.4f}", f"{pop['reward_mean']:.4f}", f"{pop['reward_max']:.4f}",
-        ]]) + "\n",
+        _table(
+            ["entries", "σ values (count)", "reward min", "reward mean", "reward max"],
+            [
+                [
+                    pop["size"],
+                    ", ".join(f"{s:g} ({n})" for s, n in pop["sigmas"].items()),
+                    f"{pop['reward_min']:.4f}",
+                    f"{pop['reward_mean']:.4f}",
+                    f"{pop['reward_max']:.4f}",
+                ]
+            ],
+        )
+        + "\n",
     ]
     if report:
         parts.append(_report_section(report, picture))
@@ -138,7 +157,8 @@ def render_model_card(
         parts.append(
             f"Δ = Σ amplitude·ε(seed) over the perturbed tensors; {len(rows)} seeds in all "
             f"(largest {len(top)} below, the full table is in `corpmerge.yaml`).\n\n"
-            + _table(["seed", "amplitude"], [[r["seed"], f"{r['amplitude']:.6g}"] for r in top]) + "\n"
+            + _table(["seed", "amplitude"], [[r["seed"], f"{r['amplitude']:.6g}"] for r in top])
+            + "\n"
         )
     else:
         parts.append("This method is not linear in the noise; `corpmerge.yaml` holds the recipe and elites that reproduce it.\n")
@@ -154,14 +174,16 @@ def render_model_card(
 def render_abstain_card(lineage: dict[str, Any], report: RunReport, picture: str | None = None) -> str:
     """Card for ``write_on_abstain``: the folder holds the base weights, and says why (``picture`` as above)."""
     base_model = lineage["recipe"]["base_model"]
-    return "\n".join([
-        _front_matter(lineage, report, "base", merged=False),
-        f"# {_short_name(base_model)} — corpmerge abstained\n",
-        "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
-        _base_section(lineage),
-        _report_section(report, picture),
-        CITATIONS,
-    ])
+    return "\n".join(
+        [
+            _front_matter(lineage, report, "base", merged=False),
+            f"# {_short_name(base_model)} — corpmerge abstained\n",
+            "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
+            _base_section(lineage),
+            _report_section(report, picture),
+            CITATIONS,
+        ]
+    )
 
 
 def _base_section(lineage: dict[str, Any]) -> str:
@@ -217,7 +239,8 @@ def _report_section(report: RunReport, picture: str | None = None) -> str:
             notes.append(f"{n} examples of `{task}` ({held.split}) are support examples and were left out.")
         lines.append(
             f"## Held-out evaluation ({', '.join(held.tasks)}, split `{held.split}`)\n\n"
-            + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows) + "\n"
+            + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows)
+            + "\n"
             + "".join(f"\n{note}\n" for note in notes)
         )
         shipped = "merged" if "merged" in held.rows else "base"

@@ -211,8 +211,7 @@ def read_report(path: Path) -> RunReport:
     version = data.get("schema_version")
     if version is None:
         raise CorpmergeError(
-            f"report: {path} has no schema_version: an older corpmerge wrote it, or it is not a corpmerge report; "
-            "re-run the recipe to write a current one"
+            f"report: {path} has no schema_version: an older corpmerge wrote it, or it is not a corpmerge report; re-run the recipe to write a current one"
         )
     if version != SCHEMA_VERSION:
         raise CorpmergeError(

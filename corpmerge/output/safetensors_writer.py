@@ -104,8 +104,7 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 def _write_error(out_dir: Path, exc: Exception) -> CorpmergeError:
     reason = getattr(exc, "strerror", None) or first_line(exc)
     return CorpmergeError(
-        f"output.path: writing '{excerpt(str(out_dir), 120)}' failed ({excerpt(reason, 120)}); "
-        "nothing was written — free space or choose a writable location"
+        f"output.path: writing '{excerpt(str(out_dir), 120)}' failed ({excerpt(reason, 120)}); nothing was written — free space or choose a writable location"
     )
 
 

@@ -18,8 +18,7 @@ import struct
 from pathlib import Path
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.model_io import BaseRef, resolve_base
-from corpmerge.model_io import TORCH_DTYPES
+from corpmerge.model_io import TORCH_DTYPES, BaseRef, resolve_base
 from corpmerge.recipe import Recipe, SampledPopulation, excerpt
 
 log = logging.getLogger(__name__)
@@ -27,8 +26,17 @@ log = logging.getLogger(__name__)
 FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 OTHER_DTYPES = {"I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 COPIED_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
 )
 GGUF_TOKENIZER_ALLOWANCE = 16 * 2**20  # a GGUF base's tokenizer is rebuilt from its metadata, not copied
 PER_TENSOR = 256  # shard header and index entry

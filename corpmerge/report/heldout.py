@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.errors import CorpmergeError
-from corpmerge.scoring.folds import Docs, count, round_folds
 from corpmerge.gate.paired import paired_interval
-from corpmerge.scoring.evaluator import Request
 from corpmerge.population import Entry
+from corpmerge.report.ensemble import majority_vote, recovered_fraction
+from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import Docs, count, round_folds
 from corpmerge.scoring.scorer import entry_update, ordered
 from corpmerge.scoring.session import Session, suite_counts
 from corpmerge.scoring.subjects import entry_subject
@@ -41,7 +41,10 @@ def accuracy(scores: dict, docs: Docs) -> float:
 
 
 def evaluate_held_out(
-    session: Session, subjects: dict[str, tuple[str, Any]], ranked: list[Entry] | None = None, ensemble_k: list[int] | None = None,
+    session: Session,
+    subjects: dict[str, tuple[str, Any]],
+    ranked: list[Entry] | None = None,
+    ensemble_k: list[int] | None = None,
     pairs: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
     """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base;
@@ -58,9 +61,7 @@ def evaluate_held_out(
         if used:
             excluded[name] = len(used)
     if not any(docs.values()):
-        raise CorpmergeError(
-            f"evaluate.split: every example of '{spec.split}' is a support example; evaluate on another split (e.g. test)"
-        )
+        raise CorpmergeError(f"evaluate.split: every example of '{spec.split}' is a support example; evaluate on another split (e.g. test)")
     fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
     voters = (ranked or [])[: max(ensemble_k or [0])]
     todo = dict(subjects) | {f"entry:{e.seed}": (entry_subject(e), entry_update(e)) for e in voters}
@@ -70,9 +71,7 @@ def evaluate_held_out(
     keys = [(t, d) for t in sorted(docs) for d in docs[t]]
     for k in ensemble_k or []:
         members = [results[f"entry:{e.seed}"] for e in voters[:k]]
-        vectors[f"randopt_top{k}"] = majority_vote(
-            [[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members]
-        )
+        vectors[f"randopt_top{k}"] = majority_vote([[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members])
     base = vectors["base"]
     tasks = np.array([t for t, _ in keys])
 
@@ -92,7 +91,10 @@ def evaluate_held_out(
             d, lo, hi = paired_interval(vectors[b], vectors[a])
             rows[a][f"vs_{b}"] = {"diff": d, "ci_low": lo, "ci_high": hi}
     report: dict[str, Any] = {
-        "split": spec.split, "tasks": sorted(suite.tasks), "rows": rows, "n": int(base.size),
+        "split": spec.split,
+        "tasks": sorted(suite.tasks),
+        "rows": rows,
+        "n": int(base.size),
         "ranked_on": f"fold A ({count(session.folds['A'])} examples)",
     }
     if excluded:

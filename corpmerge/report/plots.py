@@ -173,14 +173,20 @@ def _gate_panel(ax: Axes, report: RunReport) -> None:
         ax.bar_label(down, labels=[f"{r:g}" if r else "" for r in regressions], fontsize=8, padding=1)
     ax.axhline(0, color="black", linewidth=0.8)
     if not (fixes.any() or regressions.any()):
-        ax.text(0.5, 0.25, "no fixes and no regressions: every candidate matched the base on every fold-B example",
-                ha="center", transform=ax.transAxes, color="dimgray", fontsize=9)
+        ax.text(
+            0.5,
+            0.25,
+            "no fixes and no regressions: every candidate matched the base on every fold-B example",
+            ha="center",
+            transform=ax.transAxes,
+            color="dimgray",
+            fontsize=9,
+        )
     top = max(fixes.max(), regressions.max(), 1.0)
     for xi, (_, _, _, accepted, _) in zip(x, bars):
         if accepted:
             ax.axvspan(xi - 0.45, xi + 0.45, color=FIXES, alpha=0.12, linewidth=0)
-            ax.annotate("accepted", (xi, fixes[xi]), xytext=(0, 13 if labelled else 3), textcoords="offset points",
-                        ha="center", fontsize=8, fontweight="bold")
+            ax.annotate("accepted", (xi, fixes[xi]), xytext=(0, 13 if labelled else 3), textcoords="offset points", ha="center", fontsize=8, fontweight="bold")
     handles, _ = ax.get_legend_handles_labels()
     if any(stopped):
         handles.append(Patch(facecolor="white", edgecolor="gray", hatch="//", label="stopped early (racing)"))
@@ -275,7 +281,7 @@ def summary_figure(rows: list[dict[str, Any]]) -> Figure:
         ax.grid(axis="x", alpha=0.3)
         ax.set_yticks(list(ys.values()), list(ys), fontsize=9)
         ax.set_ylim(-0.7, len(methods) - 0.3)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(tasks) :]:
         ax.set_visible(False)
     return fig
 

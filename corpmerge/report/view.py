@@ -40,7 +40,7 @@ def model_label(key: str, evaluation: HeldOut, method: str, gated: bool = False,
     if key == "best_entry":
         return f"RandOpt K=1 (best entry{by})"
     if key.startswith("randopt_top"):
-        k = key[len("randopt_top"):]
+        k = key[len("randopt_top") :]
         return f"RandOpt top-{k} vote ({k} passes{by})"
     if key == "stage1":
         return "stage 1 (the centre stage 2 started from)"
@@ -56,7 +56,7 @@ def evaluation_scope(evaluation: HeldOut) -> str:
 
 def _row_order(key: str) -> tuple[int, int, str]:
     if key.startswith("randopt_top"):
-        k = key[len("randopt_top"):]
+        k = key[len("randopt_top") :]
         return (2, int(k) if k.isdigit() else 0, key)
     return ({"base": 0, "best_entry": 1, "merged": 3}.get(key, 4), 0, key)
 
@@ -107,7 +107,8 @@ def _gate_line(report: RunReport) -> Text:
     if gate.accepted:
         return Text(f"gate disabled: merged with {gate.params}")
     return Text.assemble(
-        ("ABSTAINED", "bold yellow"), f": {gate.reason}. The base model is the answer; no merged model was kept.",
+        ("ABSTAINED", "bold yellow"),
+        f": {gate.reason}. The base model is the answer; no merged model was kept.",
     )
 
 
@@ -119,16 +120,21 @@ def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False
     for key, row in ordered_rows(evaluation):
         diff, low, high = finite(row.diff), finite(row.ci_low), finite(row.ci_high)
         held.add_row(
-            Text(model_label(key, evaluation, method, gated)), _pct(row.accuracy),
+            Text(model_label(key, evaluation, method, gated)),
+            _pct(row.accuracy),
             "—" if diff is None else f"{100 * diff:+.1f} pts",
             "—" if low is None or high is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]",
             str(row.n),
         )
     parts: list[RenderableType] = [held]
     if evaluation.excluded_support:
-        parts.append(Text("; ".join(
-            f"{n} examples of {t} ({evaluation.split}) are support examples and were left out" for t, n in sorted(evaluation.excluded_support.items())
-        )))
+        parts.append(
+            Text(
+                "; ".join(
+                    f"{n} examples of {t} ({evaluation.split}) are support examples and were left out" for t, n in sorted(evaluation.excluded_support.items())
+                )
+            )
+        )
     fraction = finite(evaluation.recovered_fraction)
     if fraction is not None:
         parts.append(Text(f"the merged model's gain over the base is {fraction:.2f}× the largest ensemble's gain"))

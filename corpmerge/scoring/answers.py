@@ -66,7 +66,10 @@ def choice_prediction(logliks: Sequence[float], metric: str = "acc", choices: Se
 
 
 def prediction(
-    output_type: str, filtered_response: Any, metric: str = "acc", choices: Sequence[str] | None = None,
+    output_type: str,
+    filtered_response: Any,
+    metric: str = "acc",
+    choices: Sequence[str] | None = None,
     extract: Extractor | None = None,
 ) -> str | None:
     """The vote of one model on one example; on multiple choice, the option ``metric`` picks

@@ -198,7 +198,10 @@ class Coordinator:
                 self.late[worker] += 1
                 log.warning(
                     "rank %d answered %s after %.0f s, when it had already gone to another process: answer discarded%s",
-                    worker, unit.subject, time.monotonic() - flight.started, "" if batch.stop.is_set() else "; it takes units again",
+                    worker,
+                    unit.subject,
+                    time.monotonic() - flight.started,
+                    "" if batch.stop.is_set() else "; it takes units again",
                 )
                 continue
             batch.done.put((reply[0], worker, unit, reply[1:]))
@@ -212,7 +215,11 @@ class Coordinator:
             log.warning(
                 "rank %d stalled: no answer for %.0f s on %s (%d examples, allowed %.0f s: scoring.stall_factor × the measured "
                 "cost, at least scoring.unit_timeout); its unit goes to another process and a late answer is discarded",
-                rank, time.monotonic() - flight.started, flight.unit.subject, unit_examples(flight.unit), flight.allowed,
+                rank,
+                time.monotonic() - flight.started,
+                flight.unit.subject,
+                unit_examples(flight.unit),
+                flight.allowed,
             )
         stuck = {rank: self._stuck(rank) for rank in self.workers}
         if not self.workers or not any(stuck.values()):
@@ -220,7 +227,8 @@ class Coordinator:
         if all(stuck[rank] is not None or rank in self.lost or rank in self.dropped for rank in self.workers):
             which = ", ".join(
                 f"rank {rank} (no answer for {time.monotonic() - flight.started:.0f} s on {flight.unit.subject})"
-                for rank, flight in stuck.items() if flight is not None
+                for rank, flight in stuck.items()
+                if flight is not None
             )
             return CorpmergeError(
                 f"every worker stalled: {which}; finished units are in the store: run the same command again to continue "
@@ -308,7 +316,14 @@ class Coordinator:
             stalled = f", stalled {self.stalls[rank]}× ({self.late[rank]} late answers discarded)" if self.stalls[rank] else ""
             log.info(
                 "rank %d: %d units, %d examples, busy %.1f s of %.1f s in batches (%.0f%% idle), %.1f s since start%s",
-                rank, self.units_done[rank], examples, busy, self.batch_s, 100 * idle, wall, stalled,
+                rank,
+                self.units_done[rank],
+                examples,
+                busy,
+                self.batch_s,
+                100 * idle,
+                wall,
+                stalled,
             )
 
     def utilisation(self) -> dict[int, float]:

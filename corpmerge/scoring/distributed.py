@@ -44,7 +44,7 @@ class Peer:
         return cls(socket.gethostname(), _machine(), os.getpid(), _start_time(os.getpid()))
 
     def state(self) -> str:
-        """"alive" (this process, on this machine), "gone" (it was on this machine and has exited) or "elsewhere"."""
+        """ "alive" (this process, on this machine), "gone" (it was on this machine and has exited) or "elsewhere"."""
         if self.machine is None or self.machine != _machine():
             return "elsewhere"
         return "alive" if self.started is not None and _start_time(self.pid) == self.started else "gone"
@@ -112,11 +112,14 @@ def _join_restarted_attempt() -> None:
     if int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) != size:
         log.warning(
             "restart %d of a multi-node torchrun with the shared rendezvous store: if the processes cannot connect, "
-            "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", restarts,
+            "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+            restarts,
         )
         return
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
     dist.init_process_group(
         "nccl" if torch.cuda.is_available() else "gloo",
-        store=dist.PrefixStore(f"corpmerge/attempt_{restarts}", store), rank=int(os.environ["RANK"]), world_size=size,
+        store=dist.PrefixStore(f"corpmerge/attempt_{restarts}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=size,
     )

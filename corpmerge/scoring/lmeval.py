@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from corpmerge.scoring.answers import prediction
-from corpmerge.scoring.declarations import answer_extractor, declared_dataset, leaf_configs, runs_code
 from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.recipe import ScoringSpec
+from corpmerge.scoring.answers import prediction
+from corpmerge.scoring.declarations import answer_extractor, declared_dataset, leaf_configs, runs_code
 from corpmerge.tasks import tasks_dir
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,7 @@ class TaskSuite:
         if split is None:  # support set: never the test split
             split = self.spec.support.split or config.training_split or config.validation_split
             if split is None:
-                raise CorpmergeError(
-                    f"scoring.support.split: task '{name}' has no training or validation split to draw support examples from; name one"
-                )
+                raise CorpmergeError(f"scoring.support.split: task '{name}' has no training or validation split to draw support examples from; name one")
             if split == config.test_split:
                 raise CorpmergeError(f"scoring.support.split: '{split}' is task '{name}''s test split; the support set must not use it")
         available = list(task.dataset.keys()) if getattr(task, "dataset", None) is not None else []
@@ -136,8 +134,10 @@ class TaskSuite:
         """Hash of the task configs, evaluated splits and scoring options."""
         configs = {name: task.dump_config() for name, task in sorted(self.tasks.items())}
         options = {
-            "split": self.split, "chat": self.spec.apply_chat_template,
-            "fewshot": self.spec.num_fewshot, "metric": self.spec.metric,
+            "split": self.split,
+            "chat": self.spec.apply_chat_template,
+            "fewshot": self.spec.num_fewshot,
+            "metric": self.spec.metric,
         }
         blob = json.dumps([configs, options], sort_keys=True, default=_stable)
         return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
@@ -152,8 +152,14 @@ class TaskSuite:
         subset = {"tasks": {n: self.tasks[n] for n in wanted}, "groups": {}, "group_map": {}}
         with torch.inference_mode():
             result = evaluator.evaluate(  # code rewards were allowed up front (session.check_code_isolation)
-                lm, subset, samples=wanted, bootstrap_iters=0, log_samples=True,
-                apply_chat_template=self.spec.apply_chat_template, verbosity="ERROR", confirm_run_unsafe_code=True,
+                lm,
+                subset,
+                samples=wanted,
+                bootstrap_iters=0,
+                log_samples=True,
+                apply_chat_template=self.spec.apply_chat_template,
+                verbosity="ERROR",
+                confirm_run_unsafe_code=True,
             )
         metric, _, wanted_filter = (self.spec.metric or "").partition(",")
         scores: dict[tuple[str, int], ExampleScore] = {}

@@ -12,21 +12,29 @@ from typing import Any, Sequence
 import torch
 
 from corpmerge.errors import CorpmergeError, first_line, traceback_text
-from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
-from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
 from corpmerge.model_io import (
-    TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, ensure_checkpoint, load_tokenizer, model_skeleton, perturbed_names, resolve_base,
+    TORCH_DTYPES,
+    BaseRef,
+    Checkpoint,
+    checkpoint_folder,
+    ensure_checkpoint,
+    load_tokenizer,
+    model_skeleton,
+    perturbed_names,
+    resolve_base,
 )
 from corpmerge.noise import SCHEME
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
-from corpmerge.sizes import parse_size
 from corpmerge.scoring.backends import Backend, make_backend
-from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
 from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup, serve
 from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
+from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
+from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
+from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
 from corpmerge.scoring.store import Scores, ScoreStore
+from corpmerge.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +170,13 @@ def _open(recipe: Recipe, world: World) -> Session:
     spec = recipe.scoring
     log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, world.device)
     backend = make_backend(
-        spec.backend, checkpoint=folder, tokenizer=tokenizer, device=world.device,
-        dtype=TORCH_DTYPES[recipe.scoring_dtype], model_args=spec.model_args, batch_size=spec.batch_size,
+        spec.backend,
+        checkpoint=folder,
+        tokenizer=tokenizer,
+        device=world.device,
+        dtype=TORCH_DTYPES[recipe.scoring_dtype],
+        model_args=spec.model_args,
+        batch_size=spec.batch_size,
     )
     suite = TaskSuite(spec)
     folds = assign_folds(suite_counts(suite), spec.support)
@@ -176,11 +189,16 @@ def _open(recipe: Recipe, world: World) -> Session:
         "scoring": f"{backend.kind} backend, {recipe.scoring_dtype} on {backend.device_type}",
     }
     if recipe.gate.enabled:
-        check_gate_fold_sizes({f: count(folds[f]) for f in ("B", "C")}, f" ({', '.join(f'{t}: {n} support docs' for t, n in sorted(suite_counts(suite).items()))})")
+        check_gate_fold_sizes(
+            {f: count(folds[f]) for f in ("B", "C")}, f" ({', '.join(f'{t}: {n} support docs' for t, n in sorted(suite_counts(suite).items()))})"
+        )
     store = ScoreStore(store_path(recipe), identity) if world.is_main else None
     log.info(
         "support: %d examples (A %d / B %d / C %d); store %s",
-        sum(count(d) for d in folds.values()), count(folds["A"]), count(folds["B"]), count(folds["C"]),
+        sum(count(d) for d in folds.values()),
+        count(folds["A"]),
+        count(folds["B"]),
+        count(folds["C"]),
         store.path if store is not None else f"on rank 0 (this is rank {world.rank})",
     )
     model_bytes = 4 * sum(t.numel() for t in theta0.values())
@@ -189,7 +207,8 @@ def _open(recipe: Recipe, world: World) -> Session:
     session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world)
     if world.is_main:
         session.evaluator = (
-            LocalEvaluator(scorer, store, session.suites) if world.size == 1
+            LocalEvaluator(scorer, store, session.suites)
+            if world.size == 1
             else Coordinator(scorer, store, session.suites, world.size, Deadlines(recipe.scoring.stall_factor, recipe.scoring.unit_timeout))
         )
     return session

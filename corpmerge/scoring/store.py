@@ -141,9 +141,7 @@ class ScoreStore:
 
     def load(self, subject: str, fold: str) -> Scores:
         """Every stored score of ``subject`` on ``fold``."""
-        rows = self.db.execute(
-            "SELECT task, doc_id, value, correct, prediction FROM scores WHERE subject=? AND fold=?", (subject, fold)
-        )
+        rows = self.db.execute("SELECT task, doc_id, value, correct, prediction FROM scores WHERE subject=? AND fold=?", (subject, fold))
         return {(t, d): ExampleScore(v, bool(c), p) for t, d, v, c, p in rows}
 
     def close(self) -> None:
@@ -198,4 +196,3 @@ def _hold(path: Path) -> int:
         os.close(fd)
         raise
     return fd
-

@@ -86,8 +86,13 @@ def test_the_written_model_is_the_one_scored_with_one_engine_per_rank_too(tmp_pa
     runs = {}
     for kind in ("single", "torchrun"):
         data = vllm_recipe(
-            vllm_model, vllm_tasks, tmp_path / kind, population={"size": 6, "sigmas": [0.1], "seed": 2},
-            gate={"enabled": False}, parameters={"quantile": 0.5, "beta": 10, "alpha": 2}, evaluate={"limit": 8},
+            vllm_model,
+            vllm_tasks,
+            tmp_path / kind,
+            population={"size": 6, "sigmas": [0.1], "seed": 2},
+            gate={"enabled": False},
+            parameters={"quantile": 0.5, "beta": 10, "alpha": 2},
+            evaluate={"limit": 8},
         )
         recipe = write_recipe(tmp_path, data, f"{kind}.yaml")
         if kind == "single":
@@ -98,8 +103,13 @@ def test_the_written_model_is_the_one_scored_with_one_engine_per_rank_too(tmp_pa
             assert code == 0 and "Traceback" not in err, err
         report = json.loads((tmp_path / kind / "report.json").read_text())
         assert report["shipped_check"] == {
-            "fold": "B", "examples": 20, "identical": True, "differing": 0,
-            "scoring_dtype": "float32", "output_dtype": "float32", "backend": "vllm",
+            "fold": "B",
+            "examples": 20,
+            "identical": True,
+            "differing": 0,
+            "scoring_dtype": "float32",
+            "output_dtype": "float32",
+            "backend": "vllm",
         }
         with sqlite3.connect(tmp_path / f"{kind}.work" / "scores.sqlite") as con:
             runs[kind] = sorted(con.execute("SELECT subject, fold, task, doc_id, value, correct, prediction FROM scores"))
