@@ -69,8 +69,7 @@ class TiesDelta:
 
     def __init__(self, seeds: np.ndarray, vectors: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], density: float):
         if isinstance(vectors, np.ndarray):
-            row_of, columns = np.nonzero(vectors)
-            vectors = (np.searchsorted(row_of, np.arange(vectors.shape[0] + 1)), columns, vectors[row_of, columns])
+            vectors = Cloud(seeds, vectors, np.zeros(len(vectors))).nonzeros(np.arange(len(vectors)))
         self.seeds, self.density = seeds, density
         self.indptr, self.columns, self.values = (np.asarray(a) for a in vectors)
         digest = hashlib.blake2b(digest_size=12)
