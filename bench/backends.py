@@ -39,8 +39,12 @@ SIGMAS = [0.001, 0.002, 0.003]
 
 def scoring(task: str, backend: str, examples: int, gsm8k_dir: str, store: Path) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "tasks": [f"corpmerge_{task}"], "support": {"limit": examples}, "batch_size": 32, "backend": backend,
-        "model_args": VLLM_ARGS if backend == "vllm" else {}, "store": str(store),
+        "tasks": [f"corpmerge_{task}"],
+        "support": {"limit": examples},
+        "batch_size": 32,
+        "backend": backend,
+        "model_args": VLLM_ARGS if backend == "vllm" else {},
+        "store": str(store),
     }
     if task == "gsm8k":
         spec.update(num_fewshot=2, task_args={"data_dir": gsm8k_dir})
@@ -49,11 +53,15 @@ def scoring(task: str, backend: str, examples: int, gsm8k_dir: str, store: Path)
 
 def per_entry(task: str, backend: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Base and ``args.entries`` entries on fold A: seconds to change the weights and to evaluate, per-example correctness."""
-    recipe = parse_recipe({
-        "base_model": BASE, "population": {"size": args.entries, "sigmas": SIGMAS, "seed": args.seed},
-        "scoring": scoring(task, backend, args.examples, args.gsm8k_dir, work / f"{task}-{backend}.sqlite"),
-        "gate": {"enabled": False}, "output": {"path": str(work / f"{task}-{backend}")},
-    })
+    recipe = parse_recipe(
+        {
+            "base_model": BASE,
+            "population": {"size": args.entries, "sigmas": SIGMAS, "seed": args.seed},
+            "scoring": scoring(task, backend, args.examples, args.gsm8k_dir, work / f"{task}-{backend}.sqlite"),
+            "gate": {"enabled": False},
+            "output": {"path": str(work / f"{task}-{backend}")},
+        }
+    )
     start = time.perf_counter()
     session = open_session(recipe)
     startup = time.perf_counter() - start
@@ -78,18 +86,25 @@ def per_entry(task: str, backend: str, args: argparse.Namespace, work: Path) -> 
 
 def gate(task: str, backend: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One `corpmerge run` (same seed for both backends): the gate's decision and the phase times."""
-    recipe = parse_recipe({
-        "base_model": BASE, "population": {"size": args.gate_entries, "sigmas": SIGMAS, "seed": args.seed},
-        "scoring": scoring(task, backend, args.gate_examples, args.gsm8k_dir, work / f"gate-{task}-{backend}.sqlite"),
-        "parameters": {"quantile": 0.5, "beta": [5, 20], "alpha": [1, 2]},
-        "evaluate": {"limit": args.examples},
-        "output": {"path": str(work / f"gate-{task}-{backend}")},
-    })
+    recipe = parse_recipe(
+        {
+            "base_model": BASE,
+            "population": {"size": args.gate_entries, "sigmas": SIGMAS, "seed": args.seed},
+            "scoring": scoring(task, backend, args.gate_examples, args.gsm8k_dir, work / f"gate-{task}-{backend}.sqlite"),
+            "parameters": {"quantile": 0.5, "beta": [5, 20], "alpha": [1, 2]},
+            "evaluate": {"limit": args.examples},
+            "output": {"path": str(work / f"gate-{task}-{backend}")},
+        }
+    )
     report = run_recipe(recipe)
     gate = report["gate"]
     return {
-        "accepted": gate["accepted"], "reason": gate.get("reason"), "chosen": report.get("chosen"),
-        "fixes": gate.get("fixes"), "regressions": gate.get("regressions"), "timings_s": report["timings_s"],
+        "accepted": gate["accepted"],
+        "reason": gate.get("reason"),
+        "chosen": report.get("chosen"),
+        "fixes": gate.get("fixes"),
+        "regressions": gate.get("regressions"),
+        "timings_s": report["timings_s"],
         "shipped_check": report.get("shipped_check"),
     }
 
@@ -131,8 +146,11 @@ def main() -> None:
     for task, by_backend in results.items():
         for backend, r in by_backend.items():
             g = r.get("gate")
-            decision = "—" if g is None else ("accepted" if g["accepted"] else "abstained") + (
-                f" (F {g['fixes']} / R {g['regressions']})" if g.get("fixes") is not None else "")
+            decision = (
+                "—"
+                if g is None
+                else ("accepted" if g["accepted"] else "abstained") + (f" (F {g['fixes']} / R {g['regressions']})" if g.get("fixes") is not None else "")
+            )
             print(f"| {task} | {backend} | {r['examples']} | {r['startup_s']:.1f} | {mean(r['load_s']):.2f} | {mean(r['eval_s']):.2f} | {decision} |")
         same, total = agreement(by_backend["hf"]["correct"], by_backend["vllm"]["correct"])
         print(f"| {task} | agreement of correctness | {same}/{total} = {same / total:.1%} of (subject, example) pairs | | | | |")

@@ -31,13 +31,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="corpmerge-candidates-")
-    recipe = parse_recipe({
-        "base_model": "embedded:smollm2-135m-instruct",
-        "population": [{"seed": 1, "sigma": 0.005}],
-        "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": 3 * args.examples}, "batch_size": 32},
-        "gate": {"enabled": False},
-        "output": {"path": f"{work}/out"},
-    })
+    recipe = parse_recipe(
+        {
+            "base_model": "embedded:smollm2-135m-instruct",
+            "population": [{"seed": 1, "sigma": 0.005}],
+            "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": 3 * args.examples}, "batch_size": 32},
+            "gate": {"enabled": False},
+            "output": {"path": f"{work}/out"},
+        }
+    )
     session = open_session(recipe)
     scorer = session.scorer
     docs = as_docs([(t, d) for t in sorted(session.folds["A"]) for d in session.folds["A"][t]][: args.examples])
@@ -51,7 +53,9 @@ def main() -> None:
         scorer.evaluate(update, docs)
         return time.perf_counter() - start
 
-    rows: dict[str, list[float]] = {name: [] for name in ("entry", "candidate, cold", "candidate, cached", "2^k sibling", "stage-2 proposal", "ties candidate", "ties probe step")}
+    rows: dict[str, list[float]] = {
+        name: [] for name in ("entry", "candidate, cold", "candidate, cached", "2^k sibling", "stage-2 proposal", "ties candidate", "ties probe step")
+    }
     for _ in range(args.repeats):
         scorer.noise_cache.clear()
         scorer._last = scorer._unscaled = None
@@ -63,8 +67,9 @@ def main() -> None:
         rows["2^k sibling"].append(timed(other.scaled(4.0)))
         fresh = Amplitudes(np.array([next(seed)]), np.array([0.0035]))
         rows["stage-2 proposal"].append(timed(candidate.plus(fresh)))
-        ties = MergeResult("ties", {}, np.arange(args.elites), np.full(args.elites, 1 / args.elites),
-                           tensor_delta=TiesDelta(elites, np.diag(np.full(args.elites, 0.005)), 0.5))
+        ties = MergeResult(
+            "ties", {}, np.arange(args.elites), np.full(args.elites, 1 / args.elites), tensor_delta=TiesDelta(elites, np.diag(np.full(args.elites, 0.005)), 0.5)
+        )
         rows["ties candidate"].append(timed(ties))
         rows["ties probe step"].append(timed(ties.scaled(3.0)))
     base = statistics.median(rows["entry"])

@@ -72,13 +72,10 @@ def child(config: Path) -> None:
         session = open_session(parse_recipe(cfg["recipe"]))
         keys = [(task, doc) for task in sorted(session.folds["A"]) for doc in session.folds["A"][task]]
         scorer, suites = session.scorer, session.suites
-        requests = [
-            Request(f"entry:{i}", "A", as_docs(keys[:n]), entry_update(Entry(1000 + i, 0.001)))
-            for i, n in enumerate(cfg["sizes"])
-        ]
+        requests = [Request(f"entry:{i}", "A", as_docs(keys[:n]), entry_update(Entry(1000 + i, 0.001))) for i, n in enumerate(cfg["sizes"])]
         scorer.evaluate(None, as_docs(keys[:4]))  # warm-up: tokenizer and allocator caches
     else:
-        from corpmerge.scoring.coordinator import Coordinator, agree_on_startup
+        from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup
         from corpmerge.scoring.store import ScoreStore
 
         agree_on_startup(None, world.size)
@@ -114,7 +111,7 @@ def child(config: Path) -> None:
             serve(scorer, suites)
             return
         store = ScoreStore(cfg["store"], {"bench": "distributed"})
-        coordinator = Coordinator(scorer, store, suites, world.size)
+        coordinator = Coordinator(scorer, store, suites, world.size, Deadlines(10.0, 600.0))
         coordinator.run(requests, "bench")
         coordinator.close()
         store.close()
@@ -135,11 +132,24 @@ def free_port() -> int:
 def launch(work: Path, name: str, size: int, cfg: dict, timeout: float) -> dict:
     config = work / f"{name}.json"
     config.write_text(json.dumps(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": str(size), "LOCAL_WORLD_SIZE": str(size), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(size),
+        "LOCAL_WORLD_SIZE": str(size),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--child", str(config)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", str(config)],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         for r in range(size)
     ]
     try:
@@ -170,11 +180,11 @@ def table(title: str, results: list[tuple[str, int, dict]]) -> None:
         r = rows(result)
         for deal, label in (("static", "round-robin"), ("coordinator", "coordinator")):
             wall, idle, units = r[deal]
-            print(f"{scenario:<14} {size:>2}  {label:<12} {wall:7.2f}  {' '.join(f'{x:.3f}' for x in idle):<24} "
-                  f"{np.mean(idle):9.3f}  {' '.join(map(str, units))}")
+            print(
+                f"{scenario:<14} {size:>2}  {label:<12} {wall:7.2f}  {' '.join(f'{x:.3f}' for x in idle):<24} {np.mean(idle):9.3f}  {' '.join(map(str, units))}"
+            )
         (ws, idle_s, _), (wc, idle_c, _) = r["static"], r["coordinator"]
-        print(f"{'':<14} {'':>2}  ratio coordinator/round-robin: mean idle {np.mean(idle_c) / max(np.mean(idle_s), 1e-9):.3f}, "
-              f"wall {wc / ws:.3f}")
+        print(f"{'':<14} {'':>2}  ratio coordinator/round-robin: mean idle {np.mean(idle_c) / max(np.mean(idle_s), 1e-9):.3f}, wall {wc / ws:.3f}")
 
 
 def main() -> None:
@@ -192,15 +202,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="corpmerge-bench-dist-"))
     rng = np.random.default_rng(args.seed)
     sizes = np.clip(np.round(rng.lognormal(np.log(8), 0.9, args.units)), 1, 80).astype(int).tolist()
-    print(f"{args.units} units, examples per unit {min(sizes)}–{max(sizes)} (median {int(np.median(sizes))}, total {sum(sizes)}), "
-          f"{args.example_ms:g} ms per example; {os.cpu_count()} CPUs")
+    print(
+        f"{args.units} units, examples per unit {min(sizes)}–{max(sizes)} (median {int(np.median(sizes))}, total {sum(sizes)}), "
+        f"{args.example_ms:g} ms per example; {os.cpu_count()} CPUs"
+    )
     results = []
     for scenario, slow in (("uneven units", 1.0), ("one slow rank", 2.0)):
         for size in (2, 3):
             slowness = [1.0] * size
             slowness[1] = slow
-            cfg = {"real": False, "sizes": sizes, "example_ms": args.example_ms, "slowness": slowness,
-                   "store": str(work / f"sleep-{scenario[:3]}-{size}.sqlite")}
+            cfg = {
+                "real": False,
+                "sizes": sizes,
+                "example_ms": args.example_ms,
+                "slowness": slowness,
+                "store": str(work / f"sleep-{scenario[:3]}-{size}.sqlite"),
+            }
             results.append((scenario, size, launch(work, f"sleep-{scenario[:3]}-{size}", size, cfg, 600)))
     table("cost model: sleep (examples × ms × slowness); coordinator messages and SQLite commits are real", results)
 
@@ -211,14 +228,16 @@ def main() -> None:
             recipe = {
                 "base_model": "embedded:smollm2-135m-instruct",
                 "population": {"size": 1, "sigmas": [0.001]},
-                "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": 100}, "batch_size": 16,
-                            "racing": {"enabled": False}},
+                "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": 100}, "batch_size": 16, "racing": {"enabled": False}},
                 "gate": {"enabled": False},
                 "output": {"path": str(work / f"real-{size}")},
             }
             results.append(("SmolLM2-135M", size, launch(work, f"real-{size}", size, {"real": True, "sizes": real_sizes, "recipe": recipe}, 3600)))
-        table(f"real model: SmolLM2-135M-Instruct on corpmerge_arith, {args.real_units} units of {min(real_sizes)}–{max(real_sizes)} "
-              f"examples (total {sum(real_sizes)}); processes share {os.cpu_count()} cores", results)
+        table(
+            f"real model: SmolLM2-135M-Instruct on corpmerge_arith, {args.real_units} units of {min(real_sizes)}–{max(real_sizes)} "
+            f"examples (total {sum(real_sizes)}); processes share {os.cpu_count()} cores",
+            results,
+        )
 
 
 if __name__ == "__main__":

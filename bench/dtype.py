@@ -30,8 +30,13 @@ def recipe(work: Path, dtype: str, entries: int, support: int) -> Path:
         "base_model": "embedded:smollm2-135m-instruct",
         "dtype": dtype,
         "population": {"size": entries, "sigmas": [0.003, 0.005], "seed": 1},
-        "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": support}, "batch_size": 32,
-                    "store": str(work / f"{dtype}.sqlite"), "racing": {"enabled": False}},
+        "scoring": {
+            "tasks": ["corpmerge_arith"],
+            "support": {"limit": support},
+            "batch_size": 32,
+            "store": str(work / f"{dtype}.sqlite"),
+            "racing": {"enabled": False},
+        },
         "gate": {"enabled": False},
         "output": {"path": str(work / f"out-{dtype}")},
     }

@@ -46,8 +46,9 @@ from corpmerge.recipe import parse_recipe  # noqa: E402
 from corpmerge.scoring import session as session_module  # noqa: E402
 from corpmerge.scoring.distributed import World  # noqa: E402
 from corpmerge.scoring.evaluator import Request  # noqa: E402
-from corpmerge.scoring.scorer import entry_subject, entry_update, ordered  # noqa: E402
+from corpmerge.scoring.scorer import entry_update, ordered  # noqa: E402
 from corpmerge.scoring.session import open_session  # noqa: E402
+from corpmerge.scoring.subjects import entry_subject  # noqa: E402
 
 
 def on_device(device: str) -> None:
@@ -57,11 +58,15 @@ def on_device(device: str) -> None:
 
 def recipe_for(base: str, work: Path, tasks: dict[str, Any], entries: int, **extra: Any) -> dict[str, Any]:
     return {
-        "base_model": base, "dtype": "bfloat16",
+        "base_model": base,
+        "dtype": "bfloat16",
         "population": {"size": entries, "sigmas": extra.pop("sigmas"), "seed": 0},
         "scoring": {**tasks, "store": str(work / "scores.sqlite"), "racing": {"enabled": False}},
-        "merge_method": "corp", "parameters": {"quantile": 0.5, "beta": 10, "alpha": 1},
-        "gate": {"enabled": False}, "output": {"path": str(work / "out")}, **extra,
+        "merge_method": "corp",
+        "parameters": {"quantile": 0.5, "beta": 10, "alpha": 1},
+        "gate": {"enabled": False},
+        "output": {"path": str(work / "out")},
+        **extra,
     }
 
 
@@ -90,9 +95,7 @@ def correctness(data: dict[str, Any], entries: list[Entry], device: str, label: 
     session = open_session(parse_recipe(local))
     try:
         docs = session.folds["A"]
-        return np.concatenate([
-            ordered(session.scores(Request(entry_subject(e), "A", docs, entry_update(e))), docs, "correct") for e in entries
-        ])
+        return np.concatenate([ordered(session.scores(Request(entry_subject(e), "A", docs, entry_update(e))), docs, "correct") for e in entries])
     finally:
         session.close()
 

@@ -57,8 +57,10 @@ def replay(path: str, quantile: float, top_k: int, spec: RacingSpec, seed: int =
     elites = set(np.flatnonzero(full >= np.quantile(full, quantile) - 1e-12).tolist())
     stopped = set(np.flatnonzero(seen < n).tolist())
     print(f"{path}: {len(subjects)} entries × {n} examples; keep {keep} (quantile {quantile}, top-{top_k}); stages {stage_sizes(n, spec)}, z {spec.z}")
-    print(f"example-evaluations: full {len(subjects) * n}, racing {int(seen.sum())} -> {len(subjects) * n / seen.sum():.2f}x fewer; "
-          f"{len(stopped)} entries stopped; elites (full-fold rewards) stopped by the race: {len(elites & stopped)} of {len(elites)}")
+    print(
+        f"example-evaluations: full {len(subjects) * n}, racing {int(seen.sum())} -> {len(subjects) * n / seen.sum():.2f}x fewer; "
+        f"{len(stopped)} entries stopped; elites (full-fold rewards) stopped by the race: {len(elites & stopped)} of {len(elites)}"
+    )
 
 
 def _elites(report: dict) -> set[int]:
@@ -90,20 +92,29 @@ def main() -> None:
         return
     recipe = load_recipe(args.recipe)
     if args.seed is not None:
-        recipe = recipe.model_copy(update={
-            "population": recipe.population.model_copy(update={"seed": args.seed}),
-            "scoring": recipe.scoring.model_copy(update={"support": recipe.scoring.support.model_copy(update={"split_seed": args.seed})}),
-        })
+        recipe = recipe.model_copy(
+            update={
+                "population": recipe.population.model_copy(update={"seed": args.seed}),
+                "scoring": recipe.scoring.model_copy(update={"support": recipe.scoring.support.model_copy(update={"split_seed": args.seed})}),
+            }
+        )
     work = Path(tempfile.mkdtemp(prefix="corpmerge-racing-"))
     store = str(work / "scores.sqlite")
     reports, walls = {}, {}
     for racing in (False, True):
-        scoring = recipe.scoring.model_copy(update={
-            "store": store, "racing": recipe.scoring.racing.model_copy(update={"enabled": racing}),
-        })
-        variant = recipe.model_copy(update={
-            "scoring": scoring, "gate": recipe.gate.model_copy(update={"racing": racing}), "iterate": None,
-        }).with_output(work / f"racing-{racing}")
+        scoring = recipe.scoring.model_copy(
+            update={
+                "store": store,
+                "racing": recipe.scoring.racing.model_copy(update={"enabled": racing}),
+            }
+        )
+        variant = recipe.model_copy(
+            update={
+                "scoring": scoring,
+                "gate": recipe.gate.model_copy(update={"racing": racing}),
+                "iterate": None,
+            }
+        ).with_output(work / f"racing-{racing}")
         start = time.perf_counter()
         reports[racing] = run_recipe(variant)
         walls[racing] = time.perf_counter() - start
@@ -111,16 +122,17 @@ def main() -> None:
     full, raced = off["racing"]["example_evaluations"], on["racing"]["example_evaluations"]
     per_example = off["timings_s"]["score"] / max(1, full)
     print(f"recipe {args.recipe} (seed {args.seed if args.seed is not None else 'as written'}), store {store}")
-    print(f"fold-A example-evaluations: full {full}, racing {raced} -> {full / max(1, raced):.2f}x fewer "
-          f"({on['racing']['stopped']} of {on['racing']['scored']} entries stopped, stages {on['racing']['stages']})")
+    print(
+        f"fold-A example-evaluations: full {full}, racing {raced} -> {full / max(1, raced):.2f}x fewer "
+        f"({on['racing']['stopped']} of {on['racing']['scored']} entries stopped, stages {on['racing']['stages']})"
+    )
     print(f"scoring wall: full {off['timings_s']['score']:.0f} s; racing ≈ {raced * per_example:.0f} s at the full run's cost per example")
     e_off, e_on = _elites(off), _elites(on)
     print(f"elites of the chosen grid point: full {len(e_off)}, racing {len(e_on)}, common {len(e_off & e_on)}")
     for name, rep in (("full", off), ("racing", on)):
         gate = rep["gate"]
         verdict = f"accepted {gate.get('params')} x{gate.get('multiplier')}" if gate["accepted"] else f"abstained: {gate['reason']}"
-        print(f"{name:>7}: gate {verdict}; held-out base {_held_out(rep, 'base')}, merged {_held_out(rep, 'merged')}, "
-              f"K=1 {_held_out(rep, 'best_entry')}")
+        print(f"{name:>7}: gate {verdict}; held-out base {_held_out(rep, 'base')}, merged {_held_out(rep, 'merged')}, K=1 {_held_out(rep, 'best_entry')}")
     print(f"wall of this benchmark: {walls[False]:.0f} s (full) + {walls[True]:.0f} s (racing, from the store)")
 
 

@@ -70,8 +70,12 @@ def main() -> None:
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="corpmerge-bench-recipes-"))
     base = folder / "base"
     if not (base / "config.json").is_file():  # in a child: this process stays small, or children's peak RSS would include it
-        subprocess.run([sys.executable, "-c", f"from tiny import build_tiny_model; build_tiny_model(__import__('pathlib').Path({str(base)!r}))"],
-                       cwd=TESTS, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", f"from tiny import build_tiny_model; build_tiny_model(__import__('pathlib').Path({str(base)!r}))"],
+            cwd=TESTS,
+            check=True,
+            capture_output=True,
+        )
     print(f"{'case':<36} {'size':>9} {'exit':>4} {'wall s':>7} {'peak MiB':>9}  last stderr line")
     for name, path in write_cases(folder, base).items():
         wall, rss, code, line = measure([sys.executable, "-m", "corpmerge", "-q", "validate", str(path)])

@@ -25,10 +25,10 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before lm-eval is imported
 
-from corpmerge.scoring.folds import count
 from corpmerge.pipeline import score_population
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
+from corpmerge.scoring.folds import count
 from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import open_session
 
@@ -40,14 +40,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="corpmerge-bench-scoring-"))
-    recipe = parse_recipe({
-        "base_model": "embedded:smollm2-135m-instruct",
-        "population": {"size": args.entries, "sigmas": [0.001, 0.002], "seed": 0},
-        "scoring": {"tasks": ["corpmerge_arith"], "support": {"limit": args.support}, "batch_size": args.batch_size,
-                    "store": str(work / "scores.sqlite"), "racing": {"enabled": False}},
-        "gate": {"enabled": False},
-        "output": {"path": str(work / "out")},
-    })
+    recipe = parse_recipe(
+        {
+            "base_model": "embedded:smollm2-135m-instruct",
+            "population": {"size": args.entries, "sigmas": [0.001, 0.002], "seed": 0},
+            "scoring": {
+                "tasks": ["corpmerge_arith"],
+                "support": {"limit": args.support},
+                "batch_size": args.batch_size,
+                "store": str(work / "scores.sqlite"),
+                "racing": {"enabled": False},
+            },
+            "gate": {"enabled": False},
+            "output": {"path": str(work / "out")},
+        }
+    )
     session = open_session(recipe)
     docs = session.folds["A"]
     lm, suite = session.backend.lm, session.suite

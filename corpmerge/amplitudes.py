@@ -74,13 +74,28 @@ class Amplitudes:
         return acc.view(shape)
 
 
-@dataclass(frozen=True)
 class Cloud:
-    """The rewarded population in amplitude space: row i of ``vectors`` is entry i's update."""
+    """The rewarded population in amplitude space: row i is entry i's update Δᵢ over ``seeds``.
 
-    seeds: np.ndarray
-    vectors: np.ndarray
-    rewards: np.ndarray
+    Two storages, the same operations: dense rows (stage 2's local populations, whose rows are
+    multi-seed amplitude vectors), or, for single-seed entries (row i = σᵢ·e(sᵢ), a scaled basis
+    vector), only the vector σ: a population of N entries then costs O(N) memory, and every
+    operation below O(N) time, where the dense N×N matrix would not fit (N = 10⁵ is 75 GiB).
+    Both give the same numbers: a single-seed row's sums have one non-zero term.
+    """
+
+    def __init__(self, seeds: np.ndarray, vectors: np.ndarray, rewards: np.ndarray):
+        """A cloud of dense rows: ``vectors[i]`` is entry i's amplitude vector over ``seeds``."""
+        self.seeds, self.rewards = seeds, rewards
+        self._dense: np.ndarray | None = vectors
+        self._sigmas: np.ndarray | None = None
+
+    @classmethod
+    def single_seed(cls, seeds: np.ndarray, sigmas: np.ndarray, rewards: np.ndarray) -> "Cloud":
+        """Entry i is σᵢ·ε(seeds[i]): the diagonal cloud diag(σ), stored as σ."""
+        cloud = cls(seeds, None, rewards)  # type: ignore[arg-type]
+        cloud._sigmas = sigmas
+        return cloud
 
     @classmethod
     def from_entries(cls, entries: list[Entry]) -> "Cloud":
@@ -88,10 +103,64 @@ class Cloud:
         if any(e.reward is None for e in entries):
             raise ValueError("every entry needs a reward")
         seeds = np.array([e.seed for e in entries], dtype=np.int64)
-        vectors = np.diag(np.array([e.sigma for e in entries], dtype=np.float64))
+        sigmas = np.array([e.sigma for e in entries], dtype=np.float64)
         rewards = np.array([e.reward for e in entries], dtype=np.float64)
-        return cls(seeds, vectors, rewards)
+        return cls.single_seed(seeds, sigmas, rewards)
+
+    @property
+    def size(self) -> int:
+        return int(self.rewards.size)
+
+    @property
+    def sigmas(self) -> np.ndarray | None:
+        """σ of a single-seed cloud (row i = σᵢ·e_i); None for dense rows."""
+        return self._sigmas
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The rows as a dense matrix; for a single-seed cloud this builds diag(σ), N×N: small clouds only."""
+        return self._dense if self._dense is not None else np.diag(self._sigmas)
+
+    def norms(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """‖vᵢ‖ of the rows (all rows by default)."""
+        rows = np.arange(self.size) if rows is None else rows
+        if self._dense is not None:
+            return np.linalg.norm(self._dense[rows], axis=1)
+        sigmas = self._sigmas[rows]
+        return np.sqrt(sigmas * sigmas)  # what the norm of a row with one non-zero computes, bit for bit
+
+    def dot(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        """⟨vᵢ, vector⟩ for each row i of ``rows`` (``vector`` over ``seeds``)."""
+        if self._dense is not None:
+            return self._dense[rows] @ vector
+        return self._sigmas[rows] * vector[rows]
 
     def combine(self, rows: np.ndarray, weights: np.ndarray) -> Amplitudes:
         """Σ weights[k]·vectors[rows[k]]."""
-        return Amplitudes(self.seeds, weights @ self.vectors[rows])
+        if self._dense is not None:
+            return Amplitudes(self.seeds, weights @ self._dense[rows])
+        values = np.zeros(self.seeds.size)
+        values[rows] = weights * self._sigmas[rows]
+        return Amplitudes(self.seeds, values)
+
+    def nonzeros(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows as compressed sparse rows (indptr, columns into ``seeds``, values), columns ascending."""
+        if self._dense is not None:
+            block = self._dense[rows]
+            row_of, columns = np.nonzero(block)
+            indptr = np.searchsorted(row_of, np.arange(len(rows) + 1))
+            return indptr, columns, block[row_of, columns]
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.arange(rows.size + 1), rows, self._sigmas[rows]
+
+    def block(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, matrix): the rows restricted to the seeds they use, as a dense |rows| × |columns| matrix."""
+        if self._dense is not None:
+            v = self._dense[rows]
+            support = np.flatnonzero(np.any(v != 0, axis=0))
+            return support, v[:, support]
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        matrix = np.zeros((rows.size, rows.size))
+        matrix[order, np.arange(rows.size)] = self._sigmas[rows[order]]
+        return rows[order], matrix

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
@@ -20,7 +21,7 @@ from rich.table import Table
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
 from corpmerge import __version__, progress
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import TRACEBACK_LOGGER, CorpmergeError, first_line, log_traceback
 from corpmerge.rewards.sandbox import SandboxError, SandboxUnavailable
 
 app = typer.Typer(
@@ -35,9 +36,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 RecipeArg = typer.Argument(..., exists=False, dir_okay=False, help="Path to a corpmerge YAML recipe.")
 OutputOpt = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path).")
-OverwriteOpt = typer.Option(
-    False, "--overwrite", help="Replace an existing output folder if corpmerge wrote it (atomically, once the new one is complete)."
-)
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output folder if corpmerge wrote it (atomically, once the new one is complete).")
 GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--version")
 MAX_ERROR_CHARS = 1000
 
@@ -48,8 +47,13 @@ def _rich_reporter() -> progress.Reporter:
     @contextmanager
     def reporter(description: str, total: int) -> Iterator[progress.Advance]:
         columns = [
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
         ]
         with Progress(*columns, console=err, transient=False) as bar:
             tid = bar.add_task(description, total=total, status="")
@@ -81,6 +85,8 @@ def _setup(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(level)
+    if not verbose:
+        handler.addFilter(_NoTracebacks())  # kept in corpmerge.log; -v shows them here too
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("corpmerge").setLevel(min(level, logging.INFO))  # INFO always reaches a run's log file
     bars = err.is_terminal and not quiet
@@ -92,6 +98,13 @@ class _NotProgress(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name != progress.log.name
+
+
+class _NoTracebacks(logging.Filter):
+    """Keeps the tracebacks of unexpected errors off the terminal (they still reach the log file)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != TRACEBACK_LOGGER
 
 
 class _LazyFileHandler(logging.FileHandler):
@@ -119,6 +132,13 @@ def _log_to_file(path: Path) -> None:
     handler.setLevel(min(logger.level, logging.INFO))
 
 
+def _where_traceback_went() -> str:
+    logs = [h.baseFilename for h in logging.getLogger("corpmerge").handlers if isinstance(h, _LazyFileHandler)]
+    if logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG):
+        return "traceback above" + (f" and in {logs[0]}" if logs else "")
+    return f"traceback in {logs[0]}" if logs else "run again with -v to see the traceback"
+
+
 def _one_line(message: str) -> str:
     """An error message as one line of bounded length (the middle of an overlong one is cut)."""
     line = " ".join(message.split())
@@ -128,7 +148,8 @@ def _one_line(message: str) -> str:
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn CorpmergeError into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Turn CorpmergeError into one line on stderr and exit code 2; Ctrl-C into exit 130; any other exception
+    (a bug) into one line and exit code 1, its traceback kept in the run's corpmerge.log (and on stderr with -v)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -143,6 +164,13 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to continue")
             raise typer.Exit(130) from None
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:  # a bug, not a bad input: one line here, the traceback in the log
+            log_traceback(f"corpmerge {fn.__name__}", exc)
+            line = _one_line(f"unexpected {type(exc).__name__}: {first_line(exc)}")
+            err.print(f"[bold red]error:[/] {escape(line)} ({_where_traceback_went()})", highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -207,21 +235,22 @@ def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bo
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
-    from corpmerge.report.view import render_report
+    from corpmerge.report.view import load_report, render_report
 
     parsed = load_recipe(recipe).with_output(output)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     report = run_recipe(parsed, None, overwrite)
     if report is not None:  # None on the non-main processes of a launched run
-        render_report(out, report)
+        render_report(out, *load_report(report["report_path"]))  # what the file holds, read as any reader reads it
 
 
 @app.command()
 @_user_errors
 def report(
     folder: Path = typer.Argument(
-        ..., help="A run's output folder or work folder, or its report.json. A folder without report.json falls back to "
-        "<folder>.work, where an abstained run leaves its report."
+        ...,
+        help="A run's output folder or work folder, or its report.json. A folder without report.json falls back to "
+        "<folder>.work, where an abstained run leaves its report.",
     ),
 ) -> None:
     """Re-render a finished run's tables and report.png from its report.json, without loading a model."""
@@ -245,8 +274,13 @@ def diagnose(
     from corpmerge.recipe import load_recipe
 
     result = diagnose_recipe(load_recipe(recipe), top, coords, k, splits)
-    table = Table("statistic", "mean", "95% lower bound", "verdict",
-                  title=f"split-half over {result['splits']} splits of {result['elites']} elites ({result['sketch_dims']} sketch dims, k={result['k']})")
+    table = Table(
+        "statistic",
+        "mean",
+        "95% lower bound",
+        "verdict",
+        title=f"split-half over {result['splits']} splits of {result['elites']} elites ({result['sketch_dims']} sketch dims, k={result['k']})",
+    )
     for name, st in result["statistics"].items():
         table.add_row(name.replace("_", "-"), f"{st['mean']:+.4f}", f"{st['lower95']:+.4f}", "[green]stable[/]" if st["stable"] else "not stable")
     out.print(table)
@@ -260,13 +294,16 @@ def ensemble(
     top_k: list[int] = typer.Option([1, 50], "--top-k", "-k", help="Vote sizes to report (repeat the option), e.g. -k 1 -k 50."),
 ) -> None:
     """RandOpt baseline: majority vote of the top-K perturbed models on the evaluate split, vs the base (and the merged model in output.path, if any)."""
+    from corpmerge.output.report_schema import HeldOut
     from corpmerge.pipeline import ensemble_recipe
     from corpmerge.recipe import load_recipe
     from corpmerge.report.view import render_evaluation
 
     if any(k < 1 for k in top_k):
         raise CorpmergeError("--top-k: vote sizes must be ≥ 1")
-    render_evaluation(out, ensemble_recipe(load_recipe(recipe), sorted(set(top_k))))
+    result = ensemble_recipe(load_recipe(recipe), sorted(set(top_k)))
+    if result is not None:  # None on the non-main processes of a launched run
+        render_evaluation(out, HeldOut.model_validate(result["evaluation"]), result["method"])
 
 
 @app.command()
@@ -320,7 +357,9 @@ def hoist_global_options(args: list[str]) -> list[str]:
     if command is None:
         return args
     takes_value = {
-        name for param in command.params if param.param_type_name == "option" and not param.is_flag and not param.count
+        name
+        for param in command.params
+        if param.param_type_name == "option" and not param.is_flag and not param.count
         for name in param.opts + param.secondary_opts
     }
     moved: list[str] = []

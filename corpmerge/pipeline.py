@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,27 +12,29 @@ import numpy as np
 import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.report.diagnose import plot, sketch, split_half
-from corpmerge.errors import CorpmergeError, first_line
-from corpmerge.scoring.folds import count
-from corpmerge.gate.procedure import Candidate, GateDecision, run_gate, subject_of, subject_of_result
-from corpmerge.report.heldout import accuracy, evaluate_held_out
-from corpmerge.report.plots import write_report_png
-from corpmerge.output.hub import push_folder
-from corpmerge.plan import Checked, check_recipe
+from corpmerge.errors import CorpmergeError, first_line, traceback_text
+from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
+from corpmerge.gate.stage2 import iterate
 from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
 from corpmerge.output.folder import population_summary, write_output
+from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
+from corpmerge.output.report_schema import REPORT_FILE, RunReport
+from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import EvaluateSpec, Recipe
-from corpmerge.gate.stage2 import iterate
+from corpmerge.report.diagnose import plot, sketch, split_half
+from corpmerge.report.heldout import accuracy, evaluate_held_out
+from corpmerge.report.plots import write_report_png
 from corpmerge.scoring.coordinator import agree
 from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import count
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
-from corpmerge.scoring.scorer import as_docs, entry_subject, entry_update, in_order
+from corpmerge.scoring.scorer import as_docs, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
+from corpmerge.scoring.subjects import entry_subject, update_subject
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     for stage, m in enumerate(sizes, 1):
         prefix = as_docs(order[:m])
         requests = [
-            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma})
-            for i in alive
+            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma}) for i in alive
         ]
         results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
         values = np.array([in_order(scores, order[:m], "value") for scores in results]).reshape(len(alive), m)
@@ -93,8 +92,13 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
     examples = {i: stopped_at.get(i, n) for i in todo}
     summary = {
-        "enabled": spec.enabled, "stages": sizes, "z": spec.z, "keep": keep, "scored": len(todo),
-        "stopped": len(stopped_at), "example_evaluations": int(sum(examples.values())),
+        "enabled": spec.enabled,
+        "stages": sizes,
+        "z": spec.z,
+        "keep": keep,
+        "scored": len(todo),
+        "stopped": len(stopped_at),
+        "example_evaluations": int(sum(examples.values())),
         "example_evaluations_without_racing": len(todo) * n,
         "examples": [examples.get(i, n) for i in range(len(entries))],
     }
@@ -117,16 +121,16 @@ def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = Non
     if world.size == 1:
         return checks()
     try:
-        checked, problem = checks(), None
-    except Exception as exc:  # every rank hears of it below
-        checked, problem = None, first_line(exc)
-    agree(problem, world.size)
+        checked, problem, detail = checks(), None, None
+    except Exception as exc:  # every rank hears of it below; rank 0's log keeps an unexpected one's traceback
+        checked, problem, detail = None, first_line(exc), traceback_text(exc)
+    agree(problem, world.size, detail)
     return checked
 
 
 def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
     """How many of the best entries racing must rank exactly: the elites of any grid point, RandOpt's top K."""
-    quantiles = [p.quantile for p in checked.grid if hasattr(p, "quantile")]
+    quantiles = [q for p in checked.grid if (q := checked.method.elite_quantile(p)) is not None]
     size = len(checked.entries)
     return entries_to_keep(size, min(quantiles) if quantiles else None, max(ensemble_k or [1]))
 
@@ -147,9 +151,8 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
             table = yaml.safe_load(lineage.read_text()).get("lineage") or []
             if table:
                 amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
-                subjects["merged"] = (subject_of(amps), amps)
-        return {"base_model": recipe.base_model, "method": recipe.merge_method,
-                "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
+                subjects["merged"] = (update_subject(amps), amps)
+        return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
         session.close()
 
@@ -174,14 +177,17 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
     if len(elites) < 4:
         raise CorpmergeError(f"population: the split-half diagnostic needs at least 4 entries (got {len(elites)})")
     matrix = sketch(elites, list(sizes), coords, sizes)
-    beta = recipe.parameters.get("beta", 10.0)
-    beta = float(min(beta) if isinstance(beta, list) else beta)
-    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=beta)
+    temperature = min(checked.method.reward_temperature(p) for p in checked.grid)
+    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=temperature)
     path = recipe.output.work_path / "diagnose.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot(str(path), entries, matrix, stats)
     return {
-        "elites": len(elites), "sketch_dims": int(matrix.shape[1]), "k": k, "splits": splits, "plot": str(path),
+        "elites": len(elites),
+        "sketch_dims": int(matrix.shape[1]),
+        "k": k,
+        "splits": splits,
+        "plot": str(path),
         "statistics": {name: {"mean": st.mean, "lower95": st.lower, "stable": st.stable} for name, st in stats.items()},
     }
 
@@ -208,7 +214,8 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any] | None:
-    """The whole job. Returns the report (also written as report.json); None on non-main processes."""
+    """The whole job. Returns the report as report.json holds it (``corpmerge.output.report_schema``),
+    plus ``report_path``; None on non-main processes."""
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
     checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
@@ -226,7 +233,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 decision = run_gate(session, checked, cloud)
             else:
                 result = checked.method(cloud, checked.grid[0])
-                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, subject_of_result(result)), 1.0, [], "gate disabled")
+                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, update_subject(result)), 1.0, [], "gate disabled")
         final = decision.result
         stage2 = None
         if final is not None and recipe.iterate is not None:
@@ -235,38 +242,60 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report = _report(session, entries, checked, decision)
         report["racing"] = race
         if stage2 is not None:
-            report["stage2"] = {"rounds": stage2, "accepted": sum(r["accepted"] for r in stage2)}
-            subject = subject_of_result(final)
+            report["stage2"] = {
+                "rounds": stage2,
+                "accepted": sum(r["accepted"] for r in stage2),
+                "rejected": sum(not r["accepted"] for r in stage2),
+                "sigma_schedule": recipe.iterate.sigma_schedule,
+            }
+            subject = update_subject(final)
             report["chosen"] = fold_accuracies(session, subject, final, list(report["chosen"]))
         best_index = int(np.argmax([e.reward for e in entries]))
         if recipe.evaluate is not None:
             with timer("evaluate"):
                 subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
                 if final is not None:
-                    subjects["merged"] = (subject_of_result(final), final)
+                    subjects["merged"] = (update_subject(final), final)
+                pairs: tuple[tuple[str, str], ...] = ()
+                if stage2 is not None and report["stage2"]["accepted"]:  # what stage 2 added, paired on the same examples
+                    subjects["stage1"] = (update_subject(decision.result), decision.result)
+                    pairs = (("merged", "stage1"),)
                 ranked = sorted(entries, key=lambda e: -e.reward)
-                report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k)
+                report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k, pairs)
         report["evaluations"] = session.scorer.evaluations
         report["example_evaluations"] = session.scorer.examples_evaluated
+        datasets = {**session.suite.datasets, **(session.suites("evaluate").datasets if recipe.evaluate else {})}
+        if datasets:
+            report["datasets"] = datasets  # the model card's `datasets`
         written = final is not None or recipe.output.write_on_abstain
         report["output"] = str(out) if written else None
         with timer("write"):
             if written:
-                subject = subject_of_result(final) if final is not None else "base"
+                subject = update_subject(final) if final is not None else "base"
                 verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
+                shipped = RunReport.of_run(report)  # the folder's copy, as the card describes it
                 write_output(
-                    out, recipe=recipe, entries=entries, result=final, tokenizer=session.tokenizer, ref=session.ref,
-                    report=report, overwrite=overwrite, picture=lambda path: write_report_png(report, path), verify=verify,
+                    out,
+                    recipe=recipe,
+                    entries=entries,
+                    result=final,
+                    tokenizer=session.tokenizer,
+                    ref=session.ref,
+                    report=shipped,
+                    overwrite=overwrite,
+                    picture=lambda path: write_report_png(shipped, path),
+                    verify=verify,
                 )
+                if shipped.shipped_check is not None:
+                    report["shipped_check"] = shipped.shipped_check.model_dump()
         if final is not None and recipe.output.push_to_hub:
             with timer("push"):
                 report["pushed"] = push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
         report["timings_s"] = timer.seconds
-        report_dir = out if written else recipe.output.work_path
-        _write_json_atomic(report_dir / "report.json", report)
-        write_report_png(report, recipe.output.work_path / "report.png")
-        report["report_path"] = str(report_dir / "report.json")
-        return report
+        final_report = RunReport.of_run(report)
+        path = final_report.write((out if written else recipe.output.work_path) / REPORT_FILE)
+        write_report_png(final_report, recipe.output.work_path / "report.png")
+        return {**final_report.as_json(), "report_path": str(path)}
     finally:
         session.close()
 
@@ -283,30 +312,34 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
         "base": fold_accuracies(session, "base", None, used),
         "candidates_tried": len(decision.candidates),
         "gate": {
-            "enabled": session.recipe.gate.enabled, "accepted": decision.accepted is not None, "reason": decision.reason,
-            "candidates_probed": decision.probed, "fallback": session.recipe.gate.fallback,
+            "enabled": session.recipe.gate.enabled,
+            "accepted": decision.accepted is not None,
+            "reason": decision.reason,
+            "candidates_probed": decision.probed,
+            "fallback": session.recipe.gate.fallback,
         },
     }
     report["population"]["rewards"] = [e.reward for e in entries]
     if decision.candidates:
-        report["candidates"] = [
-            {"params": c.params, "validate": c.validate.as_dict(), "stopped": c.stopped_at is not None, "validate_examples": c.validate.n}
-            for c in decision.candidates
-        ]
+        report["candidates"] = [candidate_record(c) for c in decision.candidates]
     final, cand = decision.result, decision.accepted
     if final is None:
         return report
-    report["gate"].update(params=cand.params, multiplier=decision.multiplier)
-    if "quantile" in cand.params:
-        report["population"]["elite_threshold"] = float(np.quantile([e.reward for e in entries], cand.params["quantile"]))
+    report["gate"].update(params=cand.params, multiplier=decision.multiplier, ess=cand.result.ess, step_rms=final.step_rms)
+    quantile = checked.method.elite_quantile(cand.params)
+    if quantile is not None:
+        report["population"]["elite_threshold"] = float(np.quantile([e.reward for e in entries], quantile))
     if cand.validate is not None:
         probe = cand.probe[decision.multiplier]
         report["gate"].update(
-            fixes=cand.validate.fixes, regressions=cand.validate.regressions,
-            constructive_score=cand.validate.constructive_score, lcb=cand.validate.lcb,
-            probe_lcb=probe.lcb, probe={str(m): s.as_dict() for m, s in cand.probe.items()},
+            fixes=cand.validate.fixes,
+            regressions=cand.validate.regressions,
+            constructive_score=cand.validate.constructive_score,
+            lcb=cand.validate.lcb,
+            probe_lcb=probe.lcb,
+            probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
-    subject = subject_of_result(final)
+    subject = update_subject(final)
     report["chosen"] = fold_accuracies(session, subject, final, used)
     return report
 
@@ -324,10 +357,3 @@ def fold_accuracies(session: Session, subject: str, update: Any, folds: list[str
     """Accuracy of ``subject`` on each named support fold (one batch)."""
     results = session.evaluate([Request(subject, f, session.folds[f], update) for f in folds], f"{subject} on the support folds")
     return {f: accuracy(scores, session.folds[f]) for f, scores in zip(folds, results)}
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.methods import MergeMethod, MethodParams, get_method
+from corpmerge.methods import MergeMethod, MethodParams, get_method, method_names
 from corpmerge.model_io import resolve_base
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
@@ -14,6 +15,8 @@ from corpmerge.recipe import Recipe, SampledPopulation
 from corpmerge.scoring.folds import check_gate_fold_sizes
 
 log = logging.getLogger(__name__)
+
+MIN_LOCAL_ELITES = 10  # below it a stage-2 step averages a handful of random local perturbations
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,7 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
     entries = recipe.entries()
     if needs_rewards:
         if isinstance(recipe.population, SampledPopulation):
-            raise CorpmergeError(
-                "population: a sampled population has no rewards yet; add a `scoring:` section and use `corpmerge run`"
-            )
+            raise CorpmergeError("population: a sampled population has no rewards yet; add a `scoring:` section and use `corpmerge run`")
         for i, entry in enumerate(entries):
             if entry.reward is None:
                 raise CorpmergeError(
@@ -50,14 +51,12 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
                 "gate.enabled: the gate needs scoring, which `corpmerge merge` does not do; "
                 "set `gate: {enabled: false}` to merge from the given rewards, or use `corpmerge run` with a `scoring:` section"
             )
-    if recipe.iterate is not None and (recipe.scoring is None or not recipe.gate.enabled or recipe.merge_method == "ties"):
-        raise CorpmergeError(
-            "iterate: stage 2 needs `scoring:`, the gate enabled and an amplitude method (corp, reward_avg, topk_subspace, best)"
-        )
+    if recipe.iterate is not None and (recipe.scoring is None or not recipe.gate.enabled or not method.linear):
+        linear = ", ".join(n for n in method_names() if get_method(n).linear)
+        raise CorpmergeError(f"iterate: stage 2 needs `scoring:`, the gate enabled and a method whose update is an amplitude table ({linear})")
     if len(grid) > 1 and (needs_rewards or not recipe.gate.enabled):
         raise CorpmergeError(
-            "parameters: a list value is a grid, and only the gate can choose from a grid; "
-            "give single values, or enable the gate and use `corpmerge run`"
+            "parameters: a list value is a grid, and only the gate can choose from a grid; give single values, or enable the gate and use `corpmerge run`"
         )
     if recipe.scoring is not None and recipe.gate.enabled and recipe.scoring.support.limit is not None:
         support, per_task = recipe.scoring.support, recipe.scoring.support.limit
@@ -65,6 +64,8 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
         sizes["C"] = per_task - round(support.folds.construct_ * per_task) - sizes["B"]
         check_gate_fold_sizes({f: n * len(recipe.scoring.tasks) for f, n in sizes.items()}, f" at most (support.limit {per_task})")
     notes: list[str] = []
+    if recipe.iterate is not None:
+        notes += _local_elite_notes(method, grid, recipe.iterate.local_size)
     given = sum(e.reward is not None for e in entries)
     if given and recipe.scoring is not None:
         notes.append(
@@ -89,3 +90,23 @@ def dtype_mismatch_note(recipe: Recipe) -> str:
         f"scoring.dtype: models are scored in {recipe.scoring_dtype} but written in {recipe.dtype}, so the gate does not "
         f"validate the bits that ship; drop scoring.dtype (or set it to {recipe.dtype}) to score what is written"
     )
+
+
+def elite_count(size: int, quantile: float) -> int:
+    """|E| of ``size`` distinct rewards at ``quantile`` (linear interpolation): size − ⌈q·(size − 1)⌉."""
+    return size - math.ceil(quantile * (size - 1) - 1e-9)
+
+
+def _local_elite_notes(method: MergeMethod, grid: list[MethodParams], local_size: int) -> list[str]:
+    """A note when a stage-2 local population gives fewer than ``MIN_LOCAL_ELITES`` elites at some grid quantile."""
+    quantiles = {q for p in grid if (q := method.elite_quantile(p)) is not None}
+    if not quantiles or elite_count(local_size, max(quantiles)) >= MIN_LOCAL_ELITES:
+        return []
+    q = max(quantiles)
+    needed = local_size
+    while elite_count(needed, q) < MIN_LOCAL_ELITES:  # terminates: q < 1
+        needed += 1
+    return [
+        f"iterate.local_size: {local_size} local perturbations give {elite_count(local_size, q)} elites at quantile {q:g}, "
+        f"so a stage-2 step averages at most that many; raise iterate.local_size to at least {needed} for {MIN_LOCAL_ELITES} elites"
+    ]

@@ -80,7 +80,13 @@ class _LogLines:
         status = f", {self.status}" if self.status else ""
         log.info(
             "%s: %d/%d (%d%%), elapsed %s, eta %s%s",
-            self.description, self.done, self.total, 100 * self.done // self.total, _clock(elapsed), eta, status,
+            self.description,
+            self.done,
+            self.total,
+            100 * self.done // self.total,
+            _clock(elapsed),
+            eta,
+            status,
         )
         self.last = now
 

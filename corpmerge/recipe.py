@@ -149,8 +149,18 @@ class ScoringSpec(_Strict):
     memory_budget: int | str | None = Field(
         default=None, description="bytes for materialised candidate updates; default: min(8 × model size, half the free RAM)"
     )
-    allow_unsandboxed_code: bool = Field(
-        default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe"
+    allow_unsandboxed_code: bool = Field(default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe")
+    unit_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a unit of work on another process may take at least before that process counts as stalled",
+    )
+    stall_factor: float = Field(
+        default=10.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="a unit counts as stalled after this many times its expected time (examples × the slowest measured cost per example)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="dtype the scored models are rounded to; default: the output dtype, so the gate scores the bits that ship"
@@ -178,9 +188,7 @@ class GateSpec(_Strict):
     z: float = Field(default=1.645, ge=0)
     regression_penalty: float = Field(default=2.0, ge=0)
     probe_multipliers: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0], min_length=1)
-    fallback: bool = Field(
-        default=False, description="when the top candidate fails the probe, probe the next passing one (not the paper's procedure)"
-    )
+    fallback: bool = Field(default=False, description="when the top candidate fails the probe, probe the next passing one (not the paper's procedure)")
     racing: bool = Field(default=True, description="stop gate candidates on fold B that cannot become the top-ranked one")
 
 
@@ -191,7 +199,12 @@ class IterateSpec(_Strict):
     local_size: int = Field(default=100, ge=4)
     rank: int = Field(default=8, ge=1)
     isotropic_floor: float = Field(default=0.5, gt=0, le=1, description="ρ: share of proposal variance on a fresh seed")
-    sigma: float | None = Field(default=None, gt=0, description="local scale; default: the population's median σ")
+    sigma: float | None = Field(default=None, gt=0, description="local scale σ, fixed across rounds; default: the population's median σ")
+    sigma_schedule: Literal["fixed", "halve"] = Field(
+        default="fixed",
+        description="fixed (paper); halve (the reference code's, not the paper's): start at the population's σ with the best "
+        "mean reward and halve σ after each rejected round (with patience: 2, its 3 tries)",
+    )
     patience: int = Field(default=0, ge=0, description="rejected rounds tolerated before stopping (paper: 0)")
 
 
@@ -211,9 +224,7 @@ class OutputSpec(_Strict):
     max_shard_size: int | str = "5GB"
     work_dir: str | None = None
     write_on_abstain: bool = False
-    verify: bool = Field(
-        default=True, description="after writing, load the folder as a user would and re-score fold B; it must match what the gate scored"
-    )
+    verify: bool = Field(default=True, description="after writing, load the folder as a user would and re-score fold B; it must match what the gate scored")
     push_to_hub: str | None = None
     private: bool = False
 
@@ -265,15 +276,11 @@ class Recipe(_Strict):
     def _unique_seeds(cls, value: Any) -> Any:
         if isinstance(value, list):
             if not value:
-                raise ValueError(
-                    "the list is empty, so nothing can be merged; list {seed, sigma, reward} entries or sample with {size, sigmas, seed}"
-                )
+                raise ValueError("the list is empty, so nothing can be merged; list {seed, sigma, reward} entries or sample with {size, sigmas, seed}")
             first: dict[int, int] = {}
             for i, entry in enumerate(value):
                 if entry.seed in first:
-                    raise ValueError(
-                        f"population[{i}].seed: seed {entry.seed} appears twice (also population[{first[entry.seed]}]); seeds must be unique"
-                    )
+                    raise ValueError(f"population[{i}].seed: seed {entry.seed} appears twice (also population[{first[entry.seed]}]); seeds must be unique")
                 first[entry.seed] = i
         return value
 
@@ -285,8 +292,7 @@ class Recipe(_Strict):
             points *= max(1, len(item)) if isinstance(item, list) else 1
             if points > MAX_GRID:
                 raise ValueError(
-                    f"the grid (product of the list lengths) has more than {MAX_GRID:,} points; "
-                    "every point is a gate candidate, so give fewer values"
+                    f"the grid (product of the list lengths) has more than {MAX_GRID:,} points; every point is a gate candidate, so give fewer values"
                 )
         return value
 
@@ -338,7 +344,7 @@ def _format_error(err: dict[str, Any]) -> str:
     if kind == "finite_number":
         return f"{loc}: must be a finite number (got {excerpt(err.get('input'))})"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
         if msg.startswith("population["):
             return msg
     return f"{loc}: {msg}"
@@ -367,8 +373,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise CorpmergeError(f"{excerpt(str(path), 200)}: cannot read the recipe ({exc.strerror})") from None
     if len(raw) > MAX_RECIPE_BYTES:
         raise CorpmergeError(
-            f"{path}: a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; "
-            "sample big populations with {size, sigmas, seed} instead of listing them"
+            f"{path}: a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; sample big populations with {{size, sigmas, seed}} instead of listing them"
         )
     try:
         text = raw.decode("utf-8-sig")

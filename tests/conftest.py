@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny import build_tiny_model, write_mc_task
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,6 +75,4 @@ def given_rewards_recipe(base: Path, out: Path, **overrides) -> dict:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "corpmerge", *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600
-    )
+    return subprocess.run([sys.executable, "-m", "corpmerge", *args], capture_output=True, text=True, cwd=cwd, env=full_env, timeout=600)

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from conftest import given_rewards_recipe, run_cli, write_recipe
 
 
@@ -35,9 +34,7 @@ CASES = {
 
 
 # merge shares validate's checks, so a sample of the cases is enough there
-PAIRS = [(case, "validate") for case in CASES] + [
-    (case, "merge") for case in ("unknown key", "duplicate seed", "base not found", "missing reward")
-]
+PAIRS = [(case, "validate") for case in CASES] + [(case, "merge") for case in ("unknown key", "duplicate seed", "base not found", "missing reward")]
 
 
 @pytest.mark.parametrize(("case", "command"), PAIRS)

@@ -9,6 +9,7 @@ program: ``python tests/test_coordinator.py config.json`` with RANK and WORLD_SI
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -28,13 +29,15 @@ CHILD_TIMEOUT_S = 120
 
 
 class SleepyScorer:
-    """Stands in for ``Scorer``: sleeps examples × example_s × this rank's slowness, returns made-up scores."""
+    """Stands in for ``Scorer``: sleeps examples × example_s × this rank's slowness, returns made-up scores
+    (whose prediction names the rank that computed them)."""
 
     def __init__(self, rank: int, cfg: dict):
         self.rank, self.cfg = rank, cfg
         self.slowness = float(cfg.get("slowness", {}).get(str(rank), 1.0))
         self.evaluations = self.examples_evaluated = 0
         self.seen = 0
+        self.subjects: list[str] = []
 
     def evaluate(self, update, docs, suite=None):
         from corpmerge.scoring.lmeval import ExampleScore
@@ -42,13 +45,19 @@ class SleepyScorer:
         self.seen += 1
         if self.cfg.get("die_after", {}).get(str(self.rank)) == self.seen - 1:
             os.kill(os.getpid(), signal.SIGKILL)  # a worker dying with a unit in flight
+        if self.cfg.get("stall_after", {}).get(str(self.rank)) == self.seen - 1:
+            os.kill(os.getpid(), signal.SIGSTOP)  # a worker that stops responding without dying (a GPU hang)
         if self.cfg.get("fail_after", {}).get(str(self.rank)) == self.seen - 1:
             raise ValueError(f"cannot evaluate this unit on rank {self.rank}\nsecond line")
+        late = self.cfg.get("late_once", {}).get(str(self.rank))
+        if late and late[0] == self.seen - 1:
+            time.sleep(late[1])  # far past its deadline, then it answers
         n = sum(len(ids) for ids in docs.values())
         time.sleep(n * self.cfg["example_s"] * self.slowness)
         self.evaluations += 1
         self.examples_evaluated += n
-        return {(task, d): ExampleScore(float(d % 3) / 2, d % 3 == 2, None) for task, ids in docs.items() for d in ids}
+        self.subjects.append(next(iter(update)) if update else "")
+        return {(task, d): ExampleScore(float(d % 3) / 2, d % 3 == 2, f"rank{self.rank}") for task, ids in docs.items() for d in ids}
 
 
 def child(config: Path) -> None:
@@ -58,9 +67,7 @@ def child(config: Path) -> None:
 
     cfg = json.loads(config.read_text())
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank, world_size=size, timeout=timedelta(seconds=CHILD_TIMEOUT_S)
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank, world_size=size, timeout=timedelta(seconds=CHILD_TIMEOUT_S))
     try:
         _child(cfg, config, rank, size)
     finally:
@@ -69,12 +76,15 @@ def child(config: Path) -> None:
 
 def _child(cfg: dict, config: Path, rank: int, size: int) -> None:
     from corpmerge.errors import CorpmergeError
-    from corpmerge.scoring.coordinator import Coordinator, agree_on_startup, serve
+    from corpmerge.scoring import coordinator as coordination
+    from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup, serve
     from corpmerge.scoring.evaluator import Request
     from corpmerge.scoring.store import ScoreStore
 
     out: dict = {"rank": rank}
     result = config.with_name(f"{config.stem}.rank{rank}.json")
+    if rank == 0 and cfg.get("log"):  # as the CLI's corpmerge.log
+        logging.getLogger("corpmerge").addHandler(logging.FileHandler(cfg["log"]))
     try:
         agree_on_startup(cfg.get("problems", {}).get(str(rank)), size)
     except CorpmergeError as exc:
@@ -83,21 +93,30 @@ def _child(cfg: dict, config: Path, rank: int, size: int) -> None:
     scorer = SleepyScorer(rank, cfg)
     if rank > 0:
         serve(scorer, lambda key: None)
-        result.write_text(json.dumps({**out, "served": scorer.evaluations}))
+        result.write_text(json.dumps({**out, "served": scorer.evaluations, "subjects": scorer.subjects}))
         return
     store = ScoreStore(cfg["store"], {"test": "coordinator"})
-    coordinator = Coordinator(scorer, store, lambda key: None, size)
-    requests = [Request(subject, "A", {"t": list(range(n))}) for subject, n in cfg["units"]]
+    deadlines = Deadlines(cfg.get("stall_factor", 10.0), cfg.get("unit_timeout", 600.0))
+    coordinator = Coordinator(scorer, store, lambda key: None, size, deadlines)
+    requests = [Request(subject, "A", {"t": list(range(n))}, {subject: 1.0}) for subject, n in cfg["units"]]
     try:
         coordinator.run(requests, "uneven units")
     except CorpmergeError as exc:
         out["error"] = str(exc)
     finally:
+        if "stop_before_close" in cfg:  # a worker that stops responding while idle, after the last unit
+            os.kill(coordination._peers[cfg["stop_before_close"]].pid, signal.SIGSTOP)
         coordinator.close()
         store.close()
     out.update(
-        history=coordinator.history, units_done=coordinator.units_done, busy_s=coordinator.busy_s, batch_s=coordinator.batch_s,
-        evaluations=scorer.evaluations, examples_evaluated=scorer.examples_evaluated,
+        history=coordinator.history,
+        units_done=coordinator.units_done,
+        busy_s=coordinator.busy_s,
+        batch_s=coordinator.batch_s,
+        evaluations=scorer.evaluations,
+        examples_evaluated=scorer.examples_evaluated,
+        stalls=coordinator.stalls,
+        late=coordinator.late,
     )
     result.write_text(json.dumps(out))
 
@@ -121,8 +140,14 @@ def launch(tmp_path):
         config.write_text(json.dumps({"port": free_port(), "store": str(tmp_path / "scores.sqlite"), "example_s": 0.01, **cfg}))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(size)}
         procs = [
-            subprocess.Popen([sys.executable, __file__, str(config)], env={**env, "RANK": str(r)}, start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, __file__, str(config)],
+                env={**env, "RANK": str(r)},
+                start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for r in range(size)
         ]
         started.extend(procs)
@@ -192,15 +217,17 @@ def test_free_processes_take_the_next_unit_so_uneven_costs_balance(launch, tmp_p
     coordinated, round_robin = idle(loads(dealt, slowness)), idle(loads(static, slowness))
     assert coordinated < 0.5 * round_robin, (coordinated, round_robin, dealt)
     # the busy seconds rank 0 logs are each rank's own evaluation time (reported, not asserted: wall clock)
-    print(f"idle in example-units: coordinator {coordinated:.0f}, round-robin {round_robin:.0f}; "
-          f"measured busy {main['busy_s']} of {main['batch_s']:.2f} s")
+    print(f"idle in example-units: coordinator {coordinated:.0f}, round-robin {round_robin:.0f}; measured busy {main['busy_s']} of {main['batch_s']:.2f} s")
 
 
 def test_a_failing_unit_on_a_worker_stops_the_run_cleanly_in_one_line(launch, tmp_path):
     units = uneven_units(16, seed=1)
-    codes, (main, *workers) = launch("fail", 3, units=units, fail_after={"1": 2})
+    codes, (main, *workers) = launch("fail", 3, units=units, fail_after={"1": 2}, log=str(tmp_path / "rank0.log"))
     assert codes == [0, 0, 0], [w.get("stderr") for w in workers]  # rank 0 reported; every worker was told to stop
-    assert main["error"] == f"rank 1: ValueError: cannot evaluate this unit on rank 1"
+    assert main["error"] == "rank 1: ValueError: cannot evaluate this unit on rank 1"
+    log = (tmp_path / "rank0.log").read_text()  # the worker's whole traceback reached rank 0's log
+    assert "traceback (rank 1, evaluating unit-" in log and "in evaluate" in log
+    assert "ValueError: cannot evaluate this unit on rank 1\nsecond line" in log
     rows = store_rows(tmp_path / "scores.sqlite")
     finished = {subject for _, subject, *_ in main["history"]}
     assert rows == {s: n for s, n in units if s in finished}  # what finished is kept, complete
@@ -222,6 +249,56 @@ def test_a_killed_worker_stops_rank_0_and_the_relaunch_evaluates_only_what_is_mi
     evaluated = sorted(subject for _, subject, *_ in again["history"])
     assert evaluated == sorted(s for s, _ in units if s not in before)  # the lost unit again, nothing finished twice
     assert lost in evaluated
+    assert store_rows(tmp_path / "scores.sqlite") == {s: n for s, n in units}
+
+
+def test_a_stalled_worker_s_unit_goes_to_another_process_and_the_run_ends_without_waiting_for_it(launch, tmp_path):
+    units = uneven_units(16, seed=3)
+    codes, (main, worker1, worker2) = launch("stalled", 3, units=units, stall_after={"2": 1}, unit_timeout=2.0)
+    assert codes[:2] == [0, 0] and codes[2] == -signal.SIGKILL, worker1.get("stderr")  # rank 0 killed the stopped rank
+    assert "error" not in main, main
+    assert sorted(subject for _, subject, *_ in main["history"]) == [s for s, _ in units]  # every unit exactly once
+    assert store_rows(tmp_path / "scores.sqlite") == {s: n for s, n in units}
+    assert main["stalls"] == {"0": 0, "1": 0, "2": 1} and main["units_done"]["2"] == 1
+    warnings = [line for line in main["stderr"].splitlines() if line.startswith("rank 2 stalled: no answer for ")]
+    assert len(warnings) == 1 and "its unit goes to another process" in warnings[0], main["stderr"]
+    assert "rank 2 (pid " in main["stderr"] and "killed it so that the launch can end" in main["stderr"]
+
+
+def test_a_late_answer_is_discarded_and_the_rank_takes_units_again(launch, tmp_path):
+    units = uneven_units(60, seed=4)
+    codes, (main, late, _) = launch("late", 3, units=units, late_once={"1": [1, 2.5]}, unit_timeout=1.0, stall_factor=2.0, example_s=0.03)
+    assert codes == [0, 0, 0] and "error" not in main, main["stderr"]
+    assert main["stalls"]["1"] == 1 and main["late"]["1"] == 1
+    discarded = late["subjects"][1]  # the unit it answered late
+    assert [subject for rank, subject, *_ in main["history"]].count(discarded) == 1
+    assert (1, discarded) not in {(rank, subject) for rank, subject, *_ in main["history"]}
+    with sqlite3.connect(tmp_path / "scores.sqlite") as con:
+        assert {p for (p,) in con.execute("SELECT DISTINCT prediction FROM scores WHERE subject=?", (discarded,))} != {"rank1"}
+    assert late["served"] == main["units_done"]["1"] + 1 and main["units_done"]["1"] >= 2  # it worked again after
+    assert store_rows(tmp_path / "scores.sqlite") == {s: n for s, n in units}
+
+
+def test_when_every_worker_stalls_the_run_stops_in_one_line_and_a_relaunch_resumes(launch, tmp_path):
+    units = uneven_units(16, seed=5)
+    codes, (main, worker) = launch("all-stalled", 2, units=units, stall_after={"1": 2}, unit_timeout=1.0)
+    assert codes == [0, -signal.SIGKILL], worker.get("stderr")  # rank 0 returned (the harness reports its error)
+    assert main["error"].startswith("every worker stalled: rank 1 (no answer for "), main
+    assert "finished units are in the store: run the same command again to continue" in main["error"]
+    before = store_rows(tmp_path / "scores.sqlite")
+    assert 0 < len(before) < len(units) and before == {s: n for s, n in units if s in before}
+
+    codes, (again, _) = launch("resume", 2, units=units)
+    assert codes == [0, 0] and "error" not in again
+    assert sorted(subject for _, subject, *_ in again["history"]) == sorted(s for s, _ in units if s not in before)
+    assert store_rows(tmp_path / "scores.sqlite") == {s: n for s, n in units}
+
+
+def test_a_worker_that_stops_while_idle_does_not_hang_the_shutdown(launch, tmp_path):
+    units = uneven_units(8, seed=6)
+    codes, (main, _) = launch("idle-stop", 2, units=units, stop_before_close=1, unit_timeout=1.0)
+    assert codes == [0, -signal.SIGKILL] and "error" not in main, main["stderr"]
+    assert "rank 1 did not acknowledge the stop" in main["stderr"] and "killed it so that the launch can end" in main["stderr"]
     assert store_rows(tmp_path / "scores.sqlite") == {s: n for s, n in units}
 
 

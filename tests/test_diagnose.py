@@ -1,6 +1,6 @@
 import numpy as np
-
 from conftest import given_rewards_recipe, run_cli, write_recipe
+
 from corpmerge.report.diagnose import split_half
 
 

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
-
 from conftest import run_cli, scoring_recipe, write_recipe
+from safetensors.torch import load_file
 
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT_S = 300
@@ -37,9 +36,23 @@ def free_port() -> int:
 def launcher(kind: str, processes: int, args: list[str], extra: list[str] | None = None) -> list[str]:
     if kind == "accelerate":
         return [
-            str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), *(extra or []),
-            "-m", "corpmerge", *args,
+            str(BIN / "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            *(extra or []),
+            "-m",
+            "corpmerge",
+            *args,
         ]
     assert kind == "torchrun"
     return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(processes), *(extra or []), "-m", "corpmerge", *args]
@@ -56,7 +69,12 @@ def spawn(tmp_path_factory):
 
     def start(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": tmpdir, **(env or {})},
         )
         started.append(proc)
@@ -165,16 +183,32 @@ def close_lines(log: str) -> dict[int, tuple[int, int]]:
 def full_recipe(base: Path, tasks: Path, out: Path, seed: int) -> dict:
     """Racing, a gate with fallback and several probe multipliers, stage 2, held-out evaluation with a vote."""
     data = scoring_recipe(
-        base, tasks, out, population={"size": 12, "sigmas": [0.05, 0.2], "seed": seed},
+        base,
+        tasks,
+        out,
+        population={"size": 12, "sigmas": [0.05, 0.2], "seed": seed},
         parameters={"quantile": [0.25, 0.5], "beta": [1, 10], "alpha": [1]},
-        iterate={"rounds": 2, "local_size": 6, "rank": 2}, evaluate={"ensemble_k": [3]},
+        iterate={"rounds": 2, "local_size": 6, "rank": 2},
+        evaluate={"ensemble_k": [3]},
     )
     data["gate"].update(z=0.0, regression_penalty=0.0, fallback=True, probe_multipliers=[0.25, 0.5, 1.0, 2.0, 4.0])
     return data
 
 
-DECISIONS = ("gate", "candidates", "candidates_tried", "racing", "stage2", "base", "chosen", "population", "folds", "evaluation",
-             "evaluations", "example_evaluations")
+DECISIONS = (
+    "gate",
+    "candidates",
+    "candidates_tried",
+    "racing",
+    "stage2",
+    "base",
+    "chosen",
+    "population",
+    "folds",
+    "evaluation",
+    "evaluations",
+    "example_evaluations",
+)
 
 
 def report_of(out: Path) -> dict:
@@ -195,7 +229,14 @@ def tensors(out: Path) -> dict[str, tuple[str, tuple, bytes]]:
     [("accepted", 2, "accelerate"), ("abstained", 3, "torchrun")],
 )
 def test_run_on_many_processes_matches_one_and_only_rank_0_opens_the_store(
-    case, processes, kind, tmp_path, tiny_model, tiny_untied, tiny_task, spawn,
+    case,
+    processes,
+    kind,
+    tmp_path,
+    tiny_model,
+    tiny_untied,
+    tiny_task,
+    spawn,
 ):
     # the untied tiny model with population seed 5 passes the gate and stage 2 accepts rounds;
     # the tied one with seed 7 has racing stop entries, probes two candidates (fallback) and abstains
@@ -291,10 +332,7 @@ def test_without_a_launcher_rank_0_notices_a_killed_worker_and_stops_in_one_line
     """No agent to stop rank 0: it must see the closed connection itself, not wait forever."""
     recipe, db = score_recipe(tmp_path, tiny_model, tiny_task, "bare", 48)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
-    main, worker = (
-        spawn([sys.executable, "-m", "corpmerge", "-q", "score", str(recipe)], {**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-        for r in range(2)
-    )
+    main, worker = (spawn([sys.executable, "-m", "corpmerge", "-q", "score", str(recipe)], {**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2))
     wait_for_units(main, db, 6)
     os.kill(worker.pid, signal.SIGKILL)
     code, _, err = finish(main, 120)
@@ -307,6 +345,33 @@ def test_without_a_launcher_rank_0_notices_a_killed_worker_and_stops_in_one_line
 
     before = rows(db)
     result = run_cli("-q", "score", str(recipe))  # one process finishes the job
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = rows(db)
+    assert {k: after[k] for k in before} == before and len(rewards(recipe)) == 48
+
+
+def test_a_worker_stopped_mid_run_is_noticed_and_the_command_returns_in_one_line(tmp_path, tiny_model, tiny_task, spawn):
+    """SIGSTOP: the worker neither dies nor answers. Rank 0 gives its unit back, sees every worker stalled,
+    stops in one line and kills the stopped worker (the command must not hang); the next run resumes."""
+    recipe, db = score_recipe(tmp_path, tiny_model, tiny_task, "stopped", 48)
+    data = yaml.safe_load(recipe.read_text())
+    data["scoring"]["unit_timeout"] = 10
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    main, worker = (spawn([sys.executable, "-m", "corpmerge", "-q", "score", str(recipe)], {**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2))
+    wait_for_units(main, db, 6)
+    os.kill(worker.pid, signal.SIGSTOP)
+    code, _, err = finish(main, 180)
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: every worker stalled: rank 1 (no answer for "), err[-3000:]
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert finish(worker, 30)[0] == -signal.SIGKILL  # rank 0 ended it: a launcher would otherwise wait forever
+    log = (tmp_path / "stopped.work" / "corpmerge.log").read_text()
+    assert "rank 1 stalled: no answer for " in log and "rank 1 (pid " in log
+
+    before = rows(db)
+    result = run_cli("-q", "score", str(recipe))
     assert result.returncode == 0, result.stderr[-3000:]
     after = rows(db)
     assert {k: after[k] for k in before} == before and len(rewards(recipe)) == 48

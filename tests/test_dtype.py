@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_cli, scoring_recipe, write_recipe
 from safetensors.torch import load_file, save_file
 
-from conftest import run_cli, scoring_recipe, write_recipe
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.methods import MergeResult
-from corpmerge.population import Entry
 from corpmerge.output.folder import write_output
+from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring import session as session_module
 from corpmerge.scoring.distributed import World
@@ -55,8 +55,13 @@ def test_a_bfloat16_run_writes_exactly_the_tensors_it_scored(bf16_run):
     out = folder / "out"
     report = json.loads((out / "report.json").read_text())
     assert report["shipped_check"] == {
-        "fold": "B", "examples": 20, "identical": True, "differing": 0,
-        "scoring_dtype": "bfloat16", "output_dtype": "bfloat16", "backend": "hf",
+        "fold": "B",
+        "examples": 20,
+        "identical": True,
+        "differing": 0,
+        "scoring_dtype": "bfloat16",
+        "output_dtype": "bfloat16",
+        "backend": "hf",
     }
     assert "shipped check" in (out / "README.md").read_text()
     written = load_file(out / "model.safetensors")
@@ -121,6 +126,7 @@ def test_the_writer_never_reads_the_scorers_state(bf16_run, tmp_path):
     entries = [Entry(r["seed"], r["sigma"], r["reward"]) for r in rows]
     session = open_session(recipe)
     try:
+
         def write(target: Path) -> bytes:
             write_output(target, recipe=recipe, entries=entries, result=update, tokenizer=session.tokenizer, ref=session.ref)
             return (target / "model.safetensors").read_bytes()

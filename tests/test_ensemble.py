@@ -2,13 +2,13 @@ import json
 import random
 
 import pytest
+from conftest import run_cli, scoring_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_cli, scoring_recipe, write_recipe
 from corpmerge.recipe import ScoringSpec
-from corpmerge.scoring.answers import prediction
-from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
+from corpmerge.scoring.answers import ANSWERS, prediction
+from corpmerge.scoring.lmeval import TaskSuite, make_lm
 
 
 def write_length_task(folder, n: int = 12):
@@ -44,27 +44,28 @@ def test_partial_credit_is_not_correct():
 
 
 def test_predictions_per_task():
-    assert prediction("any_mc", "multiple_choice", [(-3.0, False), (-1.0, True), (-2.0, False)]) == "1"
-    assert prediction("corpmerge_gsm8k", "generate_until", "so #### 18.0") == prediction("corpmerge_gsm8k", "generate_until", "#### 18")
-    assert prediction("corpmerge_gsm8k", "generate_until", "no answer") is None
-    assert prediction("corpmerge_rocstories", "generate_until", "<answer>A B C D E</answer>") == "ABCDE"
-    assert prediction("corpmerge_countdown", "generate_until", "<answer>1 + 2</answer>") == "1+2"
-    assert prediction("other_gen", "generate_until", "  ") is None
+    gsm8k, stories, countdown = (ANSWERS[name] for name in ("gsm8k_strict", "story_order", "countdown_expression"))
+    assert prediction("multiple_choice", [(-3.0, False), (-1.0, True), (-2.0, False)]) == "1"
+    assert prediction("generate_until", "so #### 18.0", extract=gsm8k) == prediction("generate_until", "#### 18", extract=gsm8k)
+    assert prediction("generate_until", "no answer", extract=gsm8k) is None
+    assert prediction("generate_until", "<answer>A B C D E</answer>", extract=stories) == "ABCDE"
+    assert prediction("generate_until", "<answer>1 + 2</answer>", extract=countdown) == "1+2"
+    assert prediction("generate_until", "  ") is None and prediction("generate_until", " 7 ") == "7"
 
 
 def test_multiple_choice_vote_follows_the_metric():
     # ℓ = (-3, -4) over options "a", "bbbb": raw argmax 0; per character (-3, -1): option 1
     lls = [(-3.0, False), (-4.0, False)]
-    assert prediction("mc", "multiple_choice", lls, "acc", ["a", "bbbb"]) == "0"
-    assert prediction("mc", "multiple_choice", lls, "acc_norm", ["a", "bbbb"]) == "1"
+    assert prediction("multiple_choice", lls, "acc", ["a", "bbbb"]) == "0"
+    assert prediction("multiple_choice", lls, "acc_norm", ["a", "bbbb"]) == "1"
     # "éé" is 2 characters but 4 bytes: per character (-1.5, -1.33) → 1, per byte (-0.75, -1.33) → 0
-    assert prediction("mc", "multiple_choice", lls, "acc_norm", ["éé", "bbb"]) == "1"
-    assert prediction("mc", "multiple_choice", lls, "acc_bytes", ["éé", "bbb"]) == "0"
+    assert prediction("multiple_choice", lls, "acc_norm", ["éé", "bbb"]) == "1"
+    assert prediction("multiple_choice", lls, "acc_bytes", ["éé", "bbb"]) == "0"
     # mutual information: conditional ℓ then unconditional ℓ; (-3+1, -4+5) → option 1
-    assert prediction("mc", "multiple_choice", [-3.0, -4.0, -1.0, -5.0], "acc_mutual_info", ["a", "b"]) == "1"
-    assert prediction("mc", "multiple_choice", [-3.0, -4.0, -1.0, -5.0], "acc", ["a", "b"]) == "0"  # only the n options
+    assert prediction("multiple_choice", [-3.0, -4.0, -1.0, -5.0], "acc_mutual_info", ["a", "b"]) == "1"
+    assert prediction("multiple_choice", [-3.0, -4.0, -1.0, -5.0], "acc", ["a", "b"]) == "0"  # only the n options
     with pytest.raises(ValueError, match="acc_norm"):
-        prediction("mc", "multiple_choice", lls, "acc_norm")
+        prediction("multiple_choice", lls, "acc_norm")
 
 
 def test_lmeval_votes_agree_with_the_reward_metric(tmp_path, tiny_model):
@@ -89,8 +90,7 @@ def test_recovered_fraction():
 
 def test_run_reports_ensembles_and_the_command_matches(tmp_path, tiny_model, tiny_task):
     out = tmp_path / "out"
-    data = scoring_recipe(tiny_model, tiny_task, out, gate={"enabled": False}, parameters={"quantile": 0.5},
-                          evaluate={"limit": 12, "ensemble_k": [1, 3]})
+    data = scoring_recipe(tiny_model, tiny_task, out, gate={"enabled": False}, parameters={"quantile": 0.5}, evaluate={"limit": 12, "ensemble_k": [1, 3]})
     recipe = write_recipe(tmp_path, data)
     result = run_cli("run", str(recipe))
     assert result.returncode == 0, result.stderr

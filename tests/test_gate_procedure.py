@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
+
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.gate.paired import paired_stats
 from corpmerge.gate.procedure import Candidate, rank_key, select
@@ -185,7 +185,6 @@ def test_cached_and_rescaled_updates_are_the_same_bits_as_regeneration(tmp_path,
         session.close()
 
 
-
 def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, tiny_model, tiny_task):
     from corpmerge.methods.ties import TiesDelta
 
@@ -216,6 +215,7 @@ def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, 
         assert other.key != ties.key and TiesDelta(np.array([5, 6, 7]), vectors.copy(), 0.5).key == ties.key
     finally:
         session.close()
+
 
 def test_held_out_on_the_support_split_leaves_support_examples_out(tmp_path, tiny_model, tiny_task):
     from corpmerge.pipeline import run_recipe

@@ -4,7 +4,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from conftest import given_rewards_recipe, run_cli, write_recipe
 from hubserver import HubServer
 

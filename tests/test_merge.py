@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import given_rewards_recipe, run_cli, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import given_rewards_recipe, run_cli, write_recipe
 from corpmerge.merge import merge_recipe
 from corpmerge.noise import gaussian
 from corpmerge.recipe import parse_recipe
@@ -79,8 +79,8 @@ def test_every_method_writes_a_loadable_model(tmp_path, tiny_model, method):
         assert (out / file).is_file(), file
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
-    assert front["library_name"] == "transformers" and front["tags"] == ["corpmerge", "merge"]
-    assert front["base_model"] == str(tiny_model)
+    assert front["library_name"] == "transformers" and front["tags"] == ["merge", "corpmerge", "corp"]
+    assert front["base_model_relation"] == "merge" and "base_model" not in front  # a local folder is no Hub id
     lineage = yaml.safe_load((out / "corpmerge.yaml").read_text())
     assert lineage["merge"]["method"] == method
     assert lineage["recipe"]["population"][0]["reward"] == 0.40

@@ -6,8 +6,8 @@ from corpmerge.amplitudes import Cloud
 from corpmerge.methods import get_method
 from corpmerge.methods.corp import compatibility
 from corpmerge.methods.ties import TiesDelta, ties_combine, trim_threshold
-from corpmerge.noise import gaussian
 from corpmerge.methods.weights import elite_indices, softmax, zscore
+from corpmerge.noise import gaussian
 from corpmerge.population import Entry
 
 

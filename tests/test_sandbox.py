@@ -31,27 +31,33 @@ needs_root = pytest.mark.skipif(not ROOT, reason="OS isolation needs root (names
 
 # --- the split ---------------------------------------------------------------------------------
 
+
 def test_split_keeps_comparisons_and_expected_values_with_the_judge():
-    split = split_tests("import math", "def area(r):\n    return 3.14 * r * r",
-                        ["assert math.isclose(area(2), 12.56, rel_tol=0.001)", "assert round(area(1), 2) == 3.14",
-                         "assert not area(0)"])
+    split = split_tests(
+        "import math",
+        "def area(r):\n    return 3.14 * r * r",
+        ["assert math.isclose(area(2), 12.56, rel_tol=0.001)", "assert round(area(1), 2) == 3.14", "assert not area(0)"],
+    )
     assert split.probes == ["area(2)", "area(1)", "area(0)"] and split.names[2] == "_corpmerge_probe_2"
-    assert split.checks == ["math.isclose(_corpmerge_probe_0, 12.56, rel_tol=0.001)", "round(_corpmerge_probe_1, 2) == 3.14",
-                            "not _corpmerge_probe_2"]
+    assert split.checks == ["math.isclose(_corpmerge_probe_0, 12.56, rel_tol=0.001)", "round(_corpmerge_probe_1, 2) == 3.14", "not _corpmerge_probe_2"]
     assert not any("12.56" in p for p in split.probes)
 
 
 def test_split_probes_are_the_smallest_pieces_that_need_the_candidate():
-    split = split_tests("root = [1, [2]]", "class Stack:\n    pass\ndef depth(t):\n    return 2",
-                        ["assert Stack([1, 2]).pop() == 2", "assert depth(root)[0] == 2", "assert sorted(depth(root), key=lambda t: -t) == [2]"])
+    split = split_tests(
+        "root = [1, [2]]",
+        "class Stack:\n    pass\ndef depth(t):\n    return 2",
+        ["assert Stack([1, 2]).pop() == 2", "assert depth(root)[0] == 2", "assert sorted(depth(root), key=lambda t: -t) == [2]"],
+    )
     assert split.probes == ["Stack([1, 2]).pop()", "depth(root)", "depth(root)"]
     assert split.checks[1] == "_corpmerge_probe_1[0] == 2"
     assert split.checks[2] == "sorted(_corpmerge_probe_2, key=lambda t: -t) == [2]"
 
 
 def test_split_names_the_candidate_binds_override_builtins_and_modules():
-    split = split_tests("", "import math\nsorted = lambda xs: xs\ndef f():\n    return [2, 1]",
-                        ["assert sorted(f()) == [2, 1]", "assert math.floor(f()[0]) == 2"])
+    split = split_tests(
+        "", "import math\nsorted = lambda xs: xs\ndef f():\n    return [2, 1]", ["assert sorted(f()) == [2, 1]", "assert math.floor(f()[0]) == 2"]
+    )
     assert split.probes == ["sorted(f())", "f()"]  # the candidate's `sorted`, as when the asserts ran with its code
     assert split.modules == ["math"]  # `import math` binds the standard module: the judge imports its own
 
@@ -73,34 +79,50 @@ def test_split_reports_candidate_syntax_errors():
 
 JUDGED = [
     # (setup, tests, a right program, a wrong one)
-    ("import math", ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"],
-     "def area(r):\n    return 3.14159 * r * r", "def area(r):\n    return 12"),
-    ("", ["assert set(common([1, 2], [2, 3])) == set([2])"],
-     "def common(a, b):\n    return [x for x in a if x in b]", "def common(a, b):\n    return a"),
-    ("", ["assert is_even(2)", "assert not is_even(3)"],
-     "def is_even(n):\n    return n % 2 == 0", "def is_even(n):\n    return True"),
-    ("", ["assert count('aab') == {'a': 2, 'b': 1}"],
-     "from collections import Counter\ndef count(s):\n    return Counter(s)", "def count(s):\n    return {'a': 1}"),
-    ("", ["assert list(evens(5)) == [0, 2, 4]"],
-     "def evens(n):\n    yield from range(0, n, 2)", "def evens(n):\n    yield from range(n)"),
-    ("", ["assert evens(5) == [0, 2, 4]"],  # a generator is not equal to a list, there as here
-     "def evens(n):\n    return list(range(0, n, 2))", "def evens(n):\n    return (x for x in range(0, n, 2))"),
-    ("", ["assert pair() == (1, 2)"],
-     "from collections import namedtuple\nP = namedtuple('P', 'a b')\ndef pair():\n    return P(1, 2)", "def pair():\n    return [1, 2]"),
-    ("", ["assert Stack([1, 2]).pop() == 2"],
-     "class Stack(list):\n    pass", "class Stack(list):\n    def pop(self):\n        return 1"),
-    ("root = [1, [2, [3]]]", ["assert depth(root) == 3"],
-     "def depth(t):\n    return 1 + max([depth(x) for x in t if isinstance(x, list)], default=0)", "def depth(t):\n    return len(t)"),
-    ("", ["assert list(keys({'b': 1, 'a': 2})) == ['b', 'a']"],
-     "def keys(d):\n    return d.keys()", "def keys(d):\n    return sorted(d)"),
-    ("", ["assert nxt() == 1", "assert nxt() == 2"],  # asserts run in order against the same program state
-     "n = 0\ndef nxt():\n    global n\n    n += 1\n    return n", "def nxt():\n    return 1"),
-    ("", ["assert f(0) is None or g(0) == 1"],  # a probe that raises only fails the test if the test gets to it
-     "def f(x):\n    return None\ndef g(x):\n    raise ValueError", "def f(x):\n    return 0\ndef g(x):\n    raise ValueError"),
-    ("import math", ["assert math.isinf(big()) and big() > 0"],
-     "def big():\n    return float('inf')", "def big():\n    return 10.0 ** 300"),
-    ("", ["assert half(3) == Fraction(3, 2)"],
-     "from fractions import Fraction\ndef half(x):\n    return Fraction(x, 2)", "def half(x):\n    return x // 2"),
+    ("import math", ["assert math.isclose(area(2), 12.566, rel_tol=0.001)"], "def area(r):\n    return 3.14159 * r * r", "def area(r):\n    return 12"),
+    ("", ["assert set(common([1, 2], [2, 3])) == set([2])"], "def common(a, b):\n    return [x for x in a if x in b]", "def common(a, b):\n    return a"),
+    ("", ["assert is_even(2)", "assert not is_even(3)"], "def is_even(n):\n    return n % 2 == 0", "def is_even(n):\n    return True"),
+    (
+        "",
+        ["assert count('aab') == {'a': 2, 'b': 1}"],
+        "from collections import Counter\ndef count(s):\n    return Counter(s)",
+        "def count(s):\n    return {'a': 1}",
+    ),
+    ("", ["assert list(evens(5)) == [0, 2, 4]"], "def evens(n):\n    yield from range(0, n, 2)", "def evens(n):\n    yield from range(n)"),
+    (
+        "",
+        ["assert evens(5) == [0, 2, 4]"],  # a generator is not equal to a list, there as here
+        "def evens(n):\n    return list(range(0, n, 2))",
+        "def evens(n):\n    return (x for x in range(0, n, 2))",
+    ),
+    (
+        "",
+        ["assert pair() == (1, 2)"],
+        "from collections import namedtuple\nP = namedtuple('P', 'a b')\ndef pair():\n    return P(1, 2)",
+        "def pair():\n    return [1, 2]",
+    ),
+    ("", ["assert Stack([1, 2]).pop() == 2"], "class Stack(list):\n    pass", "class Stack(list):\n    def pop(self):\n        return 1"),
+    (
+        "root = [1, [2, [3]]]",
+        ["assert depth(root) == 3"],
+        "def depth(t):\n    return 1 + max([depth(x) for x in t if isinstance(x, list)], default=0)",
+        "def depth(t):\n    return len(t)",
+    ),
+    ("", ["assert list(keys({'b': 1, 'a': 2})) == ['b', 'a']"], "def keys(d):\n    return d.keys()", "def keys(d):\n    return sorted(d)"),
+    (
+        "",
+        ["assert nxt() == 1", "assert nxt() == 2"],  # asserts run in order against the same program state
+        "n = 0\ndef nxt():\n    global n\n    n += 1\n    return n",
+        "def nxt():\n    return 1",
+    ),
+    (
+        "",
+        ["assert f(0) is None or g(0) == 1"],  # a probe that raises only fails the test if the test gets to it
+        "def f(x):\n    return None\ndef g(x):\n    raise ValueError",
+        "def f(x):\n    return 0\ndef g(x):\n    raise ValueError",
+    ),
+    ("import math", ["assert math.isinf(big()) and big() > 0"], "def big():\n    return float('inf')", "def big():\n    return 10.0 ** 300"),
+    ("", ["assert half(3) == Fraction(3, 2)"], "from fractions import Fraction\ndef half(x):\n    return Fraction(x, 2)", "def half(x):\n    return x // 2"),
 ]
 
 
@@ -124,6 +146,7 @@ def test_judge_agrees_with_running_the_asserts(setup, tests, right, wrong, opted
 
 # --- isolation -------------------------------------------------------------------------------
 
+
 @needs_root
 def test_isolation_works_here():
     assert sandbox.isolation_problem() is None
@@ -145,8 +168,11 @@ def test_program_sees_a_scrubbed_environment_and_a_private_tmp(monkeypatch):
 def test_without_isolation_code_runs_only_after_the_opt_in(monkeypatch):
     monkeypatch.setattr(sandbox, "isolation_problem", lambda: "no namespaces here")
     sandbox.allow_unsandboxed(False)
-    for run in (lambda: run_tests("", "def add(a, b):\n    return a + b", ADD_TESTS), lambda: run_python("pass"),
-                lambda: mbpp.score("<answer>def add(a, b):\n    return a + b</answer>", "", ADD_TESTS)):
+    for run in (
+        lambda: run_tests("", "def add(a, b):\n    return a + b", ADD_TESTS),
+        lambda: run_python("pass"),
+        lambda: mbpp.score("<answer>def add(a, b):\n    return a + b</answer>", "", ADD_TESTS),
+    ):
         with pytest.raises(SandboxUnavailable) as caught:
             run()
         message = str(caught.value)
@@ -174,8 +200,14 @@ def test_the_program_dies_with_its_judge(isolate, tmp_path):
     job = sandbox._job("import time\ntime.sleep(1000)", "", None, isolate=isolate, wall=60, cpu=5, memory=1 << 30)
     job["workdir"] = str(tmp_path)  # unisolated, the parent makes (and removes) the program's folder
     head = marshal.dumps(job)
-    judge = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(sandbox._JAIL)], stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=sandbox._ENV, start_new_session=True)
+    judge = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-B", str(sandbox._JAIL)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=sandbox._ENV,
+        start_new_session=True,
+    )
     try:
         judge.stdin.write(b"%010d" % len(head) + head)
         judge.stdin.close()
@@ -206,6 +238,7 @@ def _stat(pid: str) -> list[str]:
 
 
 # --- hostile programs (tests/hostile/) ------------------------------------------------------
+
 
 class Listener:
     """A TCP server on the host's loopback that records every connection."""
@@ -272,8 +305,17 @@ def _bare(setup: str, program: str, workdir: Path, tests: list[str] = ()) -> sub
     return subprocess.run([sys.executable, "program.py"], cwd=workdir, capture_output=True, timeout=30)
 
 
-FOOL_EXIT_STATUS = ["cheat_sys_exit", "cheat_os_exit", "cheat_exit_in_function", "cheat_hooks", "cheat_rigged_eq",
-                    "cheat_rigged_int", "cheat_reads_tests", "cheat_fake_output", "cheat_exec"]
+FOOL_EXIT_STATUS = [
+    "cheat_sys_exit",
+    "cheat_os_exit",
+    "cheat_exit_in_function",
+    "cheat_hooks",
+    "cheat_rigged_eq",
+    "cheat_rigged_int",
+    "cheat_reads_tests",
+    "cheat_fake_output",
+    "cheat_exec",
+]
 
 
 @pytest.mark.parametrize("name", FOOL_EXIT_STATUS)
@@ -385,8 +427,7 @@ def test_remove_tree_as_an_ordinary_user_gives_folders_back_their_permissions(sc
             (top / "locked" / "inner" / "deeper").mkdir(parents=True)
             (top / "locked" / "inner" / "deeper" / "file").write_text("x")
             (top / "read-only" / "sub").mkdir(parents=True)
-            for path, mode in (("locked/inner/deeper", 0), ("locked/inner", 0), ("locked", 0), ("read-only/sub", 0o500),
-                               ("read-only", 0o500), ("", 0o500)):
+            for path, mode in (("locked/inner/deeper", 0), ("locked/inner", 0), ("locked", 0), ("read-only/sub", 0o500), ("read-only", 0o500), ("", 0o500)):
                 (top / path).chmod(mode)
             remove_tree(str(top))
             code = 2 if os.path.lexists(top) else 0

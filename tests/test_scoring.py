@@ -8,15 +8,16 @@ import time
 
 import torch
 import yaml
+from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
-from corpmerge.scoring.scorer import entry_subject, entry_update
 from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import open_session
+from corpmerge.scoring.subjects import entry_subject
 
 
 def test_scorer_sets_exact_perturbation_and_restores_bit_exactly(tmp_path, tiny_model, tiny_task):
@@ -77,7 +78,17 @@ def test_gate_disabled_run_writes_a_loadable_model(tmp_path, tiny_model, tiny_ta
     assert result.returncode == 0, result.stderr
     AutoModelForCausalLM.from_pretrained(out)
     report = json.loads((out / "report.json").read_text())
-    assert report["gate"] == {"enabled": False, "accepted": True, "reason": "gate disabled", "params": report["gate"]["params"], "multiplier": 1.0, "candidates_probed": 0, "fallback": False}
+    gate = report["gate"]
+    assert gate.pop("ess") > 0 and gate.pop("step_rms") > 0  # what the weights did (ESS = 1/Σw², step RMS)
+    assert gate == {
+        "enabled": False,
+        "accepted": True,
+        "reason": "gate disabled",
+        "params": gate["params"],
+        "multiplier": 1.0,
+        "candidates_probed": 0,
+        "fallback": False,
+    }
     lineage = yaml.safe_load((out / "corpmerge.yaml").read_text())
     assert all(isinstance(p["reward"], float) for p in lineage["recipe"]["population"])
 
@@ -130,6 +141,7 @@ def test_killed_scoring_resumes_without_rescoring(tmp_path, tiny_model, tiny_tas
 
 def test_store_refuses_a_different_base_or_folds(tmp_path, tiny_model, tiny_untied, tiny_task):
     store = str(tmp_path / "shared.sqlite")
+
     def recipe(base, seed=0):
         data = scoring_recipe(base, tiny_task, tmp_path / "out", population={"size": 2, "sigmas": [0.01]})
         data["scoring"]["store"] = store

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.recipe import ScoringSpec
+from corpmerge.scoring.lmeval import TaskSuite, make_lm
 from corpmerge.tasks import list_tasks, tasks_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -15,5 +15,11 @@ from corpmerge.scoring.backends import make_backend
 def test_the_vllm_backend_without_vllm_is_one_line(tiny_model):
     with pytest.raises(CorpmergeError, match=r"^scoring.backend: 'vllm' needs a package that is not installed \(vllm\)"):
         make_backend(
-            "vllm", checkpoint=tiny_model, tokenizer=None, device=torch.device("cpu"), dtype=torch.float32, model_args={}, batch_size=8,
+            "vllm",
+            checkpoint=tiny_model,
+            tokenizer=None,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            model_args={},
+            batch_size=8,
         )

@@ -26,11 +26,22 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 def build_tiny_model(folder: Path, *, tie: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32, **config_args) -> Path:
     """Save a 2-layer Llama with hidden size 32 (and its tokenizer) into ``folder``; ``config_args`` override LlamaConfig fields."""
     torch.manual_seed(seed)
-    config = LlamaConfig(**{
-        "vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048,
-        "tie_word_embeddings": tie, "eos_token_id": 256, "pad_token_id": 257, "bos_token_id": None, **config_args,
-    })
+    config = LlamaConfig(
+        **{
+            "vocab_size": VOCAB,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": tie,
+            "eos_token_id": 256,
+            "pad_token_id": 257,
+            "bos_token_id": None,
+            **config_args,
+        }
+    )
     model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)

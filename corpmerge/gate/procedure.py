@@ -1,21 +1,25 @@
-"""The validation gate as the paper defines it: rank candidates on fold B by S, gate the top one, calibrate its step on fold C."""
+"""The validation gate as the paper defines it: rank candidates on fold B by S, gate the top one, calibrate its step on fold C.
+
+The same procedure serves stage 1 (candidates from the population's fold-A rewards, paired against
+the base on folds B and C) and every stage-2 round (candidates from the local population's rewards
+on the round's fold A, each the centre plus a step, paired against the centre on the round's folds).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-import numpy as np
-
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.scoring.folds import Docs
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
+from corpmerge.methods import MergeMethod, MergeResult, MethodParams
 from corpmerge.plan import Checked
-from corpmerge.methods import MergeResult
 from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import Docs
 from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
-from corpmerge.scoring.scorer import as_docs, in_order, ordered, update_subject
+from corpmerge.scoring.scorer import as_docs, in_order, ordered
 from corpmerge.scoring.session import Session
+from corpmerge.scoring.subjects import update_subject
 
 
 @dataclass
@@ -26,18 +30,7 @@ class Candidate:
     validate: PairedStats | None = None
     probe: dict[float, PairedStats] = field(default_factory=dict)
     stopped_at: int | None = None  # racing stopped it after this many validate examples
-
-
-def subject_of_result(result: MergeResult) -> str:
-    amps = result.final_amplitudes()
-    if amps is not None:
-        return subject_of(amps)
-    return update_subject("update", (result.method, sorted(result.params.items()), result.elites.tobytes(), result.multiplier))
-
-
-def subject_of(amps: Amplitudes) -> str:
-    nz = amps.nonzero()
-    return update_subject("update", (nz.seeds.astype(np.int64).tobytes(), nz.values.astype(np.float64).tobytes()))
+    family: str = ""  # the grid point without its step parameter: candidates of one family differ only by the factor α
 
 
 @dataclass
@@ -53,22 +46,63 @@ class GateDecision:
         return None if self.accepted is None else self.accepted.result.scaled(self.multiplier)
 
 
-def run_gate(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
-    """Candidates over the grid (fold-A rewards) → fold B gate → fold C probe multiplier, against the base."""
+@dataclass(frozen=True)
+class Reference:
+    """What the candidates are paired against: the base (``update`` None), or a stage-2 centre, to which
+    every candidate's step is added (candidate = centre + step)."""
+
+    subject: str
+    update: Amplitudes | None
+    name: str
+
+
+BASE = Reference("base", None, "the base")
+
+
+def build_candidates(method: MergeMethod, grid: list[MethodParams], cloud: Cloud, offset: Amplitudes | None = None) -> list[Candidate]:
+    """One candidate per grid point, from ``cloud`` alone (its rewards: fold-A rewards), as ``offset`` + step when
+    an offset is given; grid points that build the same update are one candidate."""
     candidates: dict[str, Candidate] = {}
-    for point in checked.grid:
-        result = checked.method(cloud, point)
-        candidates.setdefault(subject_of_result(result), Candidate(point.model_dump(by_alias=True), result, subject_of_result(result)))
-    folds = session.folds
-    return gate_candidates(session, list(candidates.values()), ("B", folds["B"]), ("C", folds["C"]), ("base", None), "the base")
+    for point in grid:
+        result = method(cloud, point)
+        if offset is not None:
+            result = replace(result, offset=offset)
+        subject = update_subject(result)
+        candidates.setdefault(subject, Candidate(point.model_dump(by_alias=True), result, subject, family=method.family(point)))
+    return list(candidates.values())
+
+
+def run_gate(
+    session: Session,
+    checked: Checked,
+    cloud: Cloud,
+    folds: tuple[tuple[str, Docs], tuple[str, Docs]] | None = None,
+    reference: Reference = BASE,
+) -> GateDecision:
+    """Candidates over the grid (the cloud's fold-A rewards) → validate-fold gate → probe-fold multiplier, against ``reference``.
+
+    ``folds`` are the (label, docs) of the validate and probe folds: by default the session's B and C.
+    """
+    validate, probe = folds or (("B", session.folds["B"]), ("C", session.folds["C"]))
+    candidates = build_candidates(checked.method, checked.grid, cloud, reference.update)
+    return gate_candidates(session, candidates, validate, probe, reference)
 
 
 def step_size(cand: Candidate) -> float:
-    """The candidate's step (per-coordinate RMS of Δ for amplitude methods; α·multiplier otherwise), for ties in S."""
-    amps = cand.result.final_amplitudes()
-    if amps is not None:
-        return amps.rms()
-    return float(cand.params.get("alpha", 1.0)) * cand.result.multiplier
+    """The candidate's step, for ties in S: per-coordinate RMS of the step (without a stage-2 centre) for amplitude
+    updates; the multiplier of a tensor-wise Δ₁ otherwise."""
+    rms = cand.result.step_rms
+    return rms if rms is not None else cand.result.multiplier
+
+
+def candidate_record(cand: Candidate) -> dict[str, Any]:
+    """A candidate as the report shows it: parameters, validate-fold statistics, and what its weights did
+    (ESS = 1/Σw², the step's RMS, the method's own diagnostics)."""
+    result = cand.result
+    record: dict[str, Any] = {"params": cand.params, "validate": None, "stopped": cand.stopped_at is not None, "validate_examples": None}
+    if cand.validate is not None:
+        record.update(validate=cand.validate.as_dict(), validate_examples=cand.validate.n)
+    return {**record, "ess": result.ess, "elites": int(result.elites.size), "step_rms": result.step_rms, **result.diagnostics}
 
 
 def rank_key(cand: Candidate) -> tuple[float, float, float]:
@@ -77,8 +111,11 @@ def rank_key(cand: Candidate) -> tuple[float, float, float]:
 
 
 def gate_candidates(
-    session: Session, candidates: list[Candidate], validate: tuple[str, Docs], probe: tuple[str, Docs],
-    reference: tuple[str, Any], against: str,
+    session: Session,
+    candidates: list[Candidate],
+    validate: tuple[str, Docs],
+    probe: tuple[str, Docs],
+    reference: Reference = BASE,
 ) -> GateDecision:
     """The paper's gate (§4.2, App. C.3/C.5) of ``candidates`` against ``reference``.
 
@@ -95,15 +132,15 @@ def gate_candidates(
     top = ranked[0].validate
     if not top.passes:
         reason = (
-            f"the top candidate on fold {vlabel} did not beat {against} (best of {len(ranked)} by S: fixes {top.fixes}, "
+            f"the top candidate on fold {vlabel} did not beat {reference.name} (best of {len(ranked)} by S: fixes {top.fixes}, "
             f"regressions {top.regressions}, S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
         )
         return GateDecision(None, None, ranked, reason)
+
     def probe_multiplier(cand: Candidate) -> float | None:
         multipliers = sorted(gate.probe_multipliers)
-        requests = [Request(reference[0], plabel, pdocs, reference[1])] + [
-            Request(subject_of_result(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m})
-            for m in multipliers
+        requests = [Request(reference.subject, plabel, pdocs, reference.update)] + [
+            Request(update_subject(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m}) for m in multipliers
         ]
         ref_c, *results = session.evaluate(requests, f"probe: step multipliers on fold {plabel}")
         for m, scores in zip(multipliers, results):
@@ -120,7 +157,9 @@ def gate_candidates(
 
 
 def select(
-    ranked: list[Candidate], probe: Callable[[Candidate], float | None], fallback: bool = False,
+    ranked: list[Candidate],
+    probe: Callable[[Candidate], float | None],
+    fallback: bool = False,
 ) -> tuple[Candidate | None, float | None, int]:
     """The paper's choice from candidates ranked on the validate fold: the top one must pass (S > 0, LCB > 0),
     then ``probe`` gives its multiplier (None: abstain). With ``fallback`` the next passing, fully evaluated
@@ -136,7 +175,11 @@ def select(
 
 
 def race_candidates(
-    session: Session, candidates: list[Candidate], label: str, docs: Docs, reference: tuple[str, Any],
+    session: Session,
+    candidates: list[Candidate],
+    label: str,
+    docs: Docs,
+    reference: Reference = BASE,
 ) -> list[Candidate]:
     """Score candidates on the validate fold in stages, stopping those that cannot rank first; return them ranked.
 
@@ -152,10 +195,10 @@ def race_candidates(
     order = race_order(docs, session.recipe.scoring.support.split_seed + 1)
     n = len(order)
     spec = racing if gate.racing else racing.model_copy(update={"enabled": False})
-    ref = in_order(session.scores(Request(reference[0], label, docs, reference[1])), order)
-    alive = sorted(candidates, key=lambda c: _family(c.params))  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
+    ref = in_order(session.scores(Request(reference.subject, label, docs, reference.update)), order)
+    alive = sorted(candidates, key=lambda c: c.family)  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
     sizes = stage_sizes(n, spec)
-    for stage, m in enumerate(sizes, 1):
+    for m in sizes:
         prefix = as_docs(order[:m])
         requests = [Request(c.subject, label, prefix, c.result, {"params": c.params}) for c in alive]
         for cand, scores in zip(alive, session.evaluate(requests, f"gate: candidates on fold {label} ({m} of {n} examples)")):
@@ -182,8 +225,3 @@ def _s_bounds(stats: PairedStats, n: int, penalty: float, z: float) -> tuple[flo
     upper = (known + rest * wilson_upper(stats.fixes, m, z)) / n
     lower = (known - penalty * rest * wilson_upper(stats.regressions, m, z)) / n
     return lower, upper
-
-
-def _family(params: dict[str, Any]) -> str:
-    return repr(sorted((k, v) for k, v in params.items() if k != "alpha"))
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -12,7 +12,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.errors import CorpmergeError
+from corpmerge.methods.weights import effective_size
 from corpmerge.recipe import excerpt
+
+# Defaults of the parameters several methods share, in one place (each method's Field takes them from here).
+DEFAULT_QUANTILE = 0.7  # elites: rewards ≥ this quantile
+DEFAULT_BETA = 10.0  # reward temperature on raw rewards in [0, 1]; also the split-half diagnostic's for methods without one
+DEFAULT_ALPHA = 1.0  # step: α = 1 is the weighted mean
 
 
 class MethodParams(BaseModel):
@@ -32,7 +38,7 @@ class TensorDelta(Protocol):
 
 @dataclass(frozen=True)
 class MergeResult:
-    """What a method returns: the update as amplitudes (linear methods) or per tensor (``ties``)."""
+    """What a method returns: the update as amplitudes (linear methods) or per tensor (tensor-wise methods)."""
 
     method: str
     params: dict[str, Any]
@@ -43,6 +49,23 @@ class MergeResult:
     multiplier: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
     offset: Amplitudes | None = None  # stage 2: Δ = offset + multiplier·step
+    diagnostics: dict[str, float] = field(default_factory=dict)  # what the weights did, for the report (not the lineage)
+
+    @property
+    def linear(self) -> bool:
+        """The update's kind: True, Δ is the amplitude table ``final_amplitudes()`` (Σ aₛ·ε(s));
+        False, Δ is computed tensor by tensor while streaming (``streamed()``)."""
+        return self.amplitudes is not None
+
+    @property
+    def ess(self) -> float:
+        """Effective number of elites 1/Σwᵢ² of the weights normalised to sum 1."""
+        return effective_size(self.weights)
+
+    @property
+    def step_rms(self) -> float | None:
+        """Per-coordinate RMS of the step multiplier·Δ₁, without a stage-2 offset (‖a‖₂); None when tensor-wise."""
+        return None if self.amplitudes is None else self.amplitudes.scaled(self.multiplier).rms()
 
     def scaled(self, multiplier: float) -> "MergeResult":
         """The same update times ``multiplier`` (probe step calibration)."""
@@ -71,15 +94,49 @@ class MergeResult:
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registered method: its name, parameter model and function."""
+    """A registered method: its name, parameter model, function, and what the pipeline needs to know of it.
+
+    ``linear``: the update is an amplitude table Δ = Σ aₛ·ε(s) (so it can be a stage-2 step, and its
+    norms and inner products are taken on amplitudes); otherwise it is computed tensor by tensor while streaming.
+    ``elites``: the parameter q whose quantile of the rewards selects the elites (None: the method
+    selects none by quantile). ``step``: the parameter α that scales Δ linearly (grid points that
+    differ only in it are the same candidate with a different step). ``temperature``: the parameter
+    β of reward weights softmax(β·r). Parameters are named by their field names.
+    """
 
     name: str
     params: type[MethodParams]
     fn: Callable[[Cloud, Any], MergeResult]
     summary: str
+    linear: bool = True
+    elites: str | None = None
+    step: str | None = None
+    temperature: str | None = None
 
     def __call__(self, cloud: Cloud, params: MethodParams) -> MergeResult:
-        return self.fn(cloud, params)
+        result = self.fn(cloud, params)
+        if result.linear != self.linear:
+            kind = "an amplitude table" if self.linear else "a tensor-wise update"
+            raise TypeError(f"merge method '{self.name}' is declared to return {kind}, and returned the other kind")
+        return result
+
+    def point(self, params: MethodParams | Mapping[str, Any]) -> MethodParams:
+        """``params`` as this method's validated parameters (a report's dict, aliases allowed)."""
+        return params if isinstance(params, self.params) else self.params.model_validate(dict(params))
+
+    def elite_quantile(self, params: MethodParams | Mapping[str, Any]) -> float | None:
+        """q of the elite set E = {i : rᵢ ≥ quantile_q(r)} at this grid point; None if the method selects none by quantile."""
+        return None if self.elites is None else float(getattr(self.point(params), self.elites))
+
+    def reward_temperature(self, params: MethodParams | Mapping[str, Any]) -> float:
+        """β of the reward weights softmax(β·r) at this grid point (``DEFAULT_BETA`` for a method without one)."""
+        return DEFAULT_BETA if self.temperature is None else float(getattr(self.point(params), self.temperature))
+
+    def family(self, params: MethodParams | Mapping[str, Any]) -> str:
+        """The grid point without its step parameter: points of one family build the same Δ₁ up to the factor α."""
+        values = self.point(params).model_dump()
+        values.pop(self.step, None)
+        return repr(sorted(values.items()))
 
     def grid(self, raw: dict[str, Any]) -> list[MethodParams]:
         """Expand parameters (a list value is a grid axis) into validated scalar points."""
@@ -96,9 +153,7 @@ class MergeMethod:
                 key = ".".join(str(p) for p in err["loc"])
                 allowed = ", ".join(f.alias or n for n, f in self.params.model_fields.items()) or "none"
                 if err["type"] == "extra_forbidden":
-                    raise CorpmergeError(
-                        f"parameters.{key}: unknown parameter for merge_method '{self.name}'; allowed: {allowed}"
-                    ) from None
+                    raise CorpmergeError(f"parameters.{key}: unknown parameter for merge_method '{self.name}'; allowed: {allowed}") from None
                 raise CorpmergeError(f"parameters.{key}: {err['msg']} (got {excerpt(err.get('input'))})") from None
         return points
 
@@ -106,12 +161,23 @@ class MergeMethod:
 _REGISTRY: dict[str, MergeMethod] = {}
 
 
-def merge_method(name: str, params: type[MethodParams]) -> Callable[[Callable], Callable]:
-    """Register ``fn(cloud, params) -> MergeResult`` as merge method ``name``."""
+def merge_method(
+    name: str,
+    params: type[MethodParams],
+    *,
+    linear: bool = True,
+    elites: str | None = None,
+    step: str | None = None,
+    temperature: str | None = None,
+) -> Callable[[Callable], Callable]:
+    """Register ``fn(cloud, params) -> MergeResult`` as merge method ``name``, with its declarations (see ``MergeMethod``)."""
+    for role, field_name in (("elites", elites), ("step", step), ("temperature", temperature)):
+        if field_name is not None and field_name not in params.model_fields:
+            raise TypeError(f"merge method '{name}': {role}='{field_name}' is not a field of {params.__name__}")
 
     def register(fn: Callable) -> Callable:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
-        _REGISTRY[name] = MergeMethod(name, params, fn, summary)
+        _REGISTRY[name] = MergeMethod(name, params, fn, summary, linear, elites, step, temperature)
         return fn
 
     return register

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.methods.registry import MergeResult, MethodParams, merge_method
+from corpmerge.methods.registry import DEFAULT_ALPHA, DEFAULT_QUANTILE, MergeResult, MethodParams, merge_method
 from corpmerge.methods.weights import elite_indices
 from corpmerge.noise import fill_gaussian
 
@@ -24,9 +24,9 @@ _CHUNK_BUDGET = 1 << 26  # float32 elements held at once across all elites (256 
 
 
 class TiesParams(MethodParams):
-    quantile: float = Field(default=0.7, ge=0, lt=1)
+    quantile: float = Field(default=DEFAULT_QUANTILE, ge=0, lt=1)
     density: float = Field(default=0.2, gt=0, le=1, description="fraction of each perturbation kept")
-    alpha: float = Field(default=1.0, gt=0, description="scale of the merged update")
+    alpha: float = Field(default=DEFAULT_ALPHA, gt=0, description="scale of the merged update")
 
 
 def ties_combine(trimmed: torch.Tensor) -> torch.Tensor:
@@ -57,42 +57,86 @@ def trim_threshold(perturbation: torch.Tensor, density: float) -> float:
 
 
 class TiesDelta:
-    """Δ for one tensor from the elites' amplitude vectors (rows) over ``seeds``."""
+    """Δ for one tensor from the elites' amplitude vectors (rows) over ``seeds``.
 
-    def __init__(self, seeds: np.ndarray, vectors: np.ndarray, density: float):
-        self.seeds, self.vectors, self.density = seeds, vectors, density
+    ``vectors`` is a dense matrix (rows × seeds) or compressed sparse rows ``(indptr, columns,
+    values)`` as ``Cloud.nonzeros`` gives them, so a single-seed population needs no dense
+    matrix. Up to ``_CHUNK_BUDGET`` elements of perturbations are held at once: with few rows
+    a chunk of every row is stacked (``ties_combine``); with more rows than fit, each chunk is
+    reduced row by row in two passes (summed mass, then the agreeing values), drawing the noise
+    twice, so memory stays bounded whatever the number of elites.
+    """
+
+    def __init__(self, seeds: np.ndarray, vectors: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], density: float):
+        if isinstance(vectors, np.ndarray):
+            row_of, columns = np.nonzero(vectors)
+            vectors = (np.searchsorted(row_of, np.arange(vectors.shape[0] + 1)), columns, vectors[row_of, columns])
+        self.seeds, self.density = seeds, density
+        self.indptr, self.columns, self.values = (np.asarray(a) for a in vectors)
         digest = hashlib.blake2b(digest_size=12)
-        for part in (np.ascontiguousarray(seeds, dtype=np.int64), np.ascontiguousarray(vectors, dtype=np.float64)):
+        for part in (
+            np.ascontiguousarray(seeds, dtype=np.int64),
+            np.ascontiguousarray(self.indptr, dtype=np.int64),
+            np.ascontiguousarray(self.columns, dtype=np.int64),
+            np.ascontiguousarray(self.values, dtype=np.float64),
+        ):
             digest.update(repr(part.shape).encode() + part.tobytes())
         self.key = f"ties:{digest.hexdigest()}:{density!r}"
+
+    @property
+    def rows(self) -> int:
+        return self.indptr.size - 1
 
     def _perturbation(self, row: int, name: str, numel: int, offset: int) -> torch.Tensor:
         out = torch.zeros(numel, dtype=torch.float32)
         noise = torch.empty(numel, dtype=torch.float32)
-        for col in np.flatnonzero(self.vectors[row]):
-            fill_gaussian(noise.numpy(), int(self.seeds[col]), name, offset)
-            out.add_(noise, alpha=float(self.vectors[row, col]))
+        for k in range(self.indptr[row], self.indptr[row + 1]):
+            fill_gaussian(noise.numpy(), int(self.seeds[self.columns[k]]), name, offset)
+            out.add_(noise, alpha=float(self.values[k]))
+        return out
+
+    def _trimmed(self, row: int, name: str, numel: int, offset: int, threshold: float) -> torch.Tensor:
+        out = self._perturbation(row, name, numel, offset)
+        out[out.abs() < threshold] = 0
         return out
 
     def __call__(self, name: str, shape: torch.Size) -> torch.Tensor:
-        numel, rows = math.prod(shape), range(self.vectors.shape[0])
+        numel, rows = math.prod(shape), range(self.rows)
         chunk = max(1 << 16, _CHUNK_BUDGET // max(1, len(rows)))
-        if numel <= chunk:
+        if numel <= chunk and numel * len(rows) <= max(_CHUNK_BUDGET, numel):
             stacked = torch.stack([self._perturbation(r, name, numel, 0) for r in rows])
             for row in stacked:
                 row[row.abs() < trim_threshold(row, self.density)] = 0
             return ties_combine(stacked).view(shape)
         thresholds = [trim_threshold(self._perturbation(r, name, numel, 0), self.density) for r in rows]
         out = torch.empty(numel, dtype=torch.float32)
+        stack = chunk * len(rows) <= _CHUNK_BUDGET
         for lo in range(0, numel, chunk):
             n = min(chunk, numel - lo)
-            stacked = torch.stack([self._perturbation(r, name, n, lo) for r in rows])
-            stacked[stacked.abs() < torch.tensor(thresholds).unsqueeze(1)] = 0
-            out[lo : lo + n] = ties_combine(stacked)
+            if stack:
+                stacked = torch.stack([self._perturbation(r, name, n, lo) for r in rows])
+                stacked[stacked.abs() < torch.tensor(thresholds).unsqueeze(1)] = 0
+                out[lo : lo + n] = ties_combine(stacked)
+            else:
+                out[lo : lo + n] = self._combine_rowwise(name, n, lo, thresholds)
         return out.view(shape)
 
+    def _combine_rowwise(self, name: str, n: int, offset: int, thresholds: list[float]) -> torch.Tensor:
+        """``ties_combine`` of the trimmed rows of one chunk, one row at a time (two passes over the rows)."""
+        mass = torch.zeros(n, dtype=torch.float32)
+        for r, threshold in enumerate(thresholds):
+            mass += self._trimmed(r, name, n, offset, threshold)
+        elected = torch.sign(mass)
+        total, count = torch.zeros(n, dtype=torch.float32), torch.zeros(n, dtype=torch.float32)
+        for r, threshold in enumerate(thresholds):
+            trimmed = self._trimmed(r, name, n, offset, threshold)
+            agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
+            total += torch.where(agree, trimmed, torch.zeros_like(trimmed))
+            count += agree
+        return total / count.clamp(min=1)
 
-@merge_method("ties", TiesParams)
+
+@merge_method("ties", TiesParams, linear=False, elites="quantile", step="alpha")
 def ties(cloud: Cloud, p: TiesParams) -> MergeResult:
     """TIES (trim, elect sign, disjoint mean) over the elite perturbations, times α."""
     elite = elite_indices(cloud.rewards, p.quantile)
@@ -101,6 +145,6 @@ def ties(cloud: Cloud, p: TiesParams) -> MergeResult:
         params=p.model_dump(by_alias=True),
         elites=elite,
         weights=np.full(len(elite), 1.0 / len(elite)),
-        tensor_delta=TiesDelta(cloud.seeds, cloud.vectors[elite], p.density),
+        tensor_delta=TiesDelta(cloud.seeds, cloud.nonzeros(elite), p.density),
         multiplier=p.alpha,
     )

@@ -34,6 +34,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
+def effective_size(weights: np.ndarray) -> float:
+    """ESS = 1/Σwᵢ² of weights normalised to sum 1 (from 1, all weight on one entry, to n, equal weights)."""
+    w = weights / weights.sum()
+    return float(1.0 / np.sum(w**2))
+
+
 def zscore(values: np.ndarray) -> np.ndarray:
     """Standardise with the population std; all zeros when the std is ≤ 1e-12."""
     std = values.std()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -14,16 +13,18 @@ import torch
 import yaml
 
 from corpmerge import __version__
-from corpmerge.methods import MergeResult
 from corpmerge.errors import CorpmergeError
+from corpmerge.methods import MergeResult
 from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
+from corpmerge.noise import NOISE_BATCH, SCHEME
+from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
-from corpmerge.noise import NOISE_BATCH, SCHEME
+from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
+from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
 from corpmerge.progress import task
 from corpmerge.recipe import Recipe
-from corpmerge.output.safetensors_writer import staging_dir, write_weights
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def write_output(
     result: MergeResult | None,
     tokenizer: Any,
     ref: BaseRef,
-    report: dict[str, Any] | None = None,
+    report: RunReport | None = None,
     picture: Callable[[Path], Any] | None = None,
     verify: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
@@ -96,7 +97,7 @@ def write_output(
     θ₀ is streamed from the base checkpoint's files on the host (``ref``: a folder, a Hub id, a
     converted GGUF), so the output never depends on the device scoring ran on or on the scorer's
     state. ``verify(staged folder)`` runs once weights, config and tokenizer are staged and before
-    the card is written; its answer goes into ``report["shipped_check"]`` and the card.
+    the card is written; its answer goes into ``report.shipped_check`` and the card.
     The location is checked again first (``check_output_location``): never onto or around the base,
     ``overwrite`` replaces only a previous corpmerge output.
     """
@@ -118,15 +119,14 @@ def write_output(
         return result.delta(name, shape, scratch)
 
     with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(names)) as advance:
-        files = write_weights(
-            tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance()
-        )
+        files = write_weights(tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance())
         _save_config(folder, tmp, recipe.dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if verify is not None and report is not None:
-            report["shipped_check"] = verify(tmp)
+            report.shipped_check = ShippedCheck(**verify(tmp))
         lineage = lineage_document(recipe, entries, result)
+        lineage["base"] = pin_base(recipe.base_model, ref)
         (tmp / LINEAGE_FILE).write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
         shown = None
         if report is not None and picture is not None:
@@ -135,8 +135,8 @@ def write_output(
         if result is not None:
             (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown))
         elif report is not None:
-            (tmp / "README.md").write_text(render_abstain_card(recipe.base_model, report, picture=shown))
+            (tmp / "README.md").write_text(render_abstain_card(lineage, report, picture=shown))
         if report is not None:
-            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            report.write(tmp / REPORT_FILE)
     log.info("wrote %s (%d weight file(s))", out_dir, len(files))
     return out_dir

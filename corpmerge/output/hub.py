@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,19 @@ def push_folder(
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, revision=revision,
+            folder_path=str(folder),
+            repo_id=repo_id,
+            revision=revision,
             commit_message=commit_message or f"corpmerge: upload {folder.name}",
         )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
             raise CorpmergeError(f"push_to_hub: {api.endpoint} refused the token (HTTP {status}); {LOGIN_HINT}") from None
-        first = _redact(str(exc).strip().splitlines()[0], token)
+        first = _redact(first_line(exc, None), token)
         raise CorpmergeError(f"push_to_hub: {api.endpoint} answered an error: {first}; the local folder is unchanged") from None
     except Exception as exc:  # noqa: BLE001 - transport errors differ across huggingface_hub releases (requests, httpx)
-        first = _redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, token)
+        first = _redact(first_line(exc, None), token)
         raise CorpmergeError(f"push_to_hub: cannot reach {api.endpoint} ({first}); the local folder is unchanged") from None
     url = str(commit)
     log.info("pushed %s to %s", folder, repo_id)

@@ -9,7 +9,8 @@ The rules, checked by ``validate`` and again right before anything is written:
 - an existing ``output.path`` is an empty folder, or, with ``--overwrite``, a previous corpmerge
   output (its ``corpmerge.yaml`` starts with ``corpmerge_version:``); never a file;
 - the folders can be created: the nearest existing ancestor is a folder where a probe folder
-  can be made (and is removed at once).
+  can be made (and is removed at once);
+- the output fits in the free space where it will be written (``corpmerge.output.space``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import resolve_base
+from corpmerge.output.space import check_free_space
 from corpmerge.recipe import Recipe, excerpt
 
 LINEAGE_FILE = "corpmerge.yaml"
@@ -33,6 +35,7 @@ def check_output_location(recipe: Recipe, overwrite: bool) -> None:
     _check_replaceable(out, overwrite)
     _check_creatable("output.path", out, out.parent)
     check_work_location(recipe)
+    check_free_space(recipe, overwrite)
 
 
 def check_work_location(recipe: Recipe) -> None:
@@ -46,8 +49,7 @@ def check_work_location(recipe: Recipe) -> None:
         _check_not_base(recipe, field, path)
         if _within(path, out):
             raise CorpmergeError(
-                f"{field}: '{_show(path)}' lies inside output.path '{_show(out)}', which is replaced when the model is written; "
-                "put it beside the output folder"
+                f"{field}: '{_show(path)}' lies inside output.path '{_show(out)}', which is replaced when the model is written; put it beside the output folder"
             )
     work = recipe.output.work_path
     _check_creatable(work_field, work, work)
@@ -100,8 +102,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         raise CorpmergeError(f"output.path: cannot inspect '{_show(out)}' ({exc.strerror}); choose another path") from None
     if not overwrite:
         raise CorpmergeError(
-            f"output.path: '{_show(out)}' already exists; remove it, choose another path or pass --overwrite "
-            "(which replaces only a previous corpmerge output)"
+            f"output.path: '{_show(out)}' already exists; remove it, choose another path or pass --overwrite (which replaces only a previous corpmerge output)"
         )
     if not is_corpmerge_output(out):
         raise CorpmergeError(

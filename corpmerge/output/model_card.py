@@ -1,20 +1,89 @@
-"""The model card (README.md) of a merged model."""
+"""The model card (README.md) of a merged model, with the front matter the Hub reads.
+
+Front matter (written by ``huggingface_hub.ModelCardData``): ``base_model`` (a Hub id: the one the
+base is or was converted from, else the one the base's own card names; omitted when unknown),
+``base_model_relation: merge``, ``library_name: transformers``, ``tags``, the base card's
+``license``, the Hub ``datasets`` the tasks declare, and ``model-index`` with the held-out
+accuracy of the folder's model per task (the base's beside it in the card's body).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
 
-import yaml
+from huggingface_hub import EvalResult, ModelCardData
 
 from corpmerge import __version__
+from corpmerge.output.base_pin import front_matter_base
+from corpmerge.output.report_schema import RunReport, ShippedCheck
+
+TAGS = ["merge", "corpmerge", "corp"]
+CITATIONS = """## Citation
+
+CoRP, the method:
+
+```bibtex
+@article{zhang2026corp,
+  title   = {Consolidating Rewarded Perturbations for LLM Post-Training},
+  author  = {Zhang, Zheyu and Yang, Shuo and Kasneci, Gjergji},
+  journal = {arXiv preprint arXiv:2605.31494},
+  year    = {2026}
+}
+```
+
+RandOpt, the rewarded population and the top-K vote it is compared with:
+
+```bibtex
+@article{gan2026thickets,
+  title   = {Neural Thickets: Diverse Task Experts Are Dense Around Pretrained Weights},
+  author  = {Gan, Yulu and Isola, Phillip},
+  journal = {arXiv preprint arXiv:2603.12228},
+  year    = {2026}
+}
+```
+"""
 
 
-def _front_matter(base_model: str) -> str:
-    from corpmerge.model_io import hub_id_for
+def _front_matter(lineage: dict[str, Any], report: RunReport | None, row: str, merged: bool) -> str:
+    """YAML front matter; ``row`` is the held-out row of the folder's weights (merged, or base on abstention)."""
+    pin = lineage.get("base") or {}
+    results = _eval_results(report, row)
+    data = ModelCardData(
+        base_model=front_matter_base(pin),
+        base_model_relation="merge" if merged else None,
+        library_name="transformers",
+        tags=TAGS,
+        license=pin.get("license"),
+        datasets=sorted(set(report.datasets.values())) if report and report.datasets else None,
+        model_name=_title_name(lineage) if results else None,
+        eval_results=results or None,
+    )
+    return "---\n" + data.to_yaml() + "\n---\n"
 
-    meta = {"base_model": hub_id_for(base_model), "library_name": "transformers", "tags": ["corpmerge", "merge"]}
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+def _title_name(lineage: dict[str, Any]) -> str:
+    return f"{_short_name(lineage['recipe']['base_model'])}-corpmerge-{(lineage.get('merge') or {}).get('method', 'abstained')}"
+
+
+def _eval_results(report: RunReport | None, row: str) -> list[EvalResult]:
+    """One model-index result per held-out task: the accuracy of ``row`` (the share of examples the task counts correct)."""
+    held = report.evaluation if report else None
+    if held is None or row not in held.rows:
+        return []
+    values = held.rows[row].by_task
+    return [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=report.datasets.get(task, task),
+            dataset_name=task,
+            dataset_split=held.split,
+            metric_type="accuracy",
+            metric_value=round(value, 4),
+            metric_name=f"accuracy (held-out {held.split}, corpmerge)",
+        )
+        for task, value in sorted(values.items())
+    ]
 
 
 def _short_name(base_model: str) -> str:
@@ -30,7 +99,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_model_card(
-    lineage: dict[str, Any], report: dict[str, Any] | None = None, max_rows: int = 20, picture: str | None = None,
+    lineage: dict[str, Any],
+    report: RunReport | None = None,
+    max_rows: int = 20,
+    picture: str | None = None,
 ) -> str:
     """Markdown model card from the lineage document (and the run report, when there is one).
 
@@ -41,26 +113,40 @@ def render_model_card(
     merge = lineage["merge"]
     pop = lineage["population_summary"]
     parts = [
-        _front_matter(recipe["base_model"]),
+        _front_matter(lineage, report, "merged", merged=True),
         f"# {_short_name(recipe['base_model'])} — corpmerge `{merge['method']}` merge\n",
         "This model is its base plus a weighted sum of seeded Gaussian perturbations, "
         f"θ = θ₀ + Σₛ aₛ·ε(s), made with [corpmerge](https://pypi.org/project/corpmerge/) {__version__} "
-        f"(noise scheme `{lineage['noise']}`). No gradient was used.\n",
+        f"(noise scheme `{lineage['noise']}`). No gradient was used: the perturbations were rewarded on a task "
+        "(RandOpt's population) and folded into one model with CoRP's operator (see the citations below).\n",
+        _base_section(lineage),
         "## Merge\n",
-        _table(["field", "value"], [
-            ["base model", f"`{recipe['base_model']}`"],
-            ["method", f"`{merge['method']}`"],
-            ["parameters", f"`{merge['parameters']}`"],
-            ["step multiplier", merge["multiplier"]],
-            ["elites", len(merge["elite_seeds"]) if merge["elite_seeds"] is not None else "stage 2: see the lineage"],
-            ["output dtype", recipe["dtype"]],
-        ]) + "\n",
+        _table(
+            ["field", "value"],
+            [
+                ["base model", f"`{recipe['base_model']}`"],
+                ["method", f"`{merge['method']}`"],
+                ["parameters", f"`{merge['parameters']}`"],
+                ["step multiplier", merge["multiplier"]],
+                ["elites", len(merge["elite_seeds"]) if merge["elite_seeds"] is not None else "stage 2: see the lineage"],
+                ["output dtype", recipe["dtype"]],
+            ],
+        )
+        + "\n",
         "## Population\n",
-        _table(["entries", "σ values (count)", "reward min", "reward mean", "reward max"], [[
-            pop["size"],
-            ", ".join(f"{s:g} ({n})" for s, n in pop["sigmas"].items()),
-            f"{pop['reward_min']:.4f}", f"{pop['reward_mean']:.4f}", f"{pop['reward_max']:.4f}",
-        ]]) + "\n",
+        _table(
+            ["entries", "σ values (count)", "reward min", "reward mean", "reward max"],
+            [
+                [
+                    pop["size"],
+                    ", ".join(f"{s:g} ({n})" for s, n in pop["sigmas"].items()),
+                    f"{pop['reward_min']:.4f}",
+                    f"{pop['reward_mean']:.4f}",
+                    f"{pop['reward_max']:.4f}",
+                ]
+            ],
+        )
+        + "\n",
     ]
     if report:
         parts.append(_report_section(report, picture))
@@ -71,7 +157,8 @@ def render_model_card(
         parts.append(
             f"Δ = Σ amplitude·ε(seed) over the perturbed tensors; {len(rows)} seeds in all "
             f"(largest {len(top)} below, the full table is in `corpmerge.yaml`).\n\n"
-            + _table(["seed", "amplitude"], [[r["seed"], f"{r['amplitude']:.6g}"] for r in top]) + "\n"
+            + _table(["seed", "amplitude"], [[r["seed"], f"{r['amplitude']:.6g}"] for r in top])
+            + "\n"
         )
     else:
         parts.append("This method is not linear in the noise; `corpmerge.yaml` holds the recipe and elites that reproduce it.\n")
@@ -80,17 +167,40 @@ def render_model_card(
         "and the lineage: the base, the noise scheme and that table determine every weight. "
         "Evaluate with `lm_eval --model hf --model_args pretrained=<this folder or repo> --tasks <task>`.\n"
     )
+    parts.append(CITATIONS)
     return "\n".join(parts)
 
 
-def render_abstain_card(base_model: str, report: dict[str, Any], picture: str | None = None) -> str:
+def render_abstain_card(lineage: dict[str, Any], report: RunReport, picture: str | None = None) -> str:
     """Card for ``write_on_abstain``: the folder holds the base weights, and says why (``picture`` as above)."""
-    return "\n".join([
-        _front_matter(base_model),
-        f"# {_short_name(base_model)} — corpmerge abstained\n",
-        "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
-        _report_section(report, picture),
-    ])
+    base_model = lineage["recipe"]["base_model"]
+    return "\n".join(
+        [
+            _front_matter(lineage, report, "base", merged=False),
+            f"# {_short_name(base_model)} — corpmerge abstained\n",
+            "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
+            _base_section(lineage),
+            _report_section(report, picture),
+            CITATIONS,
+        ]
+    )
+
+
+def _base_section(lineage: dict[str, Any]) -> str:
+    """Which θ₀ this is: the recipe's base, its Hub origin and revision, and where its weight hashes are."""
+    pin = lineage.get("base") or {}
+    lines = [f"## Base model\n\n`{lineage['recipe']['base_model']}`"]
+    if pin.get("hub_id"):
+        revision = f" at revision `{pin['revision']}`" if pin.get("revision") else ""
+        lines.append(f" (Hub: [{pin['hub_id']}](https://huggingface.co/{pin['hub_id']}){revision})")
+    if pin.get("gguf"):
+        lines.append(f", converted from the GGUF file `{pin['gguf']['file']}`")
+    if pin.get("weights"):
+        lines.append(
+            f". The SHA-256 of its {len(pin['weights'])} weight file(s) is in `corpmerge.yaml` (`base.weights`): "
+            "the lineage rebuilds this model only on those bytes"
+        )
+    return "".join(lines) + ".\n"
 
 
 def _picture(path: str) -> str:
@@ -99,53 +209,60 @@ def _picture(path: str) -> str:
     return f"![{alt}]({quote(path)})\n"
 
 
-def _report_section(report: dict[str, Any], picture: str | None = None) -> str:
-    gate = report.get("gate", {})
+def _report_section(report: RunReport, picture: str | None = None) -> str:
+    gate = report.gate
     lines = ["## Run report\n", _picture(picture)] if picture else []
     lines.append("## Validation gate\n")
-    if not gate.get("enabled", True):
+    if not gate.enabled:
         lines.append("The gate was disabled for this merge: it was not validated on held-out support examples.\n")
-    elif gate.get("accepted"):
+    elif gate.accepted:
         lines.append(
-            f"Accepted on the validate fold: fixes {gate['fixes']}, regressions {gate['regressions']}, "
-            f"constructive score {gate['constructive_score']:.4f}, LCB {gate['lcb']:.4f}; "
-            f"probe multiplier {gate['multiplier']} (LCB {gate['probe_lcb']:.4f} on the probe fold). "
-            f"{report.get('candidates_tried', 0)} candidates were tried.\n"
+            f"Accepted on the validate fold: fixes {gate.fixes}, regressions {gate.regressions}, "
+            f"constructive score {gate.constructive_score:.4f}, LCB {gate.lcb:.4f}; "
+            f"probe multiplier {gate.multiplier} (LCB {gate.probe_lcb:.4f} on the probe fold). "
+            f"{report.candidates_tried} candidates were tried.\n"
         )
     else:
-        lines.append(f"Abstained: {gate.get('reason', 'no candidate passed')}. These are the base model's weights.\n")
-    check = report.get("shipped_check")
-    if check:
-        lines.append(_shipped_line(check))
-    held = report.get("evaluation")
+        lines.append(f"Abstained: {gate.reason}. These are the base model's weights.\n")
+    if report.shipped_check is not None:
+        lines.append(_shipped_line(report.shipped_check))
+    held = report.evaluation
     if held:
         rows = []
-        for label, row in held["rows"].items():
-            diff = f"{row['diff']:+.4f} [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" if "diff" in row else "—"
-            rows.append([label, f"{row['accuracy']:.4f}", diff, row["n"]])
+        for label, row in held.rows.items():
+            diff = f"{row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if row.diff is not None else "—"
+            rows.append([label, f"{row.accuracy:.4f}", diff, row.n])
         notes = []
-        if held.get("ranked_on"):
-            notes.append(f"RandOpt rows (`best_entry`, `randopt_top*`) are ranked on {held['ranked_on']} of the support set.")
-        for task, n in sorted((held.get("excluded_support") or {}).items()):
-            notes.append(f"{n} examples of `{task}` ({held['split']}) are support examples and were left out.")
+        if held.ranked_on:
+            notes.append(f"RandOpt rows (`best_entry`, `randopt_top*`) are ranked on {held.ranked_on} of the support set.")
+        for task, n in sorted(held.excluded_support.items()):
+            notes.append(f"{n} examples of `{task}` ({held.split}) are support examples and were left out.")
         lines.append(
-            f"## Held-out evaluation ({', '.join(held['tasks'])}, split `{held['split']}`)\n\n"
-            + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows) + "\n"
+            f"## Held-out evaluation ({', '.join(held.tasks)}, split `{held.split}`)\n\n"
+            + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows)
+            + "\n"
             + "".join(f"\n{note}\n" for note in notes)
         )
+        shipped = "merged" if "merged" in held.rows else "base"
+        per_task = [
+            [f"`{task}`", "accuracy", f"{value:.4f}", f"{held.rows['base'].by_task.get(task, float('nan')):.4f}"]
+            for task, value in sorted(held.rows[shipped].by_task.items())
+        ]
+        if per_task:
+            lines.append("Per task (the `model-index` of this card):\n\n" + _table(["task", "metric", "this model", "base"], per_task) + "\n")
     return "\n".join(lines)
 
 
-def _shipped_line(check: dict[str, Any]) -> str:
-    """``shipped_check: n examples, identical | differs``, with what a difference means."""
-    scored_as = f"scored in {check['scoring_dtype']}, written in {check['output_dtype']}, {check['backend']} backend"
-    if check["identical"]:
+def _shipped_line(check: ShippedCheck) -> str:
+    """``shipped check: n examples, identical | differs``, with what a difference means."""
+    scored_as = f"scored in {check.scoring_dtype}, written in {check.output_dtype}, {check.backend} backend"
+    if check.identical:
         return (
-            f"**shipped check: {check['examples']} examples, identical** — this folder, loaded with `from_pretrained`, gives "
-            f"exactly the per-example results the gate scored on fold {check['fold']} ({scored_as}).\n"
+            f"**shipped check: {check.examples} examples, identical** — this folder, loaded with `from_pretrained`, gives "
+            f"exactly the per-example results the gate scored on fold {check.fold} ({scored_as}).\n"
         )
     return (
-        f"**shipped check: {check['examples']} examples, DIFFERS on {check['differing']}** — this folder, loaded with "
-        f"`from_pretrained`, does not reproduce what the gate scored on fold {check['fold']} ({scored_as}); "
+        f"**shipped check: {check.examples} examples, DIFFERS on {check.differing}** — this folder, loaded with "
+        f"`from_pretrained`, does not reproduce what the gate scored on fold {check.fold} ({scored_as}); "
         "the gate's numbers above do not describe this file.\n"
     )

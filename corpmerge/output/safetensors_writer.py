@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.model_io import TORCH_DTYPES
 from corpmerge.recipe import excerpt
 
@@ -102,11 +102,9 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 def _write_error(out_dir: Path, exc: Exception) -> CorpmergeError:
-    text = str(exc).strip()
-    reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+    reason = getattr(exc, "strerror", None) or first_line(exc)
     return CorpmergeError(
-        f"output.path: writing '{excerpt(str(out_dir), 120)}' failed ({excerpt(reason, 120)}); "
-        "nothing was written — free space or choose a writable location"
+        f"output.path: writing '{excerpt(str(out_dir), 120)}' failed ({excerpt(reason, 120)}); nothing was written — free space or choose a writable location"
     )
 
 

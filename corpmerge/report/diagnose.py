@@ -82,8 +82,13 @@ def _split_means(x: np.ndarray, w: np.ndarray, owner: np.ndarray, k: int, m: int
 
 
 def split_half(
-    x: np.ndarray, k: int = 8, splits: int = 20, seed: int = 0, draws: int = 200,
-    rewards: np.ndarray | None = None, beta: float = 10.0,
+    x: np.ndarray,
+    k: int = 8,
+    splits: int = 20,
+    seed: int = 0,
+    draws: int = 200,
+    rewards: np.ndarray | None = None,
+    beta: float = 10.0,
 ) -> dict[str, Statistic]:
     """Mean-consensus and subspace-excess over random half splits of the rows of ``x`` (the
     elites), weighted by softmax(β·rewards) (equal weights when ``rewards`` is None), with 95%
@@ -102,10 +107,7 @@ def split_half(
             boot.append(_split_means(coords[pick], w[pick], pick, k, m, splits, rng).mean(axis=0))
     boot = np.array(boot)
     names = ("mean_consensus", "subspace_excess")
-    return {
-        name: Statistic(values[:, i], float(values[:, i].mean()), float(np.quantile(boot[:, i], 0.05)))
-        for i, name in enumerate(names)
-    }
+    return {name: Statistic(values[:, i], float(values[:, i].mean()), float(np.quantile(boot[:, i], 0.05))) for i, name in enumerate(names)}
 
 
 def plot(path: str, entries: list[Entry], elite_sketch: np.ndarray, stats: dict[str, Statistic]) -> None:

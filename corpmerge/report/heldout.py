@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from corpmerge.report.ensemble import majority_vote, recovered_fraction
+import numpy as np
+
 from corpmerge.errors import CorpmergeError
-from corpmerge.scoring.folds import Docs, count, round_folds
 from corpmerge.gate.paired import paired_interval
-from corpmerge.scoring.evaluator import Request
 from corpmerge.population import Entry
-from corpmerge.scoring.scorer import entry_subject, entry_update, ordered
+from corpmerge.report.ensemble import majority_vote, recovered_fraction
+from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.folds import Docs, count, round_folds
+from corpmerge.scoring.scorer import entry_update, ordered
 from corpmerge.scoring.session import Session, suite_counts
+from corpmerge.scoring.subjects import entry_subject
 
 
 def support_docs(session: Session) -> dict[str, set[int]]:
@@ -38,9 +41,14 @@ def accuracy(scores: dict, docs: Docs) -> float:
 
 
 def evaluate_held_out(
-    session: Session, subjects: dict[str, tuple[str, Any]], ranked: list[Entry] | None = None, ensemble_k: list[int] | None = None,
+    session: Session,
+    subjects: dict[str, tuple[str, Any]],
+    ranked: list[Entry] | None = None,
+    ensemble_k: list[int] | None = None,
+    pairs: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base."""
+    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base;
+    each (a, b) in ``pairs`` also gets a − b paired, as ``rows[a]["vs_" + b]``."""
     spec = session.recipe.evaluate
     suite = session.suites("evaluate")
     support = support_docs(session)
@@ -53,9 +61,7 @@ def evaluate_held_out(
         if used:
             excluded[name] = len(used)
     if not any(docs.values()):
-        raise CorpmergeError(
-            f"evaluate.split: every example of '{spec.split}' is a support example; evaluate on another split (e.g. test)"
-        )
+        raise CorpmergeError(f"evaluate.split: every example of '{spec.split}' is a support example; evaluate on another split (e.g. test)")
     fold = "T:" + hashlib.blake2b(repr((suite.fingerprint(), sorted(docs.items()))).encode(), digest_size=6).hexdigest()
     voters = (ranked or [])[: max(ensemble_k or [0])]
     todo = dict(subjects) | {f"entry:{e.seed}": (entry_subject(e), entry_update(e)) for e in voters}
@@ -65,20 +71,30 @@ def evaluate_held_out(
     keys = [(t, d) for t in sorted(docs) for d in docs[t]]
     for k in ensemble_k or []:
         members = [results[f"entry:{e.seed}"] for e in voters[:k]]
-        vectors[f"randopt_top{k}"] = majority_vote(
-            [[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members]
-        )
+        vectors[f"randopt_top{k}"] = majority_vote([[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members])
     base = vectors["base"]
-    rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size)}}
+    tasks = np.array([t for t, _ in keys])
+
+    def by_task(vec: np.ndarray) -> dict[str, float]:
+        return {t: float(vec[tasks == t].mean()) for t in sorted(docs) if docs[t]}
+
+    rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size), "by_task": by_task(base)}}
     for label, vec in vectors.items():
         if label != "base":
             diff, low, high = paired_interval(base, vec)
-            rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high}
+            rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high, "by_task": by_task(vec)}
             if "best_entry" in vectors and label != "best_entry":  # paired against RandOpt K=1 too
                 d1, lo1, hi1 = paired_interval(vectors["best_entry"], vec)
                 rows[label]["vs_k1"] = {"diff": d1, "ci_low": lo1, "ci_high": hi1}
+    for a, b in pairs:
+        if a in rows and b in vectors:
+            d, lo, hi = paired_interval(vectors[b], vectors[a])
+            rows[a][f"vs_{b}"] = {"diff": d, "ci_low": lo, "ci_high": hi}
     report: dict[str, Any] = {
-        "split": spec.split, "tasks": sorted(suite.tasks), "rows": rows, "n": int(base.size),
+        "split": spec.split,
+        "tasks": sorted(suite.tasks),
+        "rows": rows,
+        "n": int(base.size),
         "ranked_on": f"fold A ({count(session.folds['A'])} examples)",
     }
     if excluded:

@@ -1,6 +1,8 @@
 """Pictures of a run (``report.png``, also re-drawn by ``corpmerge report``) and of the fidelity benchmark.
 
-Both read semi-trusted dicts: a missing or odd value makes its panel say so, never a traceback.
+The run's picture reads a schema-checked report (``corpmerge.output.report_schema``): a missing
+part makes its panel say so. The benchmark summary reads semi-trusted dicts: an odd value is drawn
+as "no data", never a traceback.
 Figures are drawn with the object-oriented API on the Agg canvas (no pyplot, no global backend
 switch) at 800 px wide, the width of a model card on the Hub.
 """
@@ -22,7 +24,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from rich.console import RenderableType
 
-from corpmerge.report.view import evaluation_scope, finite, load_report, mapping, model_label, ordered_rows, report_view
+from corpmerge.output.report_schema import RunReport
+from corpmerge.report.view import evaluation_scope, finite, load_report, model_label, ordered_rows, report_view
 
 WIDTH_IN, DPI = 8.0, 100
 FIXES, REGRESSIONS, MERGED, OTHER = "#2a9d8f", "#e76f51", "#264653", "#8d99ae"
@@ -30,6 +33,10 @@ FIXES, REGRESSIONS, MERGED, OTHER = "#2a9d8f", "#e76f51", "#264653", "#8d99ae"
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _no_data(ax: Axes, title: str, message: str) -> None:
@@ -57,25 +64,19 @@ def _save(fig: Figure, path: Path, title: str) -> Path:
 # --- report.png -------------------------------------------------------------------------------
 
 
-def report_figure(report: dict[str, Any]) -> Figure:
+def report_figure(report: RunReport) -> Figure:
     """Three panels: population rewards, gate fixes/regressions per candidate, held-out Δ vs base."""
     fig = Figure(figsize=(WIDTH_IN, 10.5), layout="constrained")
     reward_ax, gate_ax, held_ax = fig.subplots(3, 1, height_ratios=[1.0, 1.1, 1.0])
-    outcome = _outcome(mapping(report.get("gate")))
-    fig.suptitle(f"corpmerge {report.get('method', '?')} on {report.get('base_model', '?')} — {outcome}", fontsize=12)
+    outcome = "gate disabled" if not report.gate.enabled else "accepted" if report.gate.accepted else "abstained"
+    fig.suptitle(f"corpmerge {report.method} on {report.base_model} — {outcome}", fontsize=12)
     _rewards_panel(reward_ax, report)
     _gate_panel(gate_ax, report)
     _held_out_panel(held_ax, report)
     return fig
 
 
-def _outcome(gate: dict[str, Any]) -> str:
-    if "accepted" not in gate:
-        return "gate outcome not recorded"
-    return "gate disabled" if gate.get("enabled") is False else "accepted" if gate.get("accepted") else "abstained"
-
-
-def write_report_png(report: dict[str, Any], path: Path) -> Path:
+def write_report_png(report: RunReport, path: Path) -> Path:
     """Draw ``report_figure(report)`` to ``path`` (PNG, about 800×1050 px); returns the path."""
     return _save(report_figure(report), path, "corpmerge run report")
 
@@ -88,11 +89,11 @@ def render_report_dir(path: Path) -> tuple[RenderableType, Path]:
     return report_view(report, found, picture), picture
 
 
-def _rewards_panel(ax: Axes, report: dict[str, Any]) -> None:
+def _rewards_panel(ax: Axes, report: RunReport) -> None:
     title = "population: fold-A reward of each entry"
-    pop = mapping(report.get("population"))
-    rewards = np.array([r for r in map(finite, _list(pop.get("rewards"))) if r is not None])
-    low, mean, high = (finite(pop.get(k)) for k in ("reward_min", "reward_mean", "reward_max"))
+    pop = report.population
+    rewards = np.array([r for r in map(finite, pop.rewards) if r is not None])
+    low, mean, high = finite(pop.reward_min), finite(pop.reward_mean), finite(pop.reward_max)
     if rewards.size:
         _histogram(ax, rewards)
         title += f" ({rewards.size} entries)"
@@ -105,13 +106,10 @@ def _rewards_panel(ax: Axes, report: dict[str, Any]) -> None:
     else:
         _no_data(ax, title, "no population rewards in report.json")
         return
-    base_reward = finite(pop.get("base_reward"))
-    base_label = "base reward"
-    if base_reward is None:
-        base_reward, base_label = finite(mapping(report.get("base")).get("A")), "base accuracy"
+    base_reward = finite(report.base.get("A"))
     if base_reward is not None:
-        ax.axvline(base_reward, color="black", linewidth=1.5, label=f"{base_label} {base_reward:.3f}")
-    threshold = finite(pop.get("elite_threshold"))
+        ax.axvline(base_reward, color="black", linewidth=1.5, label=f"base accuracy {base_reward:.3f}")
+    threshold = finite(pop.elite_threshold)
     if threshold is not None:
         above = f", {int((rewards >= threshold).sum())} at or above" if rewards.size else ""
         ax.axvline(threshold, color=FIXES, linestyle="--", linewidth=1.5, label=f"elite threshold {threshold:.3f}{above}")
@@ -141,24 +139,25 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if finite(value) is not None else str(value)
 
 
-def _gate_panel(ax: Axes, report: dict[str, Any]) -> None:
+def _gate_panel(ax: Axes, report: RunReport) -> None:
     title = "gate (fold B): fixes and regressions vs the base per candidate"
-    gate = mapping(report.get("gate"))
-    tried = [mapping(c) for c in _list(report.get("candidates"))]
-    rounds = [mapping(r) for r in _list(mapping(report.get("stage2")).get("rounds"))]
+    gate = report.gate
+    rounds = report.stage2.rounds if report.stage2 else []
     bars = []  # (tick label, fixes, regressions, accepted, stopped)
-    params = [mapping(c.get("params")) for c in tried]
-    keys = _varying_keys(params) if len(tried) <= 8 else []
-    for i, (cand, p) in enumerate(zip(tried, params), 1):
-        val = mapping(cand.get("validate"))
-        label = "\n".join([f"#{i}"] + [f"{k}={_fmt(p.get(k))}" for k in keys[:3]])
-        accepted = bool(p) and gate.get("accepted") is True and p == mapping(gate.get("params"))
-        bars.append((label, finite(val.get("fixes")), finite(val.get("regressions")), accepted, cand.get("stopped") is True))
+    small = len(report.candidates) <= 8
+    keys = _varying_keys([c.params for c in report.candidates]) if small else []
+    for i, cand in enumerate(report.candidates, 1):
+        ess = cand.ess if small else None
+        label = "\n".join([f"#{i}"] + [f"{k}={_fmt(cand.params.get(k))}" for k in keys[:3]] + ([f"ESS {ess:.1f}"] if ess is not None else []))
+        accepted = bool(cand.params) and gate.accepted and cand.params == gate.params
+        val = cand.validated
+        bars.append((label, val.fixes if val else None, val.regressions if val else None, accepted, cand.stopped))
     for r in rounds:
-        val = mapping(r.get("validate"))
-        bars.append((f"stage 2\nround {r.get('round', '?')}", finite(val.get("fixes")), finite(val.get("regressions")), r.get("accepted") is True, False))
+        label = f"stage 2\nround {r.round}" + (f"\nESS {r.ess:.1f}" if r.ess is not None else "")
+        val = r.validated
+        bars.append((label, val.fixes if val else None, val.regressions if val else None, r.accepted, False))
     if not any(f is not None or g is not None for _, f, g, _, _ in bars):
-        message = "gate disabled: no candidate was validated" if gate.get("enabled") is False else "no validated candidates in report.json"
+        message = "gate disabled: no candidate was validated" if not gate.enabled else "no validated candidates in report.json"
         _no_data(ax, title, message)
         return
     x = np.arange(len(bars))
@@ -174,19 +173,25 @@ def _gate_panel(ax: Axes, report: dict[str, Any]) -> None:
         ax.bar_label(down, labels=[f"{r:g}" if r else "" for r in regressions], fontsize=8, padding=1)
     ax.axhline(0, color="black", linewidth=0.8)
     if not (fixes.any() or regressions.any()):
-        ax.text(0.5, 0.25, "no fixes and no regressions: every candidate matched the base on every fold-B example",
-                ha="center", transform=ax.transAxes, color="dimgray", fontsize=9)
+        ax.text(
+            0.5,
+            0.25,
+            "no fixes and no regressions: every candidate matched the base on every fold-B example",
+            ha="center",
+            transform=ax.transAxes,
+            color="dimgray",
+            fontsize=9,
+        )
     top = max(fixes.max(), regressions.max(), 1.0)
     for xi, (_, _, _, accepted, _) in zip(x, bars):
         if accepted:
             ax.axvspan(xi - 0.45, xi + 0.45, color=FIXES, alpha=0.12, linewidth=0)
-            ax.annotate("accepted", (xi, fixes[xi]), xytext=(0, 13 if labelled else 3), textcoords="offset points",
-                        ha="center", fontsize=8, fontweight="bold")
+            ax.annotate("accepted", (xi, fixes[xi]), xytext=(0, 13 if labelled else 3), textcoords="offset points", ha="center", fontsize=8, fontweight="bold")
     handles, _ = ax.get_legend_handles_labels()
     if any(stopped):
         handles.append(Patch(facecolor="white", edgecolor="gray", hatch="//", label="stopped early (racing)"))
-    if rounds and tried:
-        ax.axvline(len(tried) - 0.5, color="gray", linewidth=0.8, linestyle=":")
+    if rounds and report.candidates:
+        ax.axvline(len(report.candidates) - 0.5, color="gray", linewidth=0.8, linestyle=":")
     ax.set_ylim(-top * 1.2, top * 1.6)
     step = math.ceil(len(bars) / 15)
     ticks = [label if i % step == 0 or accepted or "\n" in label else "" for i, (label, _, _, accepted, _) in enumerate(bars)]
@@ -194,10 +199,9 @@ def _gate_panel(ax: Axes, report: dict[str, Any]) -> None:
     ax.set_ylabel("examples")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_formatter(lambda v, _: f"{abs(v):g}")
-    probed = finite(gate.get("candidates_probed"))
     ax.set_title(title, loc="left")
     ax.set_xlabel(
-        "candidate (grid order)" + (" · stage 2 rounds" if rounds else "") + (f" · {int(probed)} probed on fold C" if probed is not None else "")
+        "candidate (grid order)" + (" · stage 2 rounds" if rounds else "") + (f" · {gate.candidates_probed} probed on fold C" if gate.enabled else "")
     )
     ax.legend(handles=handles, fontsize=8, loc="upper left", ncols=3, framealpha=0.9)
 
@@ -209,22 +213,22 @@ def _xerr(value: float, low: float | None, high: float | None) -> list[list[floa
     return [[100 * max(value - low, 0.0)], [100 * max(high - value, 0.0)]]
 
 
-def _held_out_panel(ax: Axes, report: dict[str, Any]) -> None:
-    evaluation = mapping(report.get("evaluation"))
-    title = f"held-out {evaluation_scope(evaluation)}".rstrip() + ": accuracy Δ vs base, paired 95% CI"
-    rows = ordered_rows(evaluation.get("rows"))
-    if not rows:
+def _held_out_panel(ax: Axes, report: RunReport) -> None:
+    evaluation = report.evaluation
+    if evaluation is None or not evaluation.rows:
         _no_data(ax, "held-out evaluation", "no held-out evaluation in this run (the recipe has no `evaluate:`)")
         return
+    title = f"held-out {evaluation_scope(evaluation)}: accuracy Δ vs base, paired 95% CI"
+    rows = ordered_rows(evaluation)
     labels, ys = [], np.arange(len(rows))[::-1]
     for y, (key, row) in zip(ys, rows):
-        acc, n = finite(row.get("accuracy")), row.get("n", "?")
-        short = model_label(key, {k: v for k, v in report.items() if k != "evaluation"})  # the caption says what ranked them
-        labels.append(f"{short}\n{'—' if acc is None else f'{100 * acc:.1f}%'} (n={n})")
+        acc = finite(row.accuracy)
+        short = model_label(key, evaluation, report.method, report.gate.enabled, ranked=False)  # the caption says what ranked them
+        labels.append(f"{short}\n{'—' if acc is None else f'{100 * acc:.1f}%'} (n={row.n})")
         if key == "base":
             ax.plot([0], [y], "D", color="black")
             continue
-        diff, low, high = (finite(row.get(k)) for k in ("diff", "ci_low", "ci_high"))
+        diff, low, high = finite(row.diff), finite(row.ci_low), finite(row.ci_high)
         if diff is None:
             ax.annotate("no paired difference", (0, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8, color="dimgray")
             continue
@@ -234,9 +238,9 @@ def _held_out_panel(ax: Axes, report: dict[str, Any]) -> None:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ranked = evaluation.get("ranked_on")
-    ax.set_xlabel("Δ accuracy vs base (percentage points)" + (f"\nRandOpt entries ranked on {ranked}" if isinstance(ranked, str) else ""))
-    fraction = finite(evaluation.get("recovered_fraction"))
+    ranked = evaluation.ranked_on
+    ax.set_xlabel("Δ accuracy vs base (percentage points)" + (f"\nRandOpt entries ranked on {ranked}" if ranked else ""))
+    fraction = finite(evaluation.recovered_fraction)
     if fraction is not None:
         title += f"\nmerged gain = {fraction:.2f}× the largest vote's gain"
     ax.set_title(title, loc="left")
@@ -256,7 +260,7 @@ def summary_figure(rows: list[dict[str, Any]]) -> Figure:
       abstained: bool — the method's gate abstained, so its model is the base (Δ = 0).
     A row with delta None (and not abstained) is drawn as "no data".
     """
-    rows = [mapping(r) for r in _list(rows)]
+    rows = [_mapping(r) for r in _list(rows)]
     tasks = list(dict.fromkeys(str(r.get("task", "?")) for r in rows))
     methods = list(dict.fromkeys(str(r.get("method", "?")) for r in rows))
     ncols = min(len(tasks), 2) or 1
@@ -277,7 +281,7 @@ def summary_figure(rows: list[dict[str, Any]]) -> Figure:
         ax.grid(axis="x", alpha=0.3)
         ax.set_yticks(list(ys.values()), list(ys), fontsize=9)
         ax.set_ylim(-0.7, len(methods) - 0.3)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(tasks) :]:
         ax.set_visible(False)
     return fig
 

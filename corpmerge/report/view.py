@@ -1,8 +1,7 @@
-"""Render a run report (report.json) as terminal tables; the report is semi-trusted, so odd values show as "—"."""
+"""Render a run report (report.json, checked against ``corpmerge.output.report_schema``) as terminal tables."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,78 +11,70 @@ from rich.table import Table
 from rich.text import Text
 
 from corpmerge.errors import CorpmergeError
-
-REPORT_FILE = "report.json"
+from corpmerge.output.report_schema import REPORT_FILE, HeldOut, HeldOutRow, RunReport, read_report
 
 
 def finite(value: Any) -> float | None:
-    """A finite number, or None for anything else (missing, NaN, a string, a bool)."""
+    """A finite number, or None (missing, NaN, ±inf)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 
 
-def _pct(value: Any) -> str:
+def _pct(value: float | None) -> str:
     value = finite(value)
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
-def _signed(value: Any, digits: int = 4) -> str:
+def _signed(value: float | None, digits: int = 4) -> str:
     value = finite(value)
     return "—" if value is None else f"{value:+.{digits}f}"
 
 
-def mapping(value: Any) -> dict[str, Any]:
-    """The value if it is a dict, else an empty one."""
-    return value if isinstance(value, dict) else {}
-
-
-def model_label(key: str, report: dict[str, Any]) -> str:
-    """Display name of a held-out row: base, RandOpt K=1, a top-K vote or the merged model."""
+def model_label(key: str, evaluation: HeldOut, method: str, gated: bool = False, ranked: bool = True) -> str:
+    """Display name of a held-out row: base, RandOpt K=1, a top-K vote or the merged model
+    (``ranked``: say what the RandOpt rows were ranked on)."""
     if key == "base":
         return "base"
-    ranked = mapping(report.get("evaluation")).get("ranked_on")
-    by = f", ranked on {ranked}" if isinstance(ranked, str) else ""
+    by = f", ranked on {evaluation.ranked_on}" if ranked and evaluation.ranked_on else ""
     if key == "best_entry":
         return f"RandOpt K=1 (best entry{by})"
     if key.startswith("randopt_top"):
-        k = key[len("randopt_top"):]
+        k = key[len("randopt_top") :]
         return f"RandOpt top-{k} vote ({k} passes{by})"
+    if key == "stage1":
+        return "stage 1 (the centre stage 2 started from)"
     if key == "merged":
-        gated = mapping(report.get("gate")).get("enabled")
-        return f"{report.get('method', 'merged')} ({'gated' if gated else 'merged'})"
+        return f"{method} ({'gated' if gated else 'merged'})"
     return key
 
 
-def evaluation_scope(evaluation: dict[str, Any]) -> str:
-    """The "task1, task2 (split)" of a held-out evaluation, leaving out what is missing."""
-    tasks = evaluation.get("tasks")
-    scope = ", ".join(str(t) for t in tasks) if isinstance(tasks, list) else ""
-    return f"{scope} ({evaluation['split']})".strip() if evaluation.get("split") else scope
+def evaluation_scope(evaluation: HeldOut) -> str:
+    """The "task1, task2 (split)" of a held-out evaluation."""
+    return f"{', '.join(evaluation.tasks)} ({evaluation.split})".strip()
 
 
 def _row_order(key: str) -> tuple[int, int, str]:
     if key.startswith("randopt_top"):
-        k = key[len("randopt_top"):]
+        k = key[len("randopt_top") :]
         return (2, int(k) if k.isdigit() else 0, key)
     return ({"base": 0, "best_entry": 1, "merged": 3}.get(key, 4), 0, key)
 
 
-def ordered_rows(rows: Any) -> list[tuple[str, dict[str, Any]]]:
-    """The held-out rows that are dicts: base, K=1, the votes by K, the merged model, then anything else."""
-    return sorted(((str(k), v) for k, v in mapping(rows).items() if isinstance(v, dict)), key=lambda kv: _row_order(kv[0]))
+def ordered_rows(evaluation: HeldOut) -> list[tuple[str, HeldOutRow]]:
+    """The held-out rows: base, K=1, the votes by K, the merged model, then anything else."""
+    return sorted(evaluation.rows.items(), key=lambda kv: _row_order(kv[0]))
 
 
-def report_view(report: dict[str, Any], report_path: str | Path | None = None, picture: str | Path | None = None) -> RenderableType:
+def report_view(report: RunReport, report_path: str | Path | None = None, picture: str | Path | None = None) -> RenderableType:
     """Fold table, gate outcome, held-out table, timings and where things were written."""
     folds = _folds_table(report)
     parts: list[RenderableType] = [folds] if folds.row_count else []
-    parts += [_gate_line(report), *evaluation_view(report)]
-    timings = ", ".join(f"{k} {v:.1f}s" for k, v in mapping(report.get("timings_s")).items() if finite(v) is not None)
-    parts.append(Text(f"time: {timings or '—'}; {report.get('evaluations', 0)} evaluations"))
-    if report.get("output"):
-        parts.append(Text.assemble(("model", "green"), f" → {report['output']}"))
-    report_path = report_path or report.get("report_path")
+    parts += [_gate_line(report), *evaluation_view(report.evaluation, report.method, report.gate.enabled)]
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in report.timings_s.items() if finite(v) is not None)
+    parts.append(Text(f"time: {timings or '—'}; {report.evaluations} evaluations"))
+    if report.output:
+        parts.append(Text.assemble(("model", "green"), f" → {report.output}"))
     if report_path:
         parts.append(Text(f"report → {report_path}"))
     if picture:
@@ -91,71 +82,72 @@ def report_view(report: dict[str, Any], report_path: str | Path | None = None, p
     return Group(*parts)
 
 
-def render_report(console: Console, report: dict[str, Any]) -> None:
-    """Print ``report_view(report)``."""
-    console.print(report_view(report))
+def render_report(console: Console, report: RunReport, report_path: str | Path | None = None) -> None:
+    """Print ``report_view(report, report_path)``."""
+    console.print(report_view(report, report_path))
 
 
-def _folds_table(report: dict[str, Any]) -> Table:
-    folds = Table("fold", "examples", "base", "chosen", title=f"{report.get('method', '?')} on {report.get('base_model', '?')}")
-    base, chosen, counts = mapping(report.get("base")), mapping(report.get("chosen")), mapping(report.get("folds"))
+def _folds_table(report: RunReport) -> Table:
+    folds = Table("fold", "examples", "base", "chosen", title=f"{report.method} on {report.base_model}")
     for fold, name in (("A", "A construct"), ("B", "B validate"), ("C", "C probe")):
-        if fold in base:
-            folds.add_row(name, str(counts.get(fold, "—")), _pct(base[fold]), _pct(chosen.get(fold)))
+        if fold in report.base:
+            folds.add_row(name, str(report.folds.get(fold, "—")), _pct(report.base[fold]), _pct(report.chosen.get(fold)))
     return folds
 
 
-def _gate_line(report: dict[str, Any]) -> Text:
-    gate = mapping(report.get("gate"))
-    if "accepted" not in gate:
-        return Text("gate: no outcome recorded in the report")
-    if gate.get("accepted") and gate.get("fixes") is not None:
+def _gate_line(report: RunReport) -> Text:
+    gate = report.gate
+    if gate.accepted and gate.fixes is not None:
         return Text.assemble(
             ("gate passed", "green"),
-            f": params {gate.get('params')}, multiplier {gate.get('multiplier')}; fold B fixes {gate.get('fixes')}, "
-            f"regressions {gate.get('regressions')}, S {_signed(gate.get('constructive_score'))}, LCB {_signed(gate.get('lcb'))}; "
-            f"fold C LCB {_signed(gate.get('probe_lcb'))} ({report.get('candidates_tried', '?')} candidates tried)",
+            f": params {gate.params}, multiplier {gate.multiplier}; fold B fixes {gate.fixes}, "
+            f"regressions {gate.regressions}, S {_signed(gate.constructive_score)}, LCB {_signed(gate.lcb)}; "
+            f"fold C LCB {_signed(gate.probe_lcb)} ({report.candidates_tried} candidates tried)",
         )
-    if gate.get("accepted"):
-        return Text(f"gate disabled: merged with {gate.get('params')}")
+    if gate.accepted:
+        return Text(f"gate disabled: merged with {gate.params}")
     return Text.assemble(
         ("ABSTAINED", "bold yellow"),
-        f": {gate.get('reason', 'no candidate passed')}. The base model is the answer; no merged model was kept.",
+        f": {gate.reason}. The base model is the answer; no merged model was kept.",
     )
 
 
-def evaluation_view(report: dict[str, Any]) -> list[RenderableType]:
+def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False) -> list[RenderableType]:
     """The held-out table (base, RandOpt K=1 and top-K votes, the merged model), or nothing without an evaluation."""
-    evaluation = mapping(report.get("evaluation"))
-    rows = ordered_rows(evaluation.get("rows"))
-    if not rows:
+    if evaluation is None or not evaluation.rows:
         return []
-    held = Table("model", "accuracy", "Δ vs base", "95% CI", "n", title=f"held-out: {evaluation_scope(evaluation)}".rstrip())
-    for key, row in rows:
-        diff, low, high = (finite(row.get(k)) for k in ("diff", "ci_low", "ci_high"))
+    held = Table("model", "accuracy", "Δ vs base", "95% CI", "n", title=f"held-out: {evaluation_scope(evaluation)}")
+    for key, row in ordered_rows(evaluation):
+        diff, low, high = finite(row.diff), finite(row.ci_low), finite(row.ci_high)
         held.add_row(
-            Text(model_label(key, report)), _pct(row.get("accuracy")),
+            Text(model_label(key, evaluation, method, gated)),
+            _pct(row.accuracy),
             "—" if diff is None else f"{100 * diff:+.1f} pts",
             "—" if low is None or high is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]",
-            str(row.get("n", "—")),
+            str(row.n),
         )
     parts: list[RenderableType] = [held]
-    excluded = mapping(evaluation.get("excluded_support"))
-    if excluded:
-        parts.append(Text("; ".join(f"{n} examples of {t} ({evaluation.get('split')}) are support examples and were left out" for t, n in sorted(excluded.items()))))
-    fraction = finite(evaluation.get("recovered_fraction"))
+    if evaluation.excluded_support:
+        parts.append(
+            Text(
+                "; ".join(
+                    f"{n} examples of {t} ({evaluation.split}) are support examples and were left out" for t, n in sorted(evaluation.excluded_support.items())
+                )
+            )
+        )
+    fraction = finite(evaluation.recovered_fraction)
     if fraction is not None:
         parts.append(Text(f"the merged model's gain over the base is {fraction:.2f}× the largest ensemble's gain"))
     return parts
 
 
-def render_evaluation(console: Console, report: dict[str, Any]) -> None:
+def render_evaluation(console: Console, evaluation: HeldOut, method: str) -> None:
     """Print the held-out table (used by ``corpmerge ensemble``)."""
-    for part in evaluation_view(report):
+    for part in evaluation_view(evaluation, method):
         console.print(part)
 
 
-def load_report(path: str | Path) -> tuple[dict[str, Any], Path]:
+def load_report(path: str | Path) -> tuple[RunReport, Path]:
     """The report in an output or work folder (or a report.json path): (report, its path).
 
     A folder without report.json falls back to its default work folder ``<folder>.work``, where
@@ -166,10 +158,4 @@ def load_report(path: str | Path) -> tuple[dict[str, Any], Path]:
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise CorpmergeError(f"report: no {REPORT_FILE} in {path} (pass the run's output folder or work folder)")
-    try:
-        report = json.loads(found.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorpmergeError(f"report: {found} is not a readable JSON report ({str(exc).splitlines()[0]})") from None
-    if not isinstance(report, dict):
-        raise CorpmergeError(f"report: {found} does not hold a JSON object")
-    return report, found
+    return read_report(found), found

@@ -25,12 +25,12 @@ and ``enum``: a quarter of this process's start-up).
 """
 
 import _json
+import _signal as signal  # `signal` imports enum (milliseconds); the constants are the same
 import builtins
 import marshal
 import os
 import resource
 import select
-import _signal as signal  # `signal` imports enum (milliseconds); the constants are the same
 import sys
 import time
 
@@ -51,6 +51,7 @@ class SetupError(Exception):
 
 
 # --- isolation (judge, as root) ---------------------------------------------------------------
+
 
 def _libc():
     import ctypes
@@ -113,6 +114,7 @@ def _isolate(uid: int) -> None:
 
 
 # --- runner (the candidate's code) ------------------------------------------------------------
+
 
 def _limit(kind: int, value: int) -> None:
     try:
@@ -222,6 +224,7 @@ def _run(job: dict, result_fd: int) -> None:
 
 
 # --- judge ------------------------------------------------------------------------------------
+
 
 class _ScanContext:
     """What ``_json.make_scanner`` reads from a JSONDecoder."""

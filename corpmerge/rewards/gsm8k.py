@@ -41,7 +41,7 @@ def strict_value(text: str) -> Fraction | None:
 def relaxed_value(text: str) -> Fraction | None:
     """The last number anywhere in the text."""
     last = None
-    for last in ANY_NUMBER.finditer(text.replace("−", "-")):
+    for last in ANY_NUMBER.finditer(text.replace("−", "-")):  # noqa: B007 — the loop keeps the last match
         pass
     return to_number(last.group()) if last else None
 

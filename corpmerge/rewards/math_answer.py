@@ -44,7 +44,7 @@ def last_boxed(text: str) -> str | None:
 def stated_answer(text: str) -> str | None:
     """What follows the last "answer is" / "answer:", up to the end of its line or sentence."""
     last = None
-    for last in _ANSWER_IS.finditer(text):
+    for last in _ANSWER_IS.finditer(text):  # noqa: B007 — the loop keeps the last match
         pass
     if last is None:
         return None

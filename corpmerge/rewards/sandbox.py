@@ -121,8 +121,7 @@ def _isolate() -> bool:
         return True
     if not _allowed_unsandboxed:
         raise SandboxUnavailable(
-            f"cannot run model-written code: OS isolation is unavailable here ({problem}); "
-            f"set `{OPT_IN}` in the recipe to run it without isolation (unsafe)"
+            f"cannot run model-written code: OS isolation is unavailable here ({problem}); set `{OPT_IN}` in the recipe to run it without isolation (unsafe)"
         )
     _warn(problem)
     return False
@@ -133,8 +132,7 @@ def _warn(problem: str) -> None:
 
 
 def _job(code: str, setup: str, probes: list[str] | None, *, isolate: bool, wall: float, cpu: int, memory: int) -> dict:
-    return {"isolate": isolate, "uid": SANDBOX_UID, "wall": float(wall), "cpu": int(cpu), "memory": int(memory),
-            "setup": setup, "code": code, "probes": probes}
+    return {"isolate": isolate, "uid": SANDBOX_UID, "wall": float(wall), "cpu": int(cpu), "memory": int(memory), "setup": setup, "code": code, "probes": probes}
 
 
 def _launch(job: dict, checks: dict | None) -> SandboxResult:
@@ -155,8 +153,14 @@ def _run_judge(job: dict, checks: dict | None) -> SandboxResult:
     head = marshal.dumps(job)
     data = b"%010d" % len(head) + head + (marshal.dumps(checks) if checks is not None else b"")
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-B", str(_JAIL)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=_ENV, cwd="/", start_new_session=True, close_fds=True,
+        [sys.executable, "-I", "-S", "-B", str(_JAIL)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_ENV,
+        cwd="/",
+        start_new_session=True,
+        close_fds=True,
     )
     try:
         out, err = proc.communicate(data, timeout=job["wall"] + _GRACE_SECONDS)
@@ -178,8 +182,7 @@ def _run_judge(job: dict, checks: dict | None) -> SandboxResult:
         raise SandboxError(f"sandbox judge failed: {tail}") from None
 
 
-def run_tests(setup_code: str, code: str, tests: list[str], *, wall_seconds: float = 10.0, cpu_seconds: int = 5,
-              memory_bytes: int = 1 << 30) -> SandboxResult:
+def run_tests(setup_code: str, code: str, tests: list[str], *, wall_seconds: float = 10.0, cpu_seconds: int = 5, memory_bytes: int = 1 << 30) -> SandboxResult:
     """Run ``setup_code`` and ``code``, then judge the assert ``tests`` outside the program's process."""
     isolate = _isolate()
     try:

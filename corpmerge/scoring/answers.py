@@ -1,8 +1,10 @@
-"""The answer a completion gives, per task: what the RandOpt ensemble votes on.
+"""The answer a completion gives: what the RandOpt ensemble votes on.
 
 Multiple-choice tasks vote on the option that the reward metric picks (lm-eval's rule for that
-metric, e.g. the length-normalised choice under ``acc_norm``); generation tasks on the extracted
-answer (normalised where the task compares normalised answers). ``None`` means no answer was
+metric, e.g. the length-normalised choice under ``acc_norm``); generation tasks on the answer
+their extractor takes from the completion (normalised where the task compares normalised
+answers), the one a task names in its YAML (``metadata.answer``, see
+``corpmerge.scoring.declarations``), else the stripped completion. ``None`` means no answer was
 given, and such votes are dropped.
 """
 
@@ -29,13 +31,16 @@ def _expression(text: str) -> str | None:
     return None if answer is None else "".join(answer.split())
 
 
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {
-    "corpmerge_arith_gen": arith.first_answer,
-    "corpmerge_gsm8k": lambda text: _number(gsm8k.strict_answer(text)),
-    "corpmerge_countdown": _expression,
-    "corpmerge_olympiadbench": _math,
-    "corpmerge_rocstories": rocstories.parse_order,
-    "corpmerge_mbpp": mbpp.extract_code,
+Extractor = Callable[[str], str | None]
+
+# the extractors a task YAML can name in ``metadata.answer``
+ANSWERS: dict[str, Extractor] = {
+    "first_number": arith.first_answer,
+    "gsm8k_strict": lambda text: _number(gsm8k.strict_answer(text)),
+    "countdown_expression": _expression,
+    "boxed_math": _math,
+    "story_order": rocstories.parse_order,
+    "python_code": mbpp.extract_code,
 }
 
 
@@ -61,16 +66,20 @@ def choice_prediction(logliks: Sequence[float], metric: str = "acc", choices: Se
 
 
 def prediction(
-    task: str, output_type: str, filtered_response: Any, metric: str = "acc", choices: Sequence[str] | None = None
+    output_type: str,
+    filtered_response: Any,
+    metric: str = "acc",
+    choices: Sequence[str] | None = None,
+    extract: Extractor | None = None,
 ) -> str | None:
     """The vote of one model on one example; on multiple choice, the option ``metric`` picks
-    among ``choices`` (the task's ``doc_to_choice`` of the example)."""
+    among ``choices`` (the task's ``doc_to_choice`` of the example); on generation, what
+    ``extract`` (the task's declared extractor) takes from the completion."""
     if output_type == "multiple_choice":
         logliks = [r[0] if isinstance(r, (tuple, list)) else r for r in filtered_response]
         return choice_prediction(logliks, metric, choices)
     if output_type != "generate_until" or not isinstance(filtered_response, str):
         return None
-    extract = EXTRACTORS.get(task)
     if extract is not None:
         return extract(filtered_response)
     text = filtered_response.strip()

@@ -8,7 +8,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,6 +28,40 @@ class World:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a rank's process runs: enough for rank 0 to stop it when both share a kernel and a PID namespace."""
+
+    host: str
+    machine: str | None  # boot id and PID namespace; None where /proc does not say
+    pid: int
+    started: int | None  # the process's start time in clock ticks since boot (guards against a reused pid)
+
+    @classmethod
+    def here(cls) -> "Peer":
+        return cls(socket.gethostname(), _machine(), os.getpid(), _start_time(os.getpid()))
+
+    def state(self) -> str:
+        """ "alive" (this process, on this machine), "gone" (it was on this machine and has exited) or "elsewhere"."""
+        if self.machine is None or self.machine != _machine():
+            return "elsewhere"
+        return "alive" if self.started is not None and _start_time(self.pid) == self.started else "gone"
+
+
+def _machine() -> str | None:
+    try:
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def current_world() -> World:
@@ -76,11 +112,14 @@ def _join_restarted_attempt() -> None:
     if int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) != size:
         log.warning(
             "restart %d of a multi-node torchrun with the shared rendezvous store: if the processes cannot connect, "
-            "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", restarts,
+            "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+            restarts,
         )
         return
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
     dist.init_process_group(
         "nccl" if torch.cuda.is_available() else "gloo",
-        store=dist.PrefixStore(f"corpmerge/attempt_{restarts}", store), rank=int(os.environ["RANK"]), world_size=size,
+        store=dist.PrefixStore(f"corpmerge/attempt_{restarts}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=size,
     )

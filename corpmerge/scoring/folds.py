@@ -35,9 +35,7 @@ def assign_folds(doc_counts: dict[str, int], support: SupportSpec) -> dict[str, 
         n_a = round(support.folds.construct_ * n)
         n_b = round(support.folds.validate_ * n)
         if min(n_a, n_b, n - n_a - n_b) < 1:
-            raise CorpmergeError(
-                f"scoring.support: task '{task}' has {n} support examples, too few for three non-empty folds; raise support.limit"
-            )
+            raise CorpmergeError(f"scoring.support: task '{task}' has {n} support examples, too few for three non-empty folds; raise support.limit")
         folds["A"][task] = sorted(ids[:n_a])
         folds["B"][task] = sorted(ids[n_a : n_a + n_b])
         folds["C"][task] = sorted(ids[n_a + n_b :])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -11,9 +12,10 @@ from typing import Any
 
 import torch
 
-from corpmerge.scoring.answers import prediction
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.recipe import ScoringSpec
+from corpmerge.scoring.answers import prediction
+from corpmerge.scoring.declarations import answer_extractor, declared_dataset, leaf_configs, runs_code
 from corpmerge.tasks import tasks_dir
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,39 @@ class ExampleScore:
     prediction: str | None = None
 
 
-def _load_tasks(names: list[str], include: list[str], metadata: dict[str, Any]) -> dict[str, Any]:
-    """Load from corpmerge's tasks and the include path; lm-eval's own index only if needed (~10 s)."""
+def include_paths(spec: ScoringSpec) -> list[str]:
+    """corpmerge's task folder, then the recipe's ``scoring.include_path`` (checked to exist)."""
+    if spec.include_path and not os.path.exists(spec.include_path):
+        raise CorpmergeError(f"scoring.include_path: '{spec.include_path}' not found")
+    return [str(tasks_dir())] + ([spec.include_path] if spec.include_path else [])
+
+
+def task_manager(names: list[str], include: list[str], metadata: dict[str, Any]) -> Any:
+    """An lm-eval TaskManager over corpmerge's tasks and the include path; lm-eval's own index only if
+    a name needs it (~10 s). Built once per process for the same arguments."""
+    manager = _manager(tuple(include), False, json.dumps(metadata, sort_keys=True, default=str))
+    if not all(name in manager.all_tasks for name in names):
+        manager = _manager(tuple(include), True, json.dumps(metadata, sort_keys=True, default=str))
+    return manager
+
+
+@functools.lru_cache(maxsize=8)
+def _manager(include: tuple[str, ...], defaults: bool, metadata: str) -> Any:
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_defaults=False, include_path=include, metadata=metadata or None)
-    if not all(name in manager.all_tasks for name in names):
-        manager = TaskManager(include_defaults=True, include_path=include, metadata=metadata or None)
+    return TaskManager(include_defaults=defaults, include_path=list(include), metadata=json.loads(metadata) or None)
+
+
+def code_tasks(spec: ScoringSpec, names: list[str]) -> list[str]:
+    """The tasks among ``names`` (groups and tags expanded) whose YAML declares ``unsafe_code: true``,
+    read from the task index: nothing is built and no task code is imported."""
+    index = task_manager(names, include_paths(spec), spec.task_args).task_index
+    return sorted(name for name, config in leaf_configs(index, names).items() if runs_code(config))
+
+
+def _load_tasks(names: list[str], include: list[str], metadata: dict[str, Any]) -> dict[str, Any]:
+    """Load from corpmerge's tasks and the include path (lm-eval's own only when needed)."""
+    manager = task_manager(names, include, metadata)
     missing = [name for name in names if name not in manager.all_tasks]
     if missing:
         raise CorpmergeError(
@@ -57,9 +85,9 @@ def _load_tasks(names: list[str], include: list[str], metadata: dict[str, Any]) 
         )
     try:
         return manager.load(names)
-    except Exception as exc:  # lm-eval raises many types for broken task files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorpmergeError(f"scoring.tasks: cannot load {', '.join(names)}: {first}") from None
+    except Exception as exc:  # lm-eval raises many types for broken task files; the traceback says where
+        log_traceback(f"loading tasks {', '.join(names)}", exc)
+        raise CorpmergeError(f"scoring.tasks: cannot load {', '.join(names)}: {first_line(exc)}") from None
 
 
 def _leaf_tasks(loaded: dict[str, Any]) -> dict[str, Any]:
@@ -72,13 +100,13 @@ class TaskSuite:
     def __init__(self, spec: ScoringSpec, tasks: list[str] | None = None, split: str | None = None):
         self.spec = spec
         names = list(tasks or spec.tasks)
-        if spec.include_path and not os.path.exists(spec.include_path):
-            raise CorpmergeError(f"scoring.include_path: '{spec.include_path}' not found")
-        include = [str(tasks_dir())] + ([spec.include_path] if spec.include_path else [])
-        self.loaded = _load_tasks(names, include, spec.task_args)
+        self.loaded = _load_tasks(names, include_paths(spec), spec.task_args)
         self.tasks = _leaf_tasks(self.loaded)
         if not self.tasks:
             raise CorpmergeError(f"scoring.tasks: {names} contain no task")
+        self.answers = {name: answer_extractor(name, task.config.metadata) for name, task in self.tasks.items()}
+        declared = {name: declared_dataset(task.config.metadata) for name, task in self.tasks.items()}
+        self.datasets = {name: dataset for name, dataset in declared.items() if dataset}  # {task: Hub dataset}
         self.split = {name: self._use_split(name, task, split) for name, task in self.tasks.items()}
         if spec.num_fewshot is not None:  # once here, not on every evaluation
             for task in self.tasks.values():
@@ -90,9 +118,7 @@ class TaskSuite:
         if split is None:  # support set: never the test split
             split = self.spec.support.split or config.training_split or config.validation_split
             if split is None:
-                raise CorpmergeError(
-                    f"scoring.support.split: task '{name}' has no training or validation split to draw support examples from; name one"
-                )
+                raise CorpmergeError(f"scoring.support.split: task '{name}' has no training or validation split to draw support examples from; name one")
             if split == config.test_split:
                 raise CorpmergeError(f"scoring.support.split: '{split}' is task '{name}''s test split; the support set must not use it")
         available = list(task.dataset.keys()) if getattr(task, "dataset", None) is not None else []
@@ -108,10 +134,12 @@ class TaskSuite:
         """Hash of the task configs, evaluated splits and scoring options."""
         configs = {name: task.dump_config() for name, task in sorted(self.tasks.items())}
         options = {
-            "split": self.split, "chat": self.spec.apply_chat_template,
-            "fewshot": self.spec.num_fewshot, "metric": self.spec.metric,
+            "split": self.split,
+            "chat": self.spec.apply_chat_template,
+            "fewshot": self.spec.num_fewshot,
+            "metric": self.spec.metric,
         }
-        blob = json.dumps([configs, options], sort_keys=True, default=str)
+        blob = json.dumps([configs, options], sort_keys=True, default=_stable)
         return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
     def evaluate(self, lm: Any, docs: dict[str, list[int]]) -> dict[tuple[str, int], ExampleScore]:
@@ -123,9 +151,15 @@ class TaskSuite:
             return {}
         subset = {"tasks": {n: self.tasks[n] for n in wanted}, "groups": {}, "group_map": {}}
         with torch.inference_mode():
-            result = evaluator.evaluate(
-                lm, subset, samples=wanted, bootstrap_iters=0, log_samples=True,
-                apply_chat_template=self.spec.apply_chat_template, verbosity="ERROR",
+            result = evaluator.evaluate(  # code rewards were allowed up front (session.check_code_isolation)
+                lm,
+                subset,
+                samples=wanted,
+                bootstrap_iters=0,
+                log_samples=True,
+                apply_chat_template=self.spec.apply_chat_template,
+                verbosity="ERROR",
+                confirm_run_unsafe_code=True,
             )
         metric, _, wanted_filter = (self.spec.metric or "").partition(",")
         scores: dict[tuple[str, int], ExampleScore] = {}
@@ -147,10 +181,17 @@ class TaskSuite:
         correct = bool(sample["correct"]) if "correct" in sample else value >= 1.0 - 1e-9
         task = self.tasks[name]
         if task.OUTPUT_TYPE == "multiple_choice":  # the option the reward metric picks, not always the raw argmax
-            vote = prediction(name, task.OUTPUT_TYPE, sample["filtered_resps"], metric, task.doc_to_choice(sample["doc"]))
+            vote = prediction(task.OUTPUT_TYPE, sample["filtered_resps"], metric, task.doc_to_choice(sample["doc"]))
         else:
-            vote = prediction(name, task.OUTPUT_TYPE, sample["filtered_resps"][0])
+            vote = prediction(task.OUTPUT_TYPE, sample["filtered_resps"][0], extract=self.answers[name])
         return ExampleScore(value, correct, vote)
+
+
+def _stable(value: Any) -> str:
+    """A JSON stand-in that is the same in every process (a function by its name, not its address)."""
+    if callable(value):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}"
+    return str(value)
 
 
 def make_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int | str) -> Any:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import math
 import threading
-from typing import Any, Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -37,15 +37,6 @@ class Update(Protocol):
 def entry_update(entry: Entry) -> Amplitudes:
     """A population entry as an update: σ·ε(seed)."""
     return Amplitudes(np.array([entry.seed], dtype=np.int64), np.array([entry.sigma], dtype=np.float64))
-
-
-def entry_subject(entry: Entry) -> str:
-    return f"entry:{entry.seed}:{entry.sigma!r}"
-
-
-def update_subject(label: str, payload: Any) -> str:
-    """A stable subject id for a candidate update (hash of what defines it)."""
-    return f"{label}:" + hashlib.blake2b(repr(payload).encode(), digest_size=10).hexdigest()
 
 
 def base_fingerprint(theta0: dict[str, torch.Tensor]) -> str:

@@ -11,22 +11,30 @@ from typing import Any, Sequence
 
 import torch
 
-from corpmerge.errors import CorpmergeError, first_line
-from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
-from corpmerge.scoring.lmeval import TaskSuite, quiet_third_party
+from corpmerge.errors import CorpmergeError, first_line, traceback_text
 from corpmerge.model_io import (
-    TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, ensure_checkpoint, load_tokenizer, model_skeleton, perturbed_names, resolve_base,
+    TORCH_DTYPES,
+    BaseRef,
+    Checkpoint,
+    checkpoint_folder,
+    ensure_checkpoint,
+    load_tokenizer,
+    model_skeleton,
+    perturbed_names,
+    resolve_base,
 )
 from corpmerge.noise import SCHEME
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
-from corpmerge.sizes import parse_size
 from corpmerge.scoring.backends import Backend, make_backend
-from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
-from corpmerge.scoring.coordinator import Coordinator, agree_on_startup, serve
+from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup, serve
 from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
+from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
+from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
+from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
 from corpmerge.scoring.store import Scores, ScoreStore
+from corpmerge.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +88,20 @@ class Session:
         self.backend.close()
 
 
-CODE_TASKS = ("corpmerge_mbpp",)
-
-
 def check_code_isolation(recipe: Recipe) -> None:
-    """Code rewards run model output: refuse them up front where the OS sandbox cannot be set up, unless opted out."""
-    allow_unsandboxed(recipe.scoring.allow_unsandboxed_code)
-    tasks = set(recipe.scoring.tasks) | set((recipe.evaluate.tasks or []) if recipe.evaluate else [])
-    if tasks & set(CODE_TASKS) and not recipe.scoring.allow_unsandboxed_code:
-        problem = isolation_problem()
+    """Tasks whose YAML declares ``unsafe_code: true`` run model output: refuse them up front where the OS
+    sandbox cannot be set up, unless opted out."""
+    spec = recipe.scoring
+    allow_unsandboxed(spec.allow_unsandboxed_code)
+    if spec.allow_unsandboxed_code:
+        return
+    places = [("scoring.tasks", spec.tasks)] + ([("evaluate.tasks", recipe.evaluate.tasks)] if recipe.evaluate and recipe.evaluate.tasks else [])
+    for where, names in places:
+        code = code_tasks(spec, names)
+        problem = isolation_problem() if code else None
         if problem:
             raise CorpmergeError(
-                f"scoring.tasks: {', '.join(sorted(tasks & set(CODE_TASKS)))} runs model-written code, and the OS sandbox "
+                f"{where}: {', '.join(code)} runs model-written code (unsafe_code: true in its task YAML), and the OS sandbox "
                 f"is not available here ({problem}); run as root on Linux, or set scoring.allow_unsandboxed_code: true "
                 "to run it without isolation (unsafe)"
             )
@@ -133,11 +143,11 @@ def open_session(recipe: Recipe, world: World | None = None) -> Session:
     if world.size == 1:
         return _open(recipe, world)
     try:
-        session, problem = _open(recipe, world), None
-    except Exception as exc:  # reported by every rank below, then the run stops cleanly
-        session, problem = None, first_line(exc)
+        session, problem, detail = _open(recipe, world), None, None
+    except Exception as exc:  # reported by every rank below, then the run stops cleanly; rank 0's log keeps the traceback
+        session, problem, detail = None, first_line(exc), traceback_text(exc)
     try:
-        agree_on_startup(problem, world.size)
+        agree_on_startup(problem, world.size, detail)
     except CorpmergeError:
         if session is not None and session.store is not None:
             session.store.close()  # not session.close(): the workers are not serving yet
@@ -160,8 +170,13 @@ def _open(recipe: Recipe, world: World) -> Session:
     spec = recipe.scoring
     log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, world.device)
     backend = make_backend(
-        spec.backend, checkpoint=folder, tokenizer=tokenizer, device=world.device,
-        dtype=TORCH_DTYPES[recipe.scoring_dtype], model_args=spec.model_args, batch_size=spec.batch_size,
+        spec.backend,
+        checkpoint=folder,
+        tokenizer=tokenizer,
+        device=world.device,
+        dtype=TORCH_DTYPES[recipe.scoring_dtype],
+        model_args=spec.model_args,
+        batch_size=spec.batch_size,
     )
     suite = TaskSuite(spec)
     folds = assign_folds(suite_counts(suite), spec.support)
@@ -174,11 +189,16 @@ def _open(recipe: Recipe, world: World) -> Session:
         "scoring": f"{backend.kind} backend, {recipe.scoring_dtype} on {backend.device_type}",
     }
     if recipe.gate.enabled:
-        check_gate_fold_sizes({f: count(folds[f]) for f in ("B", "C")}, f" ({', '.join(f'{t}: {n} support docs' for t, n in sorted(suite_counts(suite).items()))})")
+        check_gate_fold_sizes(
+            {f: count(folds[f]) for f in ("B", "C")}, f" ({', '.join(f'{t}: {n} support docs' for t, n in sorted(suite_counts(suite).items()))})"
+        )
     store = ScoreStore(store_path(recipe), identity) if world.is_main else None
     log.info(
         "support: %d examples (A %d / B %d / C %d); store %s",
-        sum(count(d) for d in folds.values()), count(folds["A"]), count(folds["B"]), count(folds["C"]),
+        sum(count(d) for d in folds.values()),
+        count(folds["A"]),
+        count(folds["B"]),
+        count(folds["C"]),
         store.path if store is not None else f"on rank 0 (this is rank {world.rank})",
     )
     model_bytes = 4 * sum(t.numel() for t in theta0.values())
@@ -187,8 +207,9 @@ def _open(recipe: Recipe, world: World) -> Session:
     session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world)
     if world.is_main:
         session.evaluator = (
-            LocalEvaluator(scorer, store, session.suites) if world.size == 1
-            else Coordinator(scorer, store, session.suites, world.size)
+            LocalEvaluator(scorer, store, session.suites)
+            if world.size == 1
+            else Coordinator(scorer, store, session.suites, world.size, Deadlines(recipe.scoring.stall_factor, recipe.scoring.unit_timeout))
         )
     return session
 

@@ -27,7 +27,10 @@ def shipped_check(backend: Backend, suite: TaskSuite, folder: Path, docs: Docs, 
     if differing:
         log.error(
             "shipped check: the written model differs from the one the gate scored on %d of %d fold-%s examples (first: %s)",
-            len(differing), len(keys), fold, differing[0],
+            len(differing),
+            len(keys),
+            fold,
+            differing[0],
         )
     else:
         log.info("shipped check: the written model scores exactly what the gate scored on all %d fold-%s examples", len(keys), fold)

@@ -8,11 +8,11 @@ pytest.importorskip("vllm")
 
 import torch
 from lm_eval.api.instance import Instance
+from vllm_tiny import ENGINE_ARGS, checkpoint_state, vllm_model, vllm_tasks  # noqa: F401 (fixtures)
 
 from corpmerge.recipe import ScoringSpec
 from corpmerge.scoring.backends.vllm import VLLMBackend
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
-from vllm_tiny import ENGINE_ARGS, checkpoint_state, vllm_model, vllm_tasks  # noqa: F401 (fixtures)
 
 CPU = torch.device("cpu")
 

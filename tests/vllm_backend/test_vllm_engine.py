@@ -8,11 +8,11 @@ pytest.importorskip("vllm")
 
 import torch
 from lm_eval.api.instance import Instance
+from tiny import build_tiny_model
+from vllm_tiny import ENGINE_ARGS, VLLM_TINY, checkpoint_state, vllm_model  # noqa: F401 (fixture)
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.scoring.backends.vllm import VLLMBackend
-from tiny import build_tiny_model
-from vllm_tiny import ENGINE_ARGS, VLLM_TINY, checkpoint_state, vllm_model  # noqa: F401 (fixture)
 
 CPU = torch.device("cpu")
 GREEDY = [Instance("generate_until", {}, (f"{k}+1=", {"until": ["\n"], "do_sample": False, "max_gen_toks": 4}), 0) for k in range(4)]
@@ -68,8 +68,13 @@ def test_folder_lm_runs_the_written_folder_on_a_fresh_engine(vllm_model, tmp_pat
     shutil.copytree(vllm_model, folder, ignore=shutil.ignore_patterns("*.safetensors*"))
     save_file(moved, folder / "model.safetensors", metadata={"format": "pt"})
     backend = make_backend(
-        "vllm", checkpoint=vllm_model, tokenizer=AutoTokenizer.from_pretrained(vllm_model), device=CPU, dtype=torch.float32,
-        model_args=ENGINE_ARGS, batch_size=8,
+        "vllm",
+        checkpoint=vllm_model,
+        tokenizer=AutoTokenizer.from_pretrained(vllm_model),
+        device=CPU,
+        dtype=torch.float32,
+        model_args=ENGINE_ARGS,
+        batch_size=8,
     )
     try:
         base = backend.lm.generate_until(GREEDY)

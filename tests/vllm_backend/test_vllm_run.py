@@ -23,7 +23,11 @@ from vllm_tiny import ENGINE_ARGS, vllm_model, vllm_tasks  # noqa: F401 (fixture
 def vllm_recipe(base: Path, tasks: Path, out: Path) -> dict:
     """Gate on; on abstention the base is written, so the shipped check always runs."""
     data = scoring_recipe(
-        base, tasks, out, population={"size": 24, "sigmas": [0.05, 0.1], "seed": 1}, evaluate={"limit": 12},
+        base,
+        tasks,
+        out,
+        population={"size": 24, "sigmas": [0.05, 0.1], "seed": 1},
+        evaluate={"limit": 12},
         output={"path": str(out), "write_on_abstain": True},
     )
     data["scoring"].update(backend="vllm", model_args=ENGINE_ARGS)

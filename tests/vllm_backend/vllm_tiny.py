@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny import build_tiny_model, write_mc_task
 
 from corpmerge.model_io import Checkpoint
@@ -35,7 +34,7 @@ def write_gen_task(folder: Path, name: str = "tiny_gen", n: int = 24) -> Path:
         "test_split: test\n"
         'doc_to_text: "{{question}}"\n'
         "doc_to_target: answer\n"
-        "generation_kwargs: {until: [\"\\n\"], do_sample: false, max_gen_toks: 8}\n"
+        'generation_kwargs: {until: ["\\n"], do_sample: false, max_gen_toks: 8}\n'
         "metric_list:\n"
         "  - {metric: exact_match, aggregation: mean, higher_is_better: true}\n"
     )

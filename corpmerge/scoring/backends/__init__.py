@@ -42,14 +42,19 @@ class Backend(Protocol):
 
 
 def make_backend(
-    kind: str, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any], batch_size: int | str,
+    kind: str,
+    *,
+    checkpoint: Path,
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    model_args: dict[str, Any],
+    batch_size: int | str,
 ) -> Backend:
     """Build the named backend (its engine is imported only when it is asked for)."""
     module, _, name = BACKENDS[kind].partition(":")
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        raise CorpmergeError(
-            f"scoring.backend: '{kind}' needs a package that is not installed ({exc.name}); see the README's \"Backends\" section"
-        ) from None
+        raise CorpmergeError(f"scoring.backend: '{kind}' needs a package that is not installed ({exc.name}); see the README's \"Backends\" section") from None
     return cls(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, model_args=model_args, batch_size=batch_size)

@@ -116,7 +116,13 @@ class VLLMBackend:
     _live: Any = None  # the process's one engine
 
     def __init__(
-        self, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any],
+        self,
+        *,
+        checkpoint: Path,
+        tokenizer: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        model_args: dict[str, Any],
         batch_size: int | str = "auto",  # unused: vLLM's scheduler batches (model_args.max_num_seqs bounds it)
     ):
         reserved = sorted(set(model_args) & set(RESERVED_ARGS))

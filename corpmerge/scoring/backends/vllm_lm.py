@@ -77,7 +77,10 @@ class VllmLM(TemplateLM):
 
         def render(history: list[dict[str, str]]) -> str:
             return self.tokenizer.apply_chat_template(
-                history, tokenize=False, add_generation_prompt=add_generation_prompt, continue_final_message=not add_generation_prompt,
+                history,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
             )
 
         try:
@@ -101,7 +104,7 @@ class VllmLM(TemplateLM):
                 raise CorpmergeError(
                     f"scoring.model_args: max_model_len {self.max_length + 2} leaves no room for a task's max_gen_toks {max_gen_toks}; raise max_model_len"
                 )
-            prompts.append(self._context_ids(context)[-(self.max_length - max_gen_toks):])
+            prompts.append(self._context_ids(context)[-(self.max_length - max_gen_toks) :])
             params.append(self._sampling(kwargs, until, max_gen_toks))
             stops.append(until)
         outputs = self._run(prompts, params)
@@ -124,7 +127,7 @@ class VllmLM(TemplateLM):
         """Sum of the continuation's log-probabilities given the context, and whether each token is the argmax."""
         prompts, lengths = [], []
         for _, context_enc, continuation_enc in requests:
-            prompts.append((context_enc + continuation_enc)[-(self.max_length + 1):])
+            prompts.append((context_enc + continuation_enc)[-(self.max_length + 1) :])
             lengths.append(len(continuation_enc))
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         outputs = self._run(prompts, [params] * len(prompts))
@@ -139,7 +142,10 @@ class VllmLM(TemplateLM):
         windows, owners = [], []
         for i, (string,) in enumerate(req.args for req in requests):
             for window in lm_utils.get_rolling_token_windows(
-                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1,
+                token_list=self.tok_encode(string),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
             ):
                 context, continuation = lm_utils.make_disjoint_window(window)
                 windows.append((None, context, continuation))

@@ -56,7 +56,9 @@ def build_dataset(train_size: int = 1000, test_size: int = 500, seed: int = 0, *
     """lm-eval ``custom_dataset`` hook: a DatasetDict with train and test splits."""
     import datasets
 
-    return datasets.DatasetDict({
-        "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
-        "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
-    })
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
+            "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
+        }
+    )

@@ -8,10 +8,12 @@ from corpmerge.rewards import countdown
 def build_dataset(train_size: int = 2000, test_size: int = 500, seed: int = 0, **_: object):
     import datasets
 
-    return datasets.DatasetDict({
-        "train": datasets.Dataset.from_list(countdown.make_rows(train_size, seed * 2 + 1)),
-        "test": datasets.Dataset.from_list(countdown.make_rows(test_size, seed * 2 + 2)),
-    })
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(countdown.make_rows(train_size, seed * 2 + 1)),
+            "test": datasets.Dataset.from_list(countdown.make_rows(test_size, seed * 2 + 2)),
+        }
+    )
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:

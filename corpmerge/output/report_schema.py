@@ -1,0 +1,226 @@
+"""``report.json``: the schema of a run's report, written by ``corpmerge run`` and read by the model
+card, the terminal tables, ``report.png`` and ``corpmerge report``.
+
+The report is versioned (``schema_version``): a reader refuses, in one line, a file without the
+version (an older corpmerge, or not a corpmerge report) or with another one, and a file that
+does not match the schema, instead of guessing. Fields appear in the JSON only when the run
+set them (an abstained run has no ``chosen``, a run without ``evaluate:`` no ``evaluation``), as
+before the schema existed; only ``schema_version`` is new. It lives beside the writer of the
+output folder so that both the folder (``output/``) and the report's readers (``report/``, the
+CLI) can import it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from corpmerge.errors import CorpmergeError, first_line
+
+SCHEMA_VERSION = 1
+REPORT_FILE = "report.json"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Paired(_Part):
+    """Candidate vs reference on one fold (``corpmerge.gate.paired.PairedStats``)."""
+
+    n: int
+    fixes: int
+    regressions: int
+    constructive_score: float
+    mean_diff: float
+    sd: float
+    lcb: float
+    base_accuracy: float
+    accuracy: float
+
+
+class Population(_Part):
+    size: int
+    sigmas: dict[float, int]  # σ → number of entries
+    reward_min: float
+    reward_mean: float
+    reward_max: float
+    rewards: list[float] = []  # fold-A reward of each entry, in population order
+    elite_threshold: float | None = None  # the accepted candidate's reward quantile
+
+
+class Gate(_Part):
+    enabled: bool
+    accepted: bool
+    reason: str
+    candidates_probed: int = 0
+    fallback: bool = False
+    params: dict[str, Any] | None = None  # the accepted grid point
+    multiplier: float | None = None  # the probe's step multiplier
+    fixes: int | None = None
+    regressions: int | None = None
+    constructive_score: float | None = None
+    lcb: float | None = None
+    probe_lcb: float | None = None
+    probe: dict[str, Paired] | None = None  # multiplier → fold-C statistics
+    ess: float | None = None  # the accepted candidate's effective number of elites
+    step_rms: float | None = None
+
+
+class Candidate(_Part):
+    params: dict[str, Any]
+    validated: Paired | None = Field(default=None, alias="validate")  # on fold B (partial when racing stopped it)
+    stopped: bool = False
+    validate_examples: int | None = None
+    ess: float | None = None  # effective number of elites 1/Σw²
+    elites: int | None = None
+    step_rms: float | None = None  # per-coordinate RMS of the step (None when tensor-wise)
+    ess_without_compatibility: float | None = None  # CoRP: the ESS of softmax(β·r) alone
+
+
+class Racing(_Part):
+    enabled: bool
+    stages: list[int]
+    z: float
+    keep: int
+    scored: int
+    stopped: int
+    example_evaluations: int
+    example_evaluations_without_racing: int
+    examples: list[int]  # fold-A examples each entry was scored on
+
+
+class Stage2Round(_Part):
+    round: int
+    sigma: float | None = None  # the round's local σ
+    local_size: int
+    accepted: bool
+    params: dict[str, Any] | None = None  # the accepted grid point of the round
+    multiplier: float | None = None
+    reason: str
+    candidates_probed: int = 0
+    local_reward_max: float
+    local_reward_mean: float
+    validated: Paired | None = Field(default=None, alias="validate")  # the round's top candidate on its fold B
+    ess: float | None = None
+    step_rms: float | None = None
+    candidates: list[Candidate] = []
+
+
+class Stage2(_Part):
+    rounds: list[Stage2Round]
+    accepted: int
+    rejected: int = 0
+    sigma_schedule: str | None = None
+
+
+class ShippedCheck(_Part):
+    """The written folder, loaded as a user would, re-scored on fold B against what the gate scored."""
+
+    fold: str
+    examples: int
+    identical: bool
+    differing: int
+    scoring_dtype: str
+    output_dtype: str
+    backend: str
+
+
+class Interval(_Part):
+    diff: float
+    ci_low: float
+    ci_high: float
+
+
+class HeldOutRow(_Part):
+    accuracy: float
+    n: int
+    diff: float | None = None  # vs the base, with its paired 95% interval
+    ci_low: float | None = None
+    ci_high: float | None = None
+    vs_k1: Interval | None = None  # vs RandOpt K=1
+    vs_stage1: Interval | None = None  # merged vs the stage-1 model, when stage 2 moved it
+    by_task: dict[str, float] = {}  # accuracy on each task's examples
+
+
+class HeldOut(_Part):
+    """The held-out evaluation: accuracy of each model (base, best_entry, randopt_topK, merged) on the evaluate split."""
+
+    split: str
+    tasks: list[str]
+    rows: dict[str, HeldOutRow]
+    n: int
+    ranked_on: str | None = None  # what the RandOpt rows were ranked on
+    excluded_support: dict[str, int] = {}  # task → support examples of this split left out
+    recovered_fraction: float | None = None  # merged gain ÷ the largest vote's gain
+
+
+class RunReport(_Part):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    base_model: str
+    method: str
+    population: Population
+    folds: dict[str, int]  # support examples per fold
+    base: dict[str, float]  # the base's accuracy per fold
+    chosen: dict[str, float] = {}  # the chosen model's accuracy per fold
+    candidates_tried: int
+    gate: Gate
+    candidates: list[Candidate] = []
+    racing: Racing | None = None
+    stage2: Stage2 | None = None
+    evaluation: HeldOut | None = None
+    evaluations: int = 0
+    example_evaluations: int = 0
+    output: str | None = None  # the model folder, None when nothing was written
+    pushed: str | None = None  # the Hub commit URL
+    timings_s: dict[str, float] = {}
+    datasets: dict[str, str] = {}  # task → the Hub dataset its YAML declares (metadata.dataset)
+    shipped_check: ShippedCheck | None = None
+
+    @classmethod
+    def of_run(cls, report: dict[str, Any]) -> "RunReport":
+        """The report a run assembled (a dict in today's JSON shape), checked against the schema."""
+        return cls.model_validate({**report, "schema_version": SCHEMA_VERSION})
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object: today's keys (only those the run set), plus ``schema_version``."""
+        data = self.model_dump(mode="python", by_alias=True, exclude_unset=True)
+        return {"schema_version": self.schema_version, **{k: v for k, v in data.items() if k != "schema_version"}}
+
+    def write(self, path: Path) -> Path:
+        """Write ``report.json`` atomically."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.as_json(), indent=2, default=float) + "\n")  # numpy scalars in params
+        os.replace(tmp, path)
+        return path
+
+
+def read_report(path: Path) -> RunReport:
+    """A report.json file checked against the schema; one-line errors for an old, foreign or broken file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorpmergeError(f"report: {path} is not a readable JSON report ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise CorpmergeError(f"report: {path} does not hold a JSON object")
+    version = data.get("schema_version")
+    if version is None:
+        raise CorpmergeError(
+            f"report: {path} has no schema_version: an older corpmerge wrote it, or it is not a corpmerge report; re-run the recipe to write a current one"
+        )
+    if version != SCHEMA_VERSION:
+        raise CorpmergeError(
+            f"report: {path} has schema_version {version!r}, this corpmerge reads version {SCHEMA_VERSION}; "
+            "open it with the corpmerge release that wrote it, or re-run the recipe"
+        )
+    try:
+        return RunReport.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise CorpmergeError(f"report: {path} does not match the report schema ({where}: {err['msg']})") from None
