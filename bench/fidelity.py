@@ -5,7 +5,7 @@ Usage: python bench/fidelity.py [--recipe recipes/demo.yaml] [--seeds 42 1 2] [-
 
 For each task × population seed, one score store holds everything: the population is scored once
 (with racing as shipped), then `run` is repeated with each method on the same folds, each through
-the gate as the recipe would run it, with RandOpt K = 1 and the top-5/top-20 votes on the same test
+the gate as the recipe would run it, with RandOpt K = 1 and the top-K votes (--votes, default 5 20) on the same test
 examples:
 
 - CoRP stage 1, and CoRP + stage 2 as the paper defines it (every round runs the whole gate on its
@@ -98,7 +98,9 @@ def matching_beta(rewards: np.ndarray, quantile: float, ess: float) -> float:
     return float(10 ** ((lo + hi) / 2))
 
 
-def variant(recipe: Recipe, task: str, seed: int, work: Path, name: str, change: dict[str, Any], grid: dict[str, Any], stage2: IterateSpec) -> Recipe:
+def variant(
+    recipe: Recipe, task: str, seed: int, work: Path, name: str, change: dict[str, Any], grid: dict[str, Any], stage2: IterateSpec, votes: list[int]
+) -> Recipe:
     scoring = recipe.scoring.model_copy(
         update={
             "tasks": [task],
@@ -106,7 +108,7 @@ def variant(recipe: Recipe, task: str, seed: int, work: Path, name: str, change:
             "support": recipe.scoring.support.model_copy(update={"split_seed": seed}),
         }
     )
-    evaluate = (recipe.evaluate or EvaluateSpec()).model_copy(update={"tasks": [task], "ensemble_k": [1, 5, 20]})
+    evaluate = (recipe.evaluate or EvaluateSpec()).model_copy(update={"tasks": [task], "ensemble_k": [1, *votes]})
     update: dict[str, Any] = {
         "scoring": scoring,
         "evaluate": evaluate,
@@ -130,11 +132,11 @@ def grid_for(name: str, change: dict[str, Any], reports: dict[str, dict[str, Any
     return {"quantile": quantile, "beta": matching_beta(rewards, quantile, record["ess"]), "alpha": BETA_GRID["alpha"]}
 
 
-def rows_of(report: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+def rows_of(report: dict[str, Any], name: str, votes: list[int]) -> dict[str, dict[str, Any]]:
     """Table rows of one run: the baselines (once per store) and the method's merged model or its abstention."""
     rows = report["evaluation"]["rows"]
     out = {"base": rows["base"], "RandOpt K=1": rows["best_entry"]}
-    for k in (5, 20):
+    for k in votes:
         out[f"RandOpt top-{k} vote"] = rows[f"randopt_top{k}"]
     out[name] = rows.get("merged") or {**rows["base"], "abstained": True, "reason": report["gate"]["reason"]}
     out[name] = {**out[name], "weights": weights_note(report)}
@@ -182,9 +184,9 @@ def fmt(row: dict[str, Any], key: str | None = None) -> str:
     return f"{100 * part['diff']:+.1f} [{100 * part['ci_low']:+.1f}, {100 * part['ci_high']:+.1f}]"
 
 
-def kept_share(table: dict[str, dict[str, Any]], name: str) -> str:
-    """Share of the top-20 vote's gain over the base that ``name`` keeps: Δ(name) / Δ(top-20 vote)."""
-    vote, row = table["RandOpt top-20 vote"].get("diff"), table[name]
+def kept_share(table: dict[str, dict[str, Any]], name: str, k: int) -> str:
+    """Share of the top-k vote's gain over the base that ``name`` keeps: Δ(name) / Δ(top-k vote)."""
+    vote, row = table[f"RandOpt top-{k} vote"].get("diff"), table[name]
     gain = 0.0 if row.get("abstained") else row.get("diff", 0.0)
     if vote is None or vote <= 0:
         return f"— (the vote gained {100 * (vote or 0):+.1f})"
@@ -199,7 +201,14 @@ def main() -> None:
     parser.add_argument("--work", default="./fidelity.work")
     parser.add_argument("--out", default="fidelity.md")
     parser.add_argument("--local-size", type=int, default=40, help="stage 2's local population (40: 12 elites at q = 0.7)")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME", help=f"rows to run (default all: {', '.join(VARIANTS)})"
+    )
     args = parser.parse_args()
+    for name in args.variants:
+        source = VARIANTS[name].get("match_ess_of")
+        if source and source not in args.variants:
+            parser.error(f"--variants: {name!r} needs {source!r} (it takes that row's ESS)")
     started = time.perf_counter()
     recipe, work = load_recipe(args.recipe), Path(args.work)
     stage2 = IterateSpec(rounds=2, local_size=args.local_size, rank=4)
@@ -211,12 +220,19 @@ def main() -> None:
             table: dict[str, dict[str, Any]] = {}
             reports: dict[str, dict[str, Any]] = {}
             for name, change in VARIANTS.items():
+                if name not in args.variants:
+                    continue
                 grid = grid_for(name, change, reports)
-                reports[name] = run_recipe(variant(recipe, task, seed, work, name, change, grid, stage2), overwrite=True)
+                reports[name] = run_recipe(variant(recipe, task, seed, work, name, change, grid, stage2, args.votes), overwrite=True)
                 print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
-                table.update(rows_of(reports[name], name))
-            rounds += stage2_lines(task, seed, reports["CoRP + stage 2"])
-            shares.append(f"| {task} | {seed} | {kept_share(table, 'CoRP stage 1')} | {kept_share(table, 'CoRP + stage 2')} |")
+                table.update(rows_of(reports[name], name, args.votes))
+            if "CoRP + stage 2" in reports:
+                rounds += stage2_lines(task, seed, reports["CoRP + stage 2"])
+            shares.append(
+                f"| {task} | {seed} | "
+                + " | ".join(kept_share(table, n, max(args.votes)) if n in table else "—" for n in ("CoRP stage 1", "CoRP + stage 2"))
+                + " |"
+            )
             for name, row in table.items():
                 note = "abstained (= base)" if row.get("abstained") else ""
                 lines.append(
@@ -238,7 +254,7 @@ def main() -> None:
         "\n".join(lines)
         + f"\n\nStage 2 as the paper defines it (local population {args.local_size}, every grid point per round):\n\n"
         + "\n".join(rounds)
-        + "\n\nShare of the top-20 vote's gain that CoRP keeps (an abstention keeps 0):\n\n"
+        + f"\n\nShare of the top-{max(args.votes)} vote's gain that CoRP keeps (an abstention keeps 0):\n\n"
         + "\n".join(shares)
     )
     command = "python bench/fidelity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

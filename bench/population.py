@@ -32,16 +32,23 @@ CASES = [  # name, method, parameters, entries (None: all)
 def write_cases(folder: Path, entries: int) -> list[Path]:
     base = folder / "tiny"
     if not (base / "config.json").is_file():
-        subprocess.run([sys.executable, "-c", f"from tiny import build_tiny_model; build_tiny_model(__import__('pathlib').Path({str(base)!r}))"],
-                       check=True, cwd=TESTS, env={**os.environ, "PYTHONPATH": str(TESTS)})
+        subprocess.run(
+            [sys.executable, "-c", f"from tiny import build_tiny_model; build_tiny_model(__import__('pathlib').Path({str(base)!r}))"],
+            check=True,
+            cwd=TESTS,
+            env={**os.environ, "PYTHONPATH": str(TESTS)},
+        )
     rng = np.random.default_rng(0)
-    rows = [f"- {{seed: {i}, sigma: {s}, reward: {r}}}\n"
-            for i, (s, r) in enumerate(zip(rng.choice([0.01, 0.02], entries), rng.permutation(entries) / entries))]
+    rows = [
+        f"- {{seed: {i}, sigma: {s}, reward: {r}}}\n" for i, (s, r) in enumerate(zip(rng.choice([0.01, 0.02], entries), rng.permutation(entries) / entries))
+    ]
     paths = []
     for name, method, params, n in CASES:
         path = folder / f"{name}.yaml"
-        head = (f"base_model: {base}\nmerge_method: {method}\nparameters: {params}\ngate: {{enabled: false}}\n"
-                f"output: {{path: {folder / ('out-' + name)}}}\npopulation:\n")
+        head = (
+            f"base_model: {base}\nmerge_method: {method}\nparameters: {params}\ngate: {{enabled: false}}\n"
+            f"output: {{path: {folder / ('out-' + name)}}}\npopulation:\n"
+        )
         path.write_text(head + "".join(rows[:n] if n else rows))
         paths.append(path)
     return paths
@@ -50,8 +57,7 @@ def write_cases(folder: Path, entries: int) -> list[Path]:
 def measure(recipe: Path) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS in MiB, exit code, last stdout/stderr line) of one `corpmerge -q merge`."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "corpmerge", "-q", "merge", str(recipe), "--overwrite"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "corpmerge", "-q", "merge", str(recipe), "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     lines = proc.stdout.read().decode().strip().splitlines()

@@ -22,7 +22,7 @@ from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry
-from corpmerge.recipe import EvaluateSpec, Recipe
+from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
 from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
@@ -209,7 +209,7 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
     path = recipe.output.work_path / "rewards.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
-    path.write_text(yaml.safe_dump({"noise": recipe.noise, "base_accuracy_A": base, "population": rows}, sort_keys=False))
+    path.write_text(dump_yaml({"noise": recipe.noise, "base_accuracy_A": base, "population": rows}))
     return {"entries": entries, "base_accuracy_A": base, "rewards_path": str(path)}
 
 

@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 from corpmerge import __version__
 from corpmerge.errors import CorpmergeError
@@ -24,7 +23,7 @@ from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
 from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
 from corpmerge.progress import task
-from corpmerge.recipe import Recipe
+from corpmerge.recipe import Recipe, dump_yaml
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ def write_output(
             report.shipped_check = ShippedCheck(**verify(tmp))
         lineage = lineage_document(recipe, entries, result)
         lineage["base"] = pin_base(recipe.base_model, ref)
-        (tmp / LINEAGE_FILE).write_text(yaml.safe_dump(lineage, sort_keys=False, allow_unicode=True))
+        (tmp / LINEAGE_FILE).write_text(dump_yaml(lineage))
         shown = None
         if report is not None and picture is not None:
             picture(tmp / "report.png")
