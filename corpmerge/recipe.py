@@ -149,6 +149,11 @@ class ScoringSpec(_Strict):
     memory_budget: int | str | None = Field(
         default=None, description="bytes for materialised candidate updates; default: min(8 × model size, half the free RAM)"
     )
+    prefetch: bool | None = Field(
+        default=None,
+        description="draw the next entry's noise while the current one evaluates (needs 2 × model in memory_budget); "
+        "default: on unless the scoring device is the CPU, where both compete for the same cores",
+    )
     allow_unsandboxed_code: bool = Field(default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe")
     unit_timeout: float = Field(
         default=600.0,

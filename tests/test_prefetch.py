@@ -1,4 +1,5 @@
-"""The next entry's noise is drawn while the current one evaluates: same bits, and only when the budget allows."""
+"""The next entry's noise is drawn while the current one evaluates: same bits, only when the budget allows,
+and by default not when the scoring device is the CPU (the draw and the evaluation would share its cores)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from corpmerge.scoring.session import open_session
 
 def test_a_prefetched_entry_is_the_same_bits_as_a_drawn_one(tmp_path, tiny_model, tiny_task):
     data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out")
-    data["scoring"]["memory_budget"] = "1GB"
+    data["scoring"].update(memory_budget="1GB", prefetch=True)
     session = open_session(parse_recipe(data))
     try:
         scorer, docs = session.scorer, {t: d[:4] for t, d in session.folds["A"].items()}
@@ -39,9 +40,19 @@ def test_a_prefetched_entry_is_the_same_bits_as_a_drawn_one(tmp_path, tiny_model
 
 def test_no_prefetch_slot_when_the_budget_holds_one_model(tmp_path, tiny_model, tiny_task):
     data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out")
-    data["scoring"]["memory_budget"] = "1"
+    data["scoring"].update(memory_budget="1", prefetch=True)
     session = open_session(parse_recipe(data))
     try:
         assert session.scorer.prefetch is None
+    finally:
+        session.close()
+
+
+def test_no_prefetch_by_default_when_scoring_on_the_cpu(tmp_path, tiny_model, tiny_task):
+    data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out")
+    data["scoring"]["memory_budget"] = "1GB"
+    session = open_session(parse_recipe(data))
+    try:
+        assert session.backend.device_type == "cpu" and session.scorer.prefetch is None
     finally:
         session.close()

@@ -70,14 +70,14 @@ class Scorer:
     handed back only before the base itself is evaluated (or on ``restore()``).
     """
 
-    def __init__(self, backend: Backend, theta0: dict[str, torch.Tensor], suite: TaskSuite, memory_budget: int = 0):
+    def __init__(self, backend: Backend, theta0: dict[str, torch.Tensor], suite: TaskSuite, memory_budget: int = 0, prefetch: bool = True):
         self.backend, self.suite, self.theta0 = backend, suite, theta0
         self.dtype = backend.dtype
         numels = [t.numel() for t in theta0.values()]
         self.scratch = torch.empty(max(numels), dtype=torch.float32)
         self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), NOISE_BATCH)))
         self.model_bytes = 4 * sum(numels)
-        self.prefetch = Prefetch(theta0) if memory_budget >= 2 * self.model_bytes else None
+        self.prefetch = Prefetch(theta0) if prefetch and memory_budget >= 2 * self.model_bytes else None
         slots = 2 if self.prefetch is not None else 1
         self.noise_cache = NoiseCache(max(0, memory_budget - slots * self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None

@@ -203,7 +203,8 @@ def _open(recipe: Recipe, world: World) -> Session:
     )
     model_bytes = 4 * sum(t.numel() for t in theta0.values())
     budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world))
-    scorer = Scorer(backend, theta0, suite, budget)
+    prefetch = spec.prefetch if spec.prefetch is not None else backend.device_type != "cpu"
+    scorer = Scorer(backend, theta0, suite, budget, prefetch=prefetch)
     session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world)
     if world.is_main:
         session.evaluator = (
