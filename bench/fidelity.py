@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--work", default="./fidelity.work")
     parser.add_argument("--out", default="fidelity.md")
     parser.add_argument("--local-size", type=int, default=40, help="stage 2's local population (40: 12 elites at q = 0.7)")
+    parser.add_argument("--votes", type=int, nargs="+", default=[5, 20], help="RandOpt top-K votes reported beside K = 1")
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME", help=f"rows to run (default all: {', '.join(VARIANTS)})"
     )
