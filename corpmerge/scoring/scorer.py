@@ -70,7 +70,7 @@ class Scorer:
     handed back only before the base itself is evaluated (or on ``restore()``).
     """
 
-    def __init__(self, backend: Backend, theta0: dict[str, torch.Tensor], suite: TaskSuite, memory_budget: int = 0, prefetch: bool = True):
+    def __init__(self, backend: Backend, theta0: dict[str, torch.Tensor], suite: TaskSuite, memory_budget: int = 0, prefetch: bool = False):
         self.backend, self.suite, self.theta0 = backend, suite, theta0
         self.dtype = backend.dtype
         numels = [t.numel() for t in theta0.values()]

@@ -133,6 +133,11 @@ def store_path(recipe: Recipe) -> Path:
     return Path(recipe.scoring.store) if recipe.scoring.store else recipe.output.work_path / "scores.sqlite"
 
 
+def use_prefetch(setting: bool | None, device_type: str) -> bool:
+    """``scoring.prefetch``, or by default: on unless the scoring device is the CPU (where the draw and the evaluation share its cores)."""
+    return setting if setting is not None else device_type != "cpu"
+
+
 def open_session(recipe: Recipe, world: World | None = None) -> Session:
     """Load the base once, build the support tasks and folds; on rank 0 open (or resume) the store.
 
@@ -203,8 +208,7 @@ def _open(recipe: Recipe, world: World) -> Session:
     )
     model_bytes = 4 * sum(t.numel() for t in theta0.values())
     budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world))
-    prefetch = spec.prefetch if spec.prefetch is not None else backend.device_type != "cpu"
-    scorer = Scorer(backend, theta0, suite, budget, prefetch=prefetch)
+    scorer = Scorer(backend, theta0, suite, budget, prefetch=use_prefetch(spec.prefetch, backend.device_type))
     session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world)
     if world.is_main:
         session.evaluator = (
