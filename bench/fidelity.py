@@ -28,6 +28,7 @@ time) to --out, and a summary figure next to it.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 import time
@@ -42,6 +43,7 @@ from corpmerge.methods import MergeResult, merge_method
 from corpmerge.methods.corp import CorpParams, compatibility_logits, corp_result
 from corpmerge.methods.weights import effective_size, elite_indices, softmax
 from corpmerge.pipeline import run_recipe
+from corpmerge.progress import log_reporter, set_reporter
 from corpmerge.recipe import EvaluateSpec, IterateSpec, Recipe, load_recipe
 from corpmerge.report.plots import write_summary_png
 
@@ -200,7 +202,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["corpmerge_arith"])
     parser.add_argument("--work", default="./fidelity.work")
     parser.add_argument("--out", default="fidelity.md")
-    parser.add_argument("--local-size", type=int, default=40, help="stage 2's local population (40: 12 elites at q = 0.7)")
+    parser.add_argument("--local-size", type=int, default=40, help="stage 2's local population (40: 13 elites at q = 0.7)")
+    parser.add_argument("--log", help="write the runs' log (phases, progress every minute) to this file")
     parser.add_argument("--votes", type=int, nargs="+", default=[5, 20], help="RandOpt top-K votes reported beside K = 1")
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME", help=f"rows to run (default all: {', '.join(VARIANTS)})"
@@ -210,6 +213,9 @@ def main() -> None:
         source = VARIANTS[name].get("match_ess_of")
         if source and source not in args.variants:
             parser.error(f"--variants: {name!r} needs {source!r} (it takes that row's ESS)")
+    if args.log:
+        logging.basicConfig(filename=args.log, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        set_reporter(log_reporter(every_s=60.0))
     started = time.perf_counter()
     recipe, work = load_recipe(args.recipe), Path(args.work)
     stage2 = IterateSpec(rounds=2, local_size=args.local_size, rank=4)

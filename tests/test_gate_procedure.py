@@ -185,6 +185,21 @@ def test_cached_and_rescaled_updates_are_the_same_bits_as_regeneration(tmp_path,
         session.close()
 
 
+def test_the_noise_cache_keeps_a_noise_from_its_second_request_and_within_its_budget():
+    from corpmerge.scoring.scorer import NoiseCache
+
+    cache, noise = NoiseCache(budget=2 * 4 * 8), torch.arange(8, dtype=torch.float32)
+    assert cache.put(1, "w", noise) is None and cache.get(1, "w") is None  # asked once: a one-off, not kept
+    kept = cache.put(1, "w", noise)
+    assert kept is not None and torch.equal(cache.get(1, "w"), noise) and cache.has_seed(1) and cache.used == 32
+    noise.add_(1.0)  # the caller's buffer is reused: the cache holds its own copy
+    assert torch.equal(cache.get(1, "w"), torch.arange(8, dtype=torch.float32))
+    for seed in (2, 3):
+        cache.put(seed, "w", noise)
+    assert cache.put(2, "w", noise) is not None and cache.put(3, "w", noise) is None  # the budget holds two
+    assert cache.used == 64 and not cache.has_seed(3)
+
+
 def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, tiny_model, tiny_task):
     from corpmerge.methods.ties import TiesDelta
 

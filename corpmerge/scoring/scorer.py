@@ -293,12 +293,18 @@ class Prefetch:
 
 
 class NoiseCache:
-    """ε(seed)[tensor] kept in float32 up to ``budget`` bytes; first come, never evicted (no LRU thrash on cycles)."""
+    """ε(seed)[tensor] kept in float32 up to ``budget`` bytes, admitted on its second request, never evicted.
+
+    Admission on the second request keeps one-off noises out (a stage-2 proposal's fresh seed is drawn once,
+    for its fold-A score), so the room goes to the noises every candidate reuses (the elites', a stage-2
+    centre's); never evicting avoids LRU thrash on cycles longer than the cache.
+    """
 
     def __init__(self, budget: int):
         self.budget, self.used = budget, 0
         self._store: dict[tuple[int, str], torch.Tensor] = {}
         self._seeds: set[int] = set()
+        self._seen: set[tuple[int, str]] = set()
 
     def get(self, seed: int, name: str) -> torch.Tensor | None:
         return self._store.get((seed, name))
@@ -307,12 +313,15 @@ class NoiseCache:
         return seed in self._seeds
 
     def put(self, seed: int, name: str, noise: torch.Tensor) -> torch.Tensor | None:
-        """Keep a copy when it fits; returns the kept tensor or None."""
-        size = 4 * noise.numel()
+        """Keep a copy when this noise was asked for before and it fits; returns the kept tensor or None."""
+        key, size = (seed, name), 4 * noise.numel()
+        if key not in self._seen:
+            self._seen.add(key)
+            return None
         if self.used + size > self.budget:
             return None
         kept = noise.clone()
-        self._store[(seed, name)] = kept
+        self._store[key] = kept
         self._seeds.add(seed)
         self.used += size
         return kept
@@ -320,6 +329,7 @@ class NoiseCache:
     def clear(self) -> None:
         self._store.clear()
         self._seeds.clear()
+        self._seen.clear()
         self.used = 0
 
 
