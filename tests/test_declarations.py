@@ -80,6 +80,21 @@ def test_the_vote_uses_the_extractor_the_task_declares(tmp_path, tiny_model):
         TaskSuite(ScoringSpec(tasks=["user_bad"], include_path=str(tmp_path)), split="test")
 
 
+def test_the_store_identity_of_a_task_does_not_depend_on_where_its_yaml_lies(tmp_path):
+    # corpmerge installed at another path (a second checkout, a new venv) must reuse a store: same task, same folds
+    fingerprints = []
+    for where in ("one", "two/deeper"):
+        folder = tmp_path / where
+        folder.mkdir(parents=True)
+        (folder / "arith_data.py").write_text((tasks_dir() / "arith" / "arith_data.py").read_text())
+        text = (tasks_dir() / "arith" / "corpmerge_arith.yaml").read_text().replace("task: corpmerge_arith", "task: moved_arith")
+        (folder / "moved_arith.yaml").write_text(text)
+        fingerprints.append(TaskSuite(ScoringSpec(tasks=["moved_arith"], include_path=str(folder)), split="test").fingerprint())
+    assert fingerprints[0] == fingerprints[1]
+    (tmp_path / "one" / "moved_arith.yaml").write_text(text.replace("Answer:", "A:"))  # what is scored changed: a new identity
+    assert TaskSuite(ScoringSpec(tasks=["moved_arith"], include_path=str(tmp_path / "one")), split="test").fingerprint() != fingerprints[0]
+
+
 def test_shipped_generation_tasks_declare_their_answers():
     spec = ScoringSpec(tasks=["corpmerge_countdown", "corpmerge_arith_gen"])
     suite = TaskSuite(spec, split="test")

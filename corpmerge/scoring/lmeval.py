@@ -131,8 +131,9 @@ class TaskSuite:
         return len(self.tasks[name].eval_docs)
 
     def fingerprint(self) -> str:
-        """Hash of the task configs, evaluated splits and scoring options."""
-        configs = {name: task.dump_config() for name, task in sorted(self.tasks.items())}
+        """Hash of the task configs, evaluated splits and scoring options; not of where the task YAML lies
+        (lm-eval's ``metadata.config_source``), so a store stays valid when corpmerge is installed elsewhere."""
+        configs = {name: without_source(task.dump_config()) for name, task in sorted(self.tasks.items())}
         options = {
             "split": self.split,
             "chat": self.spec.apply_chat_template,
@@ -185,6 +186,14 @@ class TaskSuite:
         else:
             vote = prediction(task.OUTPUT_TYPE, sample["filtered_resps"][0], extract=self.answers[name])
         return ExampleScore(value, correct, vote)
+
+
+def without_source(config: dict[str, Any]) -> dict[str, Any]:
+    """A task config without the path of the YAML file it was read from."""
+    metadata = config.get("metadata")
+    if not isinstance(metadata, dict) or "config_source" not in metadata:
+        return config
+    return {**config, "metadata": {k: v for k, v in metadata.items() if k != "config_source"}}
 
 
 def _stable(value: Any) -> str:
