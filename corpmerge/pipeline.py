@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import yaml
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.errors import CorpmergeError, first_line, traceback_text
@@ -22,7 +21,7 @@ from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry
-from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
+from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml, read_yaml
 from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
@@ -148,13 +147,23 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
         subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
         lineage = Path(recipe.output.path) / "corpmerge.yaml"
         if lineage.is_file():
-            table = yaml.safe_load(lineage.read_text()).get("lineage") or []
-            if table:
-                amps = Amplitudes(np.array([r["seed"] for r in table]), np.array([r["amplitude"] for r in table], dtype=float))
+            amps = lineage_amplitudes(read_yaml(lineage.read_text(), str(lineage)), lineage)
+            if amps is not None:
                 subjects["merged"] = (update_subject(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
         session.close()
+
+
+def lineage_amplitudes(document: Any, source: Path) -> Amplitudes | None:
+    """The merged model's update from its ``corpmerge.yaml``: the lineage table's (seed, amplitude) rows; None without one."""
+    table = document.get("lineage") if isinstance(document, dict) else None
+    if not table:
+        return None
+    try:
+        return Amplitudes(np.array([int(r["seed"]) for r in table], dtype=np.int64), np.array([float(r["amplitude"]) for r in table]))
+    except (TypeError, KeyError, ValueError):
+        raise CorpmergeError(f"{source}: 'lineage' must be a list of {{seed, amplitude}} rows, as corpmerge writes it; rerun the merge") from None
 
 
 def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:

@@ -101,3 +101,8 @@ def test_run_reports_ensembles_and_the_command_matches(tmp_path, tiny_model, tin
     again = run_cli("ensemble", str(recipe), "-k", "1", "-k", "3")
     assert again.returncode == 0, again.stderr
     assert "RandOpt top-3 vote" in again.stdout and "corp (merged)" in again.stdout
+    lineage = out / "corpmerge.yaml"  # a lineage edited by hand: one line naming the file, no traceback
+    lineage.write_text(lineage.read_text().replace("amplitude:", "amp:"))
+    broken = run_cli("ensemble", str(recipe), "-k", "1")
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr
+    assert f"{lineage}: 'lineage' must be a list of {{seed, amplitude}} rows" in " ".join(broken.stderr.split())
