@@ -28,6 +28,7 @@ time) to --out, and a summary figure next to it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -141,7 +142,7 @@ def rows_of(report: dict[str, Any], name: str, votes: list[int]) -> dict[str, di
     for k in votes:
         out[f"RandOpt top-{k} vote"] = rows[f"randopt_top{k}"]
     out[name] = rows.get("merged") or {**rows["base"], "abstained": True, "reason": report["gate"]["reason"]}
-    out[name] = {**out[name], "weights": weights_note(report)}
+    out[name] = {**out[name], "weights": weights_note(report), "step": shipped_step(report)}
     return out
 
 
@@ -162,6 +163,15 @@ def weights_note(report: dict[str, Any]) -> str:
     return ess_text(record) + ("" if report["gate"].get("accepted") else " (top-ranked, not shipped)")
 
 
+def shipped_step(report: dict[str, Any]) -> str:
+    """Per-coordinate RMS (×10⁻³) of each shipped step: stage 1's m·Δ, then each accepted stage-2 round's m·step."""
+    gate = report["gate"]
+    if not gate.get("accepted") or gate.get("step_rms") is None:
+        return "—"
+    rounds = [r for r in (report.get("stage2") or {}).get("rounds", []) if r["accepted"]]
+    return " + ".join([f"{1e3 * gate['step_rms']:.2f}"] + [f"{1e3 * r['step_rms'] * r['multiplier']:.2f} (round {r['round']})" for r in rounds])
+
+
 def stage2_lines(task: str, seed: int, report: dict[str, Any]) -> list[str]:
     """One line per stage-2 round: σ, outcome, chosen point and step, fold-B counts, ESS, and what it added on test."""
     out = []
@@ -177,6 +187,12 @@ def stage2_lines(task: str, seed: int, report: dict[str, Any]) -> list[str]:
     if vs is not None:
         out.append(f"| {task} | {seed} | all | | stage 2 − stage 1 on test: {fmt(vs)} | | | |")
     return out
+
+
+def read_report(output: Path) -> dict[str, Any] | None:
+    """A finished run's report.json (``--table-only``), or None when that run has not finished."""
+    path = output / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def fmt(row: dict[str, Any], key: str | None = None) -> str:
@@ -203,6 +219,7 @@ def main() -> None:
     parser.add_argument("--work", default="./fidelity.work")
     parser.add_argument("--out", default="fidelity.md")
     parser.add_argument("--local-size", type=int, default=40, help="stage 2's local population (40: 13 elites at q = 0.7)")
+    parser.add_argument("--table-only", action="store_true", help="build the table from the runs' report.json files in --work; run nothing")
     parser.add_argument("--log", help="write the runs' log (phases, progress every minute) to this file")
     parser.add_argument("--votes", type=int, nargs="+", default=[5, 20], help="RandOpt top-K votes reported beside K = 1")
     parser.add_argument(
@@ -219,7 +236,10 @@ def main() -> None:
     started = time.perf_counter()
     recipe, work = load_recipe(args.recipe), Path(args.work)
     stage2 = IterateSpec(rounds=2, local_size=args.local_size, rank=4)
-    lines = ["| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | ESS of | note |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | ESS of | shipped step RMS ×10⁻³ | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     rounds = ["| task | seed | round | σ | outcome | chosen point | fold B fixes / regressions | ESS of |", "|---|---|---|---|---|---|---|---|"]
     summary, shares = [], ["| task | seed | CoRP stage 1 | CoRP + stage 2 |", "|---|---|---|---|"]
     for task in args.tasks:
@@ -229,9 +249,16 @@ def main() -> None:
             for name, change in VARIANTS.items():
                 if name not in args.variants:
                     continue
-                grid = grid_for(name, change, reports)
-                reports[name] = run_recipe(variant(recipe, task, seed, work, name, change, grid, stage2, args.votes), overwrite=True)
-                print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
+                grid = grid_for(name, change, reports) if not args.table_only else GRIDS[change["merge_method"]]
+                run = variant(recipe, task, seed, work, name, change, grid, stage2, args.votes)
+                if args.table_only:
+                    report = read_report(Path(run.output.path))
+                    if report is None:
+                        continue
+                    reports[name] = report
+                else:
+                    reports[name] = run_recipe(run, overwrite=True)
+                    print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
                 table.update(rows_of(reports[name], name, args.votes))
             if "CoRP + stage 2" in reports:
                 rounds += stage2_lines(task, seed, reports["CoRP + stage 2"])
@@ -243,7 +270,8 @@ def main() -> None:
             for name, row in table.items():
                 note = "abstained (= base)" if row.get("abstained") else ""
                 lines.append(
-                    f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | {row.get('weights', '')} | {note} |"
+                    f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | {row.get('weights', '')} "
+                    f"| {row.get('step', '')} | {note} |"
                 )
                 if name != "base":
                     summary.append(
