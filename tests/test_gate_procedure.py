@@ -183,6 +183,7 @@ def test_cached_and_rescaled_updates_are_the_same_bits_as_regeneration(tmp_path,
             assert scorer.noise_cache.used > 0
     finally:
         session.close()
+    assert scorer.noise_cache.used == 0 and scorer._last is None  # a closed session holds no model-sized memory
 
 
 def test_the_noise_cache_keeps_a_noise_from_its_second_request_and_within_its_budget():

@@ -204,6 +204,15 @@ class Scorer:
                 group.append(name)
                 used += numel
 
+    def release(self) -> None:
+        """Free the model-sized memory this scorer holds (noise cache, kept Δ, prefetch slot): a closed session's
+        cache must not outlive it when a program opens another (up to ``memory_budget`` bytes each)."""
+        if self.prefetch is not None:
+            self.prefetch.wait()
+            self.prefetch = None
+        self.noise_cache.clear()
+        self._last = self._unscaled = None
+
     @torch.no_grad()
     def restore(self) -> None:
         """Back to θ₀, bit-exactly (θ₀ rounded once to the scoring dtype, as the writer writes an unperturbed tensor)."""

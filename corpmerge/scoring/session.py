@@ -85,6 +85,7 @@ class Session:
             self.evaluator.close()
         if self.store is not None:
             self.store.close()
+        self.scorer.release()
         self.backend.close()
 
 
