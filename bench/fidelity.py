@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import shlex
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -40,13 +41,15 @@ import numpy as np
 from pydantic import Field
 
 from corpmerge.amplitudes import Cloud
+from corpmerge.gate.paired import paired_interval
 from corpmerge.methods import MergeResult, merge_method
 from corpmerge.methods.corp import CorpParams, compatibility_logits, corp_result
 from corpmerge.methods.weights import effective_size, elite_indices, softmax
-from corpmerge.pipeline import run_recipe
+from corpmerge.pipeline import lineage_amplitudes, run_recipe
 from corpmerge.progress import log_reporter, set_reporter
-from corpmerge.recipe import EvaluateSpec, IterateSpec, Recipe, load_recipe
+from corpmerge.recipe import EvaluateSpec, IterateSpec, Recipe, load_recipe, read_yaml
 from corpmerge.report.plots import write_summary_png
+from corpmerge.scoring.subjects import update_subject
 
 
 class PlaceboParams(CorpParams):
@@ -189,6 +192,29 @@ def stage2_lines(task: str, seed: int, report: dict[str, Any]) -> list[str]:
     return out
 
 
+def test_vector(store: Path, output: Path) -> np.ndarray | None:
+    """The shipped model's per-example correctness on the test examples, read from the store (None: abstained).
+
+    Its subject is the lineage's update (what the output folder holds); the store's one held-out fold ``T:…``
+    is the test examples every variant of this task × seed was evaluated on."""
+    lineage = output / "corpmerge.yaml"
+    amps = lineage_amplitudes(read_yaml(lineage.read_text(), str(lineage)), lineage) if lineage.is_file() else None
+    if amps is None:
+        return None
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT correct FROM scores WHERE subject = ? AND fold LIKE 'T:%' ORDER BY fold, task, doc_id", (update_subject(amps),)).fetchall()
+    return np.array([r[0] for r in rows], dtype=bool) if rows else None
+
+
+def vs_stage1(table: dict[str, dict[str, Any]], name: str) -> str:
+    """Paired Δ of ``name``'s shipped model against CoRP stage 1's on the same test examples (an abstention is the base)."""
+    ours, ref = table[name].get("test"), table.get("CoRP stage 1", {}).get("test")
+    if name in ("base", "CoRP stage 1") or ours is None or ref is None or ours.size != ref.size:
+        return ""
+    diff, low, high = paired_interval(ref, ours)
+    return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def read_report(output: Path) -> dict[str, Any] | None:
     """A finished run's report.json (``--table-only``), or None when that run has not finished."""
     path = output / "report.json"
@@ -237,8 +263,8 @@ def main() -> None:
     recipe, work = load_recipe(args.recipe), Path(args.work)
     stage2 = IterateSpec(rounds=2, local_size=args.local_size, rank=4)
     lines = [
-        "| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | ESS of | shipped step RMS ×10⁻³ | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | Δ vs CoRP stage 1 (95% CI) | ESS of | shipped step RMS ×10⁻³ | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rounds = ["| task | seed | round | σ | outcome | chosen point | fold B fixes / regressions | ESS of |", "|---|---|---|---|---|---|---|---|"]
     summary, shares = [], ["| task | seed | CoRP stage 1 | CoRP + stage 2 |", "|---|---|---|---|"]
@@ -260,6 +286,7 @@ def main() -> None:
                     reports[name] = run_recipe(run, overwrite=True)
                     print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
                 table.update(rows_of(reports[name], name, args.votes))
+                table[name]["test"] = test_vector(Path(run.scoring.store), Path(run.output.path))
             if "CoRP + stage 2" in reports:
                 rounds += stage2_lines(task, seed, reports["CoRP + stage 2"])
             shares.append(
@@ -270,7 +297,7 @@ def main() -> None:
             for name, row in table.items():
                 note = "abstained (= base)" if row.get("abstained") else ""
                 lines.append(
-                    f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | {row.get('weights', '')} "
+                    f"| {task} | {seed} | {name} | {100 * row['accuracy']:.1f}% | {fmt(row)} | {fmt(row, 'vs_k1')} | {vs_stage1(table, name)} | {row.get('weights', '')} "
                     f"| {row.get('step', '')} | {note} |"
                 )
                 if name != "base":
