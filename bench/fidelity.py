@@ -192,17 +192,16 @@ def stage2_lines(task: str, seed: int, report: dict[str, Any]) -> list[str]:
     return out
 
 
-def test_vector(store: Path, output: Path) -> np.ndarray | None:
-    """The shipped model's per-example correctness on the test examples, read from the store (None: abstained).
+def test_vector(store: Path, output: Path, report: dict[str, Any]) -> np.ndarray | None:
+    """The shipped model's per-example correctness on the test examples, read from the store (an abstention ships the base).
 
     Its subject is the lineage's update (what the output folder holds); the store's one held-out fold ``T:…``
     is the test examples every variant of this task × seed was evaluated on."""
     lineage = output / "corpmerge.yaml"
-    amps = lineage_amplitudes(read_yaml(lineage.read_text(), str(lineage)), lineage) if lineage.is_file() else None
-    if amps is None:
-        return None
+    amps = lineage_amplitudes(read_yaml(lineage.read_text(), str(lineage)), lineage) if report["gate"].get("accepted") else None
+    subject = "base" if amps is None else update_subject(amps)
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT correct FROM scores WHERE subject = ? AND fold LIKE 'T:%' ORDER BY fold, task, doc_id", (update_subject(amps),)).fetchall()
+        rows = db.execute("SELECT correct FROM scores WHERE subject = ? AND fold LIKE 'T:%' ORDER BY fold, task, doc_id", (subject,)).fetchall()
     return np.array([r[0] for r in rows], dtype=bool) if rows else None
 
 
@@ -216,9 +215,10 @@ def vs_stage1(table: dict[str, dict[str, Any]], name: str) -> str:
 
 
 def read_report(output: Path) -> dict[str, Any] | None:
-    """A finished run's report.json (``--table-only``), or None when that run has not finished."""
-    path = output / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A finished run's report.json (``--table-only``): the output folder's, or the work folder's when the gate
+    abstained (whichever is newer); None when that run has not finished."""
+    paths = [p for p in (output / "report.json", output.with_name(output.name + ".work") / "report.json") if p.is_file()]
+    return json.loads(max(paths, key=lambda p: p.stat().st_mtime).read_text()) if paths else None
 
 
 def fmt(row: dict[str, Any], key: str | None = None) -> str:
@@ -286,7 +286,7 @@ def main() -> None:
                     reports[name] = run_recipe(run, overwrite=True)
                     print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
                 table.update(rows_of(reports[name], name, args.votes))
-                table[name]["test"] = test_vector(Path(run.scoring.store), Path(run.output.path))
+                table[name]["test"] = test_vector(Path(run.scoring.store), Path(run.output.path), reports[name])
             if "CoRP + stage 2" in reports:
                 rounds += stage2_lines(task, seed, reports["CoRP + stage 2"])
             shares.append(
