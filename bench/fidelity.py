@@ -247,6 +247,7 @@ def main() -> None:
     parser.add_argument("--local-size", type=int, default=40, help="stage 2's local population (40: 13 elites at q = 0.7)")
     parser.add_argument("--table-only", action="store_true", help="build the table from the runs' report.json files in --work; run nothing")
     parser.add_argument("--log", help="write the runs' log (phases, progress every minute) to this file")
+    parser.add_argument("--rounds", type=int, default=2, help="stage 2's rounds (accepted ones; it stops at the first rejected round)")
     parser.add_argument("--votes", type=int, nargs="+", default=[5, 20], help="RandOpt top-K votes reported beside K = 1")
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME", help=f"rows to run (default all: {', '.join(VARIANTS)})"
@@ -261,7 +262,7 @@ def main() -> None:
         set_reporter(log_reporter(every_s=60.0))
     started = time.perf_counter()
     recipe, work = load_recipe(args.recipe), Path(args.work)
-    stage2 = IterateSpec(rounds=2, local_size=args.local_size, rank=4)
+    stage2 = IterateSpec(rounds=args.rounds, local_size=args.local_size, rank=4)
     lines = [
         "| task | seed | model | accuracy | Δ vs base (95% CI) | Δ vs K=1 (95% CI) | Δ vs CoRP stage 1 (95% CI) | ESS of | shipped step RMS ×10⁻³ | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
