@@ -45,9 +45,10 @@ from corpmerge.gate.paired import paired_interval
 from corpmerge.methods import MergeResult, merge_method
 from corpmerge.methods.corp import CorpParams, compatibility_logits, corp_result
 from corpmerge.methods.weights import effective_size, elite_indices, softmax
-from corpmerge.pipeline import lineage_amplitudes, run_recipe
+from corpmerge.output.folder import shipped_update
+from corpmerge.pipeline import run_recipe
 from corpmerge.progress import log_reporter, set_reporter
-from corpmerge.recipe import EvaluateSpec, IterateSpec, Recipe, load_recipe, read_yaml
+from corpmerge.recipe import EvaluateSpec, IterateSpec, Recipe, load_recipe
 from corpmerge.report.plots import write_summary_png
 from corpmerge.scoring.subjects import update_subject
 
@@ -197,8 +198,7 @@ def test_vector(store: Path, output: Path, report: dict[str, Any]) -> np.ndarray
 
     Its subject is the lineage's update (what the output folder holds); the store's one held-out fold ``T:…``
     is the test examples every variant of this task × seed was evaluated on."""
-    lineage = output / "corpmerge.yaml"
-    amps = lineage_amplitudes(read_yaml(lineage.read_text(), str(lineage)), lineage) if report["gate"].get("accepted") else None
+    amps = shipped_update(output) if report["gate"].get("accepted") else None
     subject = "base" if amps is None else update_subject(amps)
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT correct FROM scores WHERE subject = ? AND fold LIKE 'T:%' ORDER BY fold, task, doc_id", (subject,)).fetchall()

@@ -10,18 +10,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from corpmerge.amplitudes import Amplitudes, Cloud
+from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError, first_line, traceback_text
 from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
 from corpmerge.gate.stage2 import iterate
 from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
-from corpmerge.output.folder import population_summary, write_output
+from corpmerge.output.folder import population_summary, shipped_update, write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry
-from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml, read_yaml
+from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
 from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
@@ -145,25 +145,12 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
         subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
-        lineage = Path(recipe.output.path) / "corpmerge.yaml"
-        if lineage.is_file():
-            amps = lineage_amplitudes(read_yaml(lineage.read_text(), str(lineage)), lineage)
-            if amps is not None:
-                subjects["merged"] = (update_subject(amps), amps)
+        amps = shipped_update(Path(recipe.output.path))
+        if amps is not None:
+            subjects["merged"] = (update_subject(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
         session.close()
-
-
-def lineage_amplitudes(document: Any, source: Path) -> Amplitudes | None:
-    """The merged model's update from its ``corpmerge.yaml``: the lineage table's (seed, amplitude) rows; None without one."""
-    table = document.get("lineage") if isinstance(document, dict) else None
-    if not table:
-        return None
-    try:
-        return Amplitudes(np.array([int(r["seed"]) for r in table], dtype=np.int64), np.array([float(r["amplitude"]) for r in table]))
-    except (TypeError, KeyError, ValueError):
-        raise CorpmergeError(f"{source}: 'lineage' must be a list of {{seed, amplitude}} rows, as corpmerge writes it; rerun the merge") from None
 
 
 def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from corpmerge import __version__
+from corpmerge.amplitudes import Amplitudes
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
@@ -23,7 +24,7 @@ from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
 from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
 from corpmerge.progress import task
-from corpmerge.recipe import Recipe, dump_yaml
+from corpmerge.recipe import Recipe, dump_yaml, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +140,17 @@ def write_output(
             report.write(tmp / REPORT_FILE)
     log.info("wrote %s (%d weight file(s))", out_dir, len(files))
     return out_dir
+
+
+def shipped_update(folder: Path) -> Amplitudes | None:
+    """The merged model's update from the folder's lineage file: its table's (seed, amplitude) rows; None without one
+    (no lineage file, or an abstention written with ``write_on_abstain``)."""
+    path = folder / LINEAGE_FILE
+    document = read_yaml(path.read_text(), str(path)) if path.is_file() else None
+    table = document.get("lineage") if isinstance(document, dict) else None
+    if not table:
+        return None
+    try:
+        return Amplitudes(np.array([int(r["seed"]) for r in table], dtype=np.int64), np.array([float(r["amplitude"]) for r in table]))
+    except (TypeError, KeyError, ValueError):
+        raise CorpmergeError(f"{path}: 'lineage' must be a list of {{seed, amplitude}} rows, as corpmerge writes it; rerun the merge") from None

@@ -324,10 +324,10 @@ class NoiseCache:
     def put(self, seed: int, name: str, noise: torch.Tensor) -> torch.Tensor | None:
         """Keep a copy when this noise was asked for before and it fits; returns the kept tensor or None."""
         key, size = (seed, name), 4 * noise.numel()
+        if self.used + size > self.budget:
+            return None  # a full cache tracks nothing: it never admits again
         if key not in self._seen:
             self._seen.add(key)
-            return None
-        if self.used + size > self.budget:
             return None
         kept = noise.clone()
         self._store[key] = kept
