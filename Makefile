@@ -57,12 +57,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: test-main test-vllm
+# The vLLM venv installs (mostly download and unpacking) while the main suite runs; its suite runs after.
+test: $(STAMP)
+	$(MAKE) -j2 test-main $(VLLM_STAMP)
+	$(MAKE) test-vllm
 
 # Two test processes (pytest-xdist): most tests wait on a subprocess or use one core; on 2 cores 15 min instead of 25 (2026-12-01). `make test JOBS=0`: one process.
+# One OpenMP thread per process (TEST_THREADS): tests use tiny models, and two workers plus their subprocesses with
+# two threads each spin against one another on 2 cores (a tiny run's scoring 9x slower, 2026-12-01).
 JOBS ?= 2
+TEST_THREADS ?= 1
 test-main: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal
+	OMP_NUM_THREADS=$(TEST_THREADS) HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n $(JOBS) --dist worksteal
 
 test-vllm: $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q tests/vllm_backend
