@@ -64,7 +64,7 @@ test: $(STAMP)
 
 # Two test processes (pytest-xdist): most tests wait on a subprocess or use one core; on 2 cores 15 min instead of 25 (2026-12-01). `make test JOBS=0`: one process.
 # One OpenMP thread per process (TEST_THREADS): tests use tiny models, and two workers plus their subprocesses with
-# two threads each spin against one another on 2 cores (a tiny run's scoring 9x slower, 2026-12-01).
+# two threads each spin against one another on 2 cores (two tiny runs at once score 5x slower: bench/threads.py).
 JOBS ?= 2
 TEST_THREADS ?= 1
 test-main: $(STAMP)
