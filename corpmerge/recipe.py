@@ -369,23 +369,30 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (bounded: see the module docstring)."""
     path = Path(path)
+    too_big = f"a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; sample big populations with {{size, sigmas, seed}} instead of listing them"
+    text = read_text_bounded(path, MAX_RECIPE_BYTES, "the recipe", too_big)
+    if text is None:
+        raise CorpmergeError(f"{path}: recipe file not found")
+    return parse_recipe(read_yaml(text, str(path)), str(path))
+
+
+def read_text_bounded(path: Path, limit: int, what: str, too_big: str) -> str | None:
+    """A UTF-8 file of at most ``limit`` bytes (never more is read), None when there is no such file; otherwise a
+    one-line error naming ``path`` (``what``: the file in those messages; ``too_big``: the message past the limit)."""
     try:
         if not path.is_file():
-            raise CorpmergeError(f"{path}: recipe file not found")
+            return None
         with path.open("rb") as handle:
-            raw = handle.read(MAX_RECIPE_BYTES + 1)
+            raw = handle.read(limit + 1)
     except OSError as exc:
-        raise CorpmergeError(f"{excerpt(str(path), 200)}: cannot read the recipe ({exc.strerror})") from None
-    if len(raw) > MAX_RECIPE_BYTES:
-        raise CorpmergeError(
-            f"{path}: a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; sample big populations with {{size, sigmas, seed}} instead of listing them"
-        )
+        raise CorpmergeError(f"{excerpt(str(path), 200)}: cannot read {what} ({exc.strerror})") from None
+    if len(raw) > limit:
+        raise CorpmergeError(f"{path}: {too_big}")
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise CorpmergeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the recipe as UTF-8") from None
-    return parse_recipe(read_yaml(text, str(path)), str(path))
+        raise CorpmergeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save {what} as UTF-8") from None
 
 
 def dump_yaml(data: Any) -> str:
@@ -396,11 +403,16 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True)
 
 
-def read_yaml(text: str, source: str) -> Any:
-    """One YAML document as plain data, like ``yaml.safe_load`` but bounded; one-line errors naming ``source``."""
+RECIPE_LONG_LISTS = frozenset({("population",)})
+
+
+def read_yaml(text: str, source: str, long_lists: frozenset[tuple[str, ...]] = RECIPE_LONG_LISTS) -> Any:
+    """One YAML document as plain data, like ``yaml.safe_load`` but bounded; one-line errors naming ``source``.
+
+    ``long_lists``: the key paths (from the top mapping) whose list may have more than ``MAX_ITEMS`` items."""
     loader = (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)(text)
     try:
-        return _Reader(loader).document()
+        return _Reader(loader, long_lists).document()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -430,8 +442,8 @@ _NO_KEY, _MERGE_KEY = object(), object()
 class _Collection:
     """A list or mapping being read: its items so far and its size in YAML values, aliases expanded."""
 
-    def __init__(self, event: yaml.Event, unbounded: bool) -> None:
-        self.event, self.unbounded = event, unbounded
+    def __init__(self, event: yaml.Event, unbounded: bool, long_lists: str) -> None:
+        self.event, self.unbounded, self.long_lists = event, unbounded, long_lists
         self.is_map = isinstance(event, yaml.MappingStartEvent)
         self.items: dict[Any, Any] | list[Any] = {} if self.is_map else []
         self.key: Any = _NO_KEY
@@ -460,7 +472,7 @@ class _Collection:
             self.items[self.key] = value
             self.key = _NO_KEY
         if not self.unbounded and len(self.items) > MAX_ITEMS:
-            raise _Refused(self.event, f"more than {MAX_ITEMS:,} items in one list or mapping (only `population` may be longer)")
+            raise _Refused(self.event, f"more than {MAX_ITEMS:,} items in one list or mapping (only {self.long_lists} may be longer)")
 
     def value(self) -> Any:
         if not self.merges:
@@ -476,8 +488,9 @@ class _Collection:
 class _Reader:
     """Builds plain data from parser events without recursion, counting values as if aliases were copies."""
 
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
+    def __init__(self, loader: Any, long_lists: frozenset[tuple[str, ...]]) -> None:
+        self.loader, self.long_lists = loader, long_lists
+        self.long_lists_text = ", ".join(f"`{'.'.join(p)}`" for p in sorted(long_lists))
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.open_anchors: set[str] = set()
         self.nodes = 0
@@ -518,8 +531,8 @@ class _Reader:
                 if len(stack) >= MAX_DEPTH:
                     raise _Refused(event, f"nested more than {MAX_DEPTH} levels deep")
                 self.nodes += 1  # checked at the next scalar or end: nesting is bounded
-                population = len(stack) == 1 and stack[0].is_map and stack[0].key == "population"
-                stack.append(_Collection(event, unbounded=population))
+                path = tuple(c.key for c in stack) if all(c.is_map for c in stack) else None
+                stack.append(_Collection(event, path in self.long_lists, self.long_lists_text))
                 if event.anchor is not None:
                     self.open_anchors.add(event.anchor)
                 continue

@@ -5,7 +5,11 @@ import pytest
 from conftest import run_cli, scoring_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from corpmerge.recipe import ScoringSpec
+from corpmerge.errors import CorpmergeError
+from corpmerge.output import folder
+from corpmerge.output.folder import shipped_update
+from corpmerge.output.location import LINEAGE_FILE
+from corpmerge.recipe import ScoringSpec, dump_yaml
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.scoring.answers import ANSWERS, prediction
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
@@ -106,3 +110,29 @@ def test_run_reports_ensembles_and_the_command_matches(tmp_path, tiny_model, tin
     broken = run_cli("ensemble", str(recipe), "-k", "1")
     assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr
     assert f"{lineage}: 'lineage' must be a list of {{seed, amplitude}} rows" in " ".join(broken.stderr.split())
+
+
+def test_the_lineage_of_a_big_population_is_read_and_an_oversized_one_is_refused(tmp_path, monkeypatch):
+    """A lineage lists every entry, every elite and every shipped seed: past the 10,000 items the recipe reader allows
+    any other list (still refused elsewhere in the file); its size is bounded; both errors are one line."""
+    n = 10_001
+    rows = [{"seed": s, "amplitude": 1e-3 / (s + 1)} for s in range(n)]
+    document = {
+        "corpmerge_version": "0",
+        "recipe": {"population": [{"seed": s, "sigma": 0.01, "reward": 0.5} for s in range(n)]},
+        "merge": {"elite_seeds": list(range(n)), "elite_weights": [1 / n] * n},
+        "lineage": rows,
+    }
+    (tmp_path / LINEAGE_FILE).write_text(dump_yaml(document))
+    amps = shipped_update(tmp_path)
+    assert amps.seeds.tolist() == list(range(n)) and amps.values.tolist() == [r["amplitude"] for r in rows]
+
+    (tmp_path / LINEAGE_FILE).write_text(dump_yaml({**document, "population_summary": {"sigmas": list(range(n))}}))
+    with pytest.raises(CorpmergeError, match="more than 10,000 items") as refused:
+        shipped_update(tmp_path)
+    assert "\n" not in str(refused.value)
+
+    monkeypatch.setattr(folder, "MAX_LINEAGE_BYTES", 1000)
+    with pytest.raises(CorpmergeError, match="rerun the merge") as too_big:
+        shipped_update(tmp_path)
+    assert str(too_big.value).startswith(str(tmp_path / LINEAGE_FILE)) and "\n" not in str(too_big.value)

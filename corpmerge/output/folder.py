@@ -24,9 +24,13 @@ from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
 from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
 from corpmerge.progress import task
-from corpmerge.recipe import Recipe, dump_yaml, read_yaml
+from corpmerge.recipe import MAX_RECIPE_BYTES, Recipe, dump_yaml, read_text_bounded, read_yaml
 
 log = logging.getLogger(__name__)
+MAX_LINEAGE_BYTES = 4 * MAX_RECIPE_BYTES  # the recipe it was made from and one row per shipped seed (7.7 MB at 100k entries)
+LINEAGE_TOO_BIG = f"a lineage file corpmerge writes stays under {MAX_LINEAGE_BYTES // 2**20} MiB; this is not one, rerun the merge"
+# what ``lineage_document`` writes one row of per entry, per elite or per shipped seed
+LINEAGE_LONG_LISTS = frozenset({("recipe", "population"), ("merge", "elite_seeds"), ("merge", "elite_weights"), ("lineage",)})
 
 
 def population_summary(entries: list[Entry]) -> dict[str, Any]:
@@ -146,7 +150,8 @@ def shipped_update(folder: Path) -> Amplitudes | None:
     """The merged model's update from the folder's lineage file: its table's (seed, amplitude) rows; None without one
     (no lineage file, or an abstention written with ``write_on_abstain``)."""
     path = folder / LINEAGE_FILE
-    document = read_yaml(path.read_text(), str(path)) if path.is_file() else None
+    text = read_text_bounded(path, MAX_LINEAGE_BYTES, "the lineage file", LINEAGE_TOO_BIG)
+    document = read_yaml(text, str(path), LINEAGE_LONG_LISTS) if text is not None else None
     table = document.get("lineage") if isinstance(document, dict) else None
     if not table:
         return None
