@@ -406,13 +406,15 @@ def dump_yaml(data: Any) -> str:
 RECIPE_LONG_LISTS = frozenset({("population",)})
 
 
-def read_yaml(text: str, source: str, long_lists: frozenset[tuple[str, ...]] = RECIPE_LONG_LISTS) -> Any:
+def read_yaml(text: str, source: str, long_lists: frozenset[tuple[str, ...]] = RECIPE_LONG_LISTS, max_nodes: int | None = None, kind: str = "recipe") -> Any:
     """One YAML document as plain data, like ``yaml.safe_load`` but bounded; one-line errors naming ``source``.
 
-    ``long_lists``: the key paths (from the top mapping) whose list may have more than ``MAX_ITEMS`` items."""
+    ``long_lists``: the key paths (from the top mapping) whose list may have more than ``MAX_ITEMS`` items;
+    ``max_nodes``: the bound on YAML values after alias expansion (``MAX_NODES`` when None); ``kind``: what the
+    messages call the document."""
     loader = (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)(text)
     try:
-        return _Reader(loader, long_lists).document()
+        return _Reader(loader, long_lists, MAX_NODES if max_nodes is None else max_nodes, kind).document()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -488,8 +490,8 @@ class _Collection:
 class _Reader:
     """Builds plain data from parser events without recursion, counting values as if aliases were copies."""
 
-    def __init__(self, loader: Any, long_lists: frozenset[tuple[str, ...]]) -> None:
-        self.loader, self.long_lists = loader, long_lists
+    def __init__(self, loader: Any, long_lists: frozenset[tuple[str, ...]], max_nodes: int, kind: str) -> None:
+        self.loader, self.long_lists, self.max_nodes, self.kind = loader, long_lists, max_nodes, kind
         self.long_lists_text = ", ".join(f"`{'.'.join(p)}`" for p in sorted(long_lists))
         self.anchors: dict[str, tuple[Any, int]] = {}
         self.open_anchors: set[str] = set()
@@ -507,12 +509,12 @@ class _Reader:
         data = self._node()
         self.loader.get_event()  # document end
         if not self.loader.check_event(yaml.StreamEndEvent):
-            raise _Refused(self.loader.get_event(), "a recipe file holds one YAML document; remove the extra `---` documents")
+            raise _Refused(self.loader.get_event(), f"a {self.kind} file holds one YAML document; remove the extra `---` documents")
         return data
 
     def _too_big(self, event: yaml.Event) -> _Refused:
-        cause = "anchors and aliases (&, *) expand" if self.aliased else "the recipe grows"
-        return _Refused(event, f"{cause} to more than {MAX_NODES:,} YAML values; a recipe may not be that big")
+        cause = "anchors and aliases (&, *) expand" if self.aliased else f"the {self.kind} grows"
+        return _Refused(event, f"{cause} to more than {self.max_nodes:,} YAML values; a {self.kind} may not be that big")
 
     def _node(self) -> Any:
         stack: list[_Collection] = []
@@ -527,7 +529,7 @@ class _Reader:
                 self.nodes += 1
             elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
                 if event.tag not in _DEFAULT_TAGS:
-                    raise _Refused(event, f"tag '{excerpt(event.tag)}' is not supported in a recipe")
+                    raise _Refused(event, f"tag '{excerpt(event.tag)}' is not supported in a {self.kind}")
                 if len(stack) >= MAX_DEPTH:
                     raise _Refused(event, f"nested more than {MAX_DEPTH} levels deep")
                 self.nodes += 1  # checked at the next scalar or end: nesting is bounded
@@ -547,7 +549,7 @@ class _Reader:
             else:  # the end of a list or mapping
                 done = stack.pop()
                 value, nodes, event = done.value(), done.nodes, done.event
-            if self.nodes > MAX_NODES:
+            if self.nodes > self.max_nodes:
                 raise self._too_big(event)
             if kind is not yaml.AliasEvent and event.anchor is not None:
                 self.anchors[event.anchor] = (value, nodes)
@@ -569,7 +571,7 @@ class _Reader:
         tag = self.loader.resolve(yaml.ScalarNode, value, event.implicit) if event.tag in (None, "!") else event.tag
         construct = type(self.loader).yaml_constructors.get(tag)
         if construct is None:
-            raise _Refused(event, f"tag '{excerpt(tag)}' is not supported in a recipe")
+            raise _Refused(event, f"tag '{excerpt(tag)}' is not supported in a {self.kind}")
         try:
             return construct(self.loader, yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style))
         except (ValueError, OverflowError, yaml.YAMLError) as exc:

@@ -1,15 +1,19 @@
 import json
 import random
 
+import numpy as np
 import pytest
-from conftest import run_cli, scoring_recipe, write_recipe
+from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from corpmerge import recipe as recipes
+from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
+from corpmerge.methods import get_method
 from corpmerge.output import folder
-from corpmerge.output.folder import shipped_update
+from corpmerge.output.folder import lineage_document, shipped_update
 from corpmerge.output.location import LINEAGE_FILE
-from corpmerge.recipe import ScoringSpec, dump_yaml
+from corpmerge.recipe import ScoringSpec, dump_yaml, load_recipe, read_yaml
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.scoring.answers import ANSWERS, prediction
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
@@ -136,3 +140,27 @@ def test_the_lineage_of_a_big_population_is_read_and_an_oversized_one_is_refused
     with pytest.raises(CorpmergeError, match="rerun the merge") as too_big:
         shipped_update(tmp_path)
     assert str(too_big.value).startswith(str(tmp_path / LINEAGE_FILE)) and "\n" not in str(too_big.value)
+
+
+def test_the_lineage_of_the_largest_recipe_that_loads_is_read(tmp_path, monkeypatch):
+    """Whatever recipe the reader accepts, its lineage (the recipe, 2 values per elite, 5 per shipped seed) is read
+    back: the lineage's bound on YAML values scales with the recipe's, shown here with the recipe bound cut to 20,000."""
+    monkeypatch.setattr(recipes, "MAX_NODES", 20_000)
+    n = 2_800  # 7 values per entry: just under the cut bound with the recipe's other fields
+    data = given_rewards_recipe(tmp_path / "base", tmp_path / "out", merge_method="reward_avg", parameters={"quantile": 0.0, "beta": 1})
+    data["population"] = [{"seed": s, "sigma": 0.01, "reward": s / n} for s in range(n)]
+    recipe = load_recipe(write_recipe(tmp_path, data))
+    entries = list(recipe.population)
+    method = get_method("reward_avg")
+    result = method(Cloud.from_entries(entries), method.grid(recipe.parameters)[0])
+    text = dump_yaml(lineage_document(recipe, entries, result))
+    with pytest.raises(CorpmergeError, match="more than 20,000 YAML values; a recipe may not be that big"):
+        read_yaml(text, "lineage")
+    (tmp_path / LINEAGE_FILE).write_text(text)
+    amps = shipped_update(tmp_path)
+    assert amps.seeds.tolist() == list(range(n)) and np.array_equal(amps.values, result.final_amplitudes().values)
+
+    monkeypatch.setattr(recipes, "MAX_NODES", 5_000)
+    with pytest.raises(CorpmergeError, match="the lineage file grows to more than 20,000 YAML values") as refused:
+        shipped_update(tmp_path)
+    assert str(refused.value).startswith(str(tmp_path / LINEAGE_FILE)) and "\n" not in str(refused.value)

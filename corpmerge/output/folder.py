@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from corpmerge import __version__
+from corpmerge import recipe as recipes
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult
@@ -31,6 +32,8 @@ MAX_LINEAGE_BYTES = 4 * MAX_RECIPE_BYTES  # the recipe it was made from and one 
 LINEAGE_TOO_BIG = f"a lineage file corpmerge writes stays under {MAX_LINEAGE_BYTES // 2**20} MiB; this is not one, rerun the merge"
 # what ``lineage_document`` writes one row of per entry, per elite or per shipped seed
 LINEAGE_LONG_LISTS = frozenset({("recipe", "population"), ("merge", "elite_seeds"), ("merge", "elite_weights"), ("lineage",)})
+# a lineage's YAML values per value its recipe may have: the recipe (7 per entry), 2 per elite, 5 per shipped seed
+LINEAGE_NODES_PER_RECIPE_NODE = 4
 
 
 def population_summary(entries: list[Entry]) -> dict[str, Any]:
@@ -151,7 +154,8 @@ def shipped_update(folder: Path) -> Amplitudes | None:
     (no lineage file, or an abstention written with ``write_on_abstain``)."""
     path = folder / LINEAGE_FILE
     text = read_text_bounded(path, MAX_LINEAGE_BYTES, "the lineage file", LINEAGE_TOO_BIG)
-    document = read_yaml(text, str(path), LINEAGE_LONG_LISTS) if text is not None else None
+    bound = LINEAGE_NODES_PER_RECIPE_NODE * recipes.MAX_NODES
+    document = read_yaml(text, str(path), LINEAGE_LONG_LISTS, bound, "lineage file") if text is not None else None
     table = document.get("lineage") if isinstance(document, dict) else None
     if not table:
         return None
