@@ -23,6 +23,7 @@ from corpmerge.sizes import parse_size
 DTYPES = ("float32", "bfloat16", "float16")
 MAX_RECIPE_BYTES = 16 * 2**20
 MAX_NODES = 2_000_000
+MAX_POPULATION = 1_000_000  # entries of a sampled population
 MAX_DEPTH = 64
 MAX_ITEMS = 10_000
 MAX_GRID = 10_000
@@ -70,7 +71,7 @@ class EntrySpec(_Strict):
 class SampledPopulation(_Strict):
     """A population that corpmerge samples: unique seeds, σ drawn uniformly from ``sigmas``."""
 
-    size: int = Field(ge=1, le=1_000_000)
+    size: int = Field(ge=1, le=MAX_POPULATION)
     sigmas: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
     seed: int = Field(default=0, ge=0)
 

@@ -144,8 +144,10 @@ def test_the_lineage_of_a_big_population_is_read_and_an_oversized_one_is_refused
 
 def test_the_lineage_of_the_largest_recipe_that_loads_is_read(tmp_path, monkeypatch):
     """Whatever recipe the reader accepts, its lineage (the recipe, 2 values per elite, 5 per shipped seed) is read
-    back: the lineage's bound on YAML values scales with the recipe's, shown here with the recipe bound cut to 20,000."""
+    back: the lineage's bound on YAML values follows the recipe's and the population cap, shown here with the
+    recipe bound cut to 20,000 and the cap to the population's size."""
     monkeypatch.setattr(recipes, "MAX_NODES", 20_000)
+    monkeypatch.setattr(recipes, "MAX_POPULATION", 2_800)
     n = 2_800  # 7 values per entry: just under the cut bound with the recipe's other fields
     data = given_rewards_recipe(tmp_path / "base", tmp_path / "out", merge_method="reward_avg", parameters={"quantile": 0.0, "beta": 1})
     data["population"] = [{"seed": s, "sigma": 0.01, "reward": s / n} for s in range(n)]
@@ -160,7 +162,7 @@ def test_the_lineage_of_the_largest_recipe_that_loads_is_read(tmp_path, monkeypa
     amps = shipped_update(tmp_path)
     assert amps.seeds.tolist() == list(range(n)) and np.array_equal(amps.values, result.final_amplitudes().values)
 
-    monkeypatch.setattr(recipes, "MAX_NODES", 5_000)
-    with pytest.raises(CorpmergeError, match="the lineage file grows to more than 20,000 YAML values") as refused:
+    monkeypatch.setattr(recipes, "MAX_POPULATION", 100)
+    with pytest.raises(CorpmergeError, match="the lineage file grows to more than 21,400 YAML values") as refused:
         shipped_update(tmp_path)
     assert str(refused.value).startswith(str(tmp_path / LINEAGE_FILE)) and "\n" not in str(refused.value)

@@ -28,12 +28,13 @@ from corpmerge.progress import task
 from corpmerge.recipe import MAX_RECIPE_BYTES, Recipe, dump_yaml, read_text_bounded, read_yaml
 
 log = logging.getLogger(__name__)
-MAX_LINEAGE_BYTES = 4 * MAX_RECIPE_BYTES  # the recipe it was made from and one row per shipped seed (7.7 MB at 100k entries)
+# a lineage lists its recipe with every entry (a sampled population too), 2 values per elite and 5 per shipped
+# seed: 14 YAML values and ≈ 140 bytes per entry when every entry is an elite (77 measured at 100k entries, q = 0.7)
+LINEAGE_VALUES_PER_ENTRY, LINEAGE_BYTES_PER_ENTRY = 14, 160
+MAX_LINEAGE_BYTES = MAX_RECIPE_BYTES + LINEAGE_BYTES_PER_ENTRY * recipes.MAX_POPULATION
 LINEAGE_TOO_BIG = f"a lineage file corpmerge writes stays under {MAX_LINEAGE_BYTES // 2**20} MiB; this is not one, rerun the merge"
 # what ``lineage_document`` writes one row of per entry, per elite or per shipped seed
 LINEAGE_LONG_LISTS = frozenset({("recipe", "population"), ("merge", "elite_seeds"), ("merge", "elite_weights"), ("lineage",)})
-# a lineage's YAML values per value its recipe may have: the recipe (7 per entry), 2 per elite, 5 per shipped seed
-LINEAGE_NODES_PER_RECIPE_NODE = 4
 
 
 def population_summary(entries: list[Entry]) -> dict[str, Any]:
@@ -154,7 +155,7 @@ def shipped_update(folder: Path) -> Amplitudes | None:
     (no lineage file, or an abstention written with ``write_on_abstain``)."""
     path = folder / LINEAGE_FILE
     text = read_text_bounded(path, MAX_LINEAGE_BYTES, "the lineage file", LINEAGE_TOO_BIG)
-    bound = LINEAGE_NODES_PER_RECIPE_NODE * recipes.MAX_NODES
+    bound = recipes.MAX_NODES + LINEAGE_VALUES_PER_ENTRY * recipes.MAX_POPULATION
     document = read_yaml(text, str(path), LINEAGE_LONG_LISTS, bound, "lineage file") if text is not None else None
     table = document.get("lineage") if isinstance(document, dict) else None
     if not table:
