@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib.util
 import json
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 GGUF_MAGIC = b"GGUF"
+GGUF_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+GGUF_CONVERSION_COPIES = 2  # transformers dequantizes every tensor to float32, then copies it into the model
 # what loading a malformed checkpoint or GGUF file raises inside transformers / gguf (besides SafetensorError)
 _LOAD_ERRORS = (OSError, ValueError, KeyError, IndexError, struct.error, NotImplementedError, MemoryError, EOFError)
 
@@ -91,7 +94,19 @@ def resolve_base(base_model: str) -> BaseRef:
     looks_local = base_model.startswith((".", "/", "~")) or path.suffix == ".gguf" or not _HUB_ID.match(base_model)
     if looks_local:
         raise CorpmergeError(f"base_model: '{excerpt(base_model)}' not found; give an existing checkpoint folder, a .gguf file or a Hub id (org/name)")
+    _check_cached_when_offline(base_model)
     return BaseRef(base_model)
+
+
+def _check_cached_when_offline(repo_id: str) -> None:
+    """Offline (``HF_HUB_OFFLINE``), a Hub id must already be in the local cache (its config.json)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        raise CorpmergeError(
+            f"base_model: '{excerpt(repo_id)}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"download it first (`hf download {excerpt(repo_id)}`) or unset HF_HUB_OFFLINE"
+        )
 
 
 def _gguf_base(base_model: str, path: Path) -> BaseRef:
@@ -99,6 +114,8 @@ def _gguf_base(base_model: str, path: Path) -> BaseRef:
     with path.open("rb") as handle:
         magic = handle.read(len(GGUF_MAGIC))
     if magic == GGUF_MAGIC:
+        stat = path.stat()
+        gguf_elements(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         return BaseRef(str(path.parent), gguf_file=path.name)
     if path.suffix.lower() == ".gguf":
         raise CorpmergeError(
@@ -107,6 +124,69 @@ def _gguf_base(base_model: str, path: Path) -> BaseRef:
     raise CorpmergeError(
         f"base_model: '{excerpt(base_model)}' is a file, not a model; give a checkpoint folder (with config.json), a .gguf file or a Hub id (org/name)"
     )
+
+
+@functools.lru_cache(maxsize=8)
+def gguf_elements(path: str, size: int, mtime_ns: int) -> int:
+    """A GGUF file's header, metadata and tensor table read without its weights (cached per file version):
+    its number of weight elements, or a one-line refusal when a model cannot be built from it as it is.
+
+    transformers builds a GGUF's model from the config its metadata gives, filling what is missing with
+    the architecture's defaults (a 7B llama for a file that names only ``general.architecture``): a
+    config without all of ``GGUF_CONFIG_KEYS`` is refused, as is a file with no tensors or whose tensor
+    table points past its end. ``size`` and ``mtime_ns`` only key the cache.
+    """
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    from transformers.utils import logging as hf_logging
+
+    shown, level = excerpt(path, 120), hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its guesses for missing config keys: refused below in one line
+    try:
+        tensors = GGUFReader(path).tensors  # the data is memory-mapped, not read
+        config = load_gguf_checkpoint(path, return_tensors=False)["config"] if tensors else {}
+    except (*_LOAD_ERRORS, RuntimeError, TypeError) as exc:
+        log_traceback(f"reading the GGUF header of {path}", exc)
+        raise CorpmergeError(
+            f"base_model: cannot read the GGUF file '{shown}' ({excerpt(first_line(exc), 120)}); is it complete and a supported model?"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(level)
+    if not tensors:
+        raise CorpmergeError(f"base_model: cannot read the GGUF file '{shown}' (it holds no tensors); give a complete .gguf file or a checkpoint folder")
+    missing = [key for key in GGUF_CONFIG_KEYS if config.get(key) is None]
+    if missing:
+        raise CorpmergeError(
+            f"base_model: cannot read the GGUF file '{shown}' fully: its metadata does not give {', '.join(missing)}, so the model's "
+            "config would be guessed; give a GGUF written with complete metadata (e.g. by llama.cpp's convert script) or a checkpoint folder"
+        )
+    elements = sum(int(t.n_elements) for t in tensors)
+    check_memory(GGUF_CONVERSION_COPIES * 4 * elements, f"converting '{shown}' to a float32 checkpoint")
+    return elements
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable of /proc/meminfo); None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str) -> None:
+    """Refuse in one line, with both numbers, to build ``need`` bytes in host memory when less is available."""
+    free = available_memory()
+    if free is not None and need > free:
+        raise CorpmergeError(
+            f"base_model: {what} needs about {need / 1e9:.1f} GB of memory, but only {free / 1e9:.1f} GB are available; "
+            "use a machine with more memory or a smaller base"
+        )
 
 
 def _cache_root() -> Path:
@@ -133,6 +213,9 @@ def ensure_checkpoint(ref: BaseRef) -> BaseRef:
     target = _cache_root() / "gguf" / f"{gguf.stem}-{_gguf_key(gguf)}"
     if (target / "config.json").is_file():
         return BaseRef(str(target))
+    stat = gguf.stat()
+    elements = gguf_elements(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)
+    check_memory(GGUF_CONVERSION_COPIES * 4 * elements, f"converting '{excerpt(str(gguf), 120)}' to a float32 checkpoint")  # memory now
     log.info("converting %s to a float32 checkpoint (once; cached in %s)", gguf.name, target)
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.source, gguf_file=ref.gguf_file, dtype=torch.float32)
@@ -165,6 +248,9 @@ def load_base(ref: BaseRef, dtype: str = "float32", device: torch.device | str =
     kwargs: dict[str, Any] = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     if torch.device(device).type != "cpu":
         kwargs["device_map"] = {"": str(device)}
+    elif ref.gguf_file is None and dtype in TORCH_DTYPES:
+        elements = sum(p.numel() for p in model_skeleton(ref).parameters())
+        check_memory(elements * TORCH_DTYPES[dtype].itemsize, f"loading '{excerpt(ref.source, 120)}' in {dtype}")
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=TORCH_DTYPES.get(dtype, dtype), **kwargs, **model_args)
     except (*_LOAD_ERRORS, SafetensorError) as exc:
