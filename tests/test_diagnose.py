@@ -53,10 +53,10 @@ def test_rewards_weight_the_subspaces():
     assert not split_half(x, k=2, seed=1, rewards=rewards[rng.permutation(n)])["subspace_excess"].stable
 
 
-def test_bootstrap_bounds_the_mean_over_splits():
+def test_the_bound_is_of_the_mean_over_splits():
     # four elites, two along u and two along v (cos(u, v) < 0): the pairing {u,u}|{v,v} disagrees
-    # (cos −0.45), the two mixed pairings agree (cos ≈ 1). Every elite resample holds all four, so
-    # the mean over 20 splits is ≈ 0.5 in every replicate; a single split is −0.45 a third of the time
+    # (cos −0.45), the two mixed pairings agree (cos ≈ 1). The mean over 20 splits is ≈ 0.5, and the
+    # rotation null's draws are means over the same 20 splits; a single split is −0.45 a third of the time
     u = np.zeros(8)
     u[0] = 1.0
     v = -0.5 * u
