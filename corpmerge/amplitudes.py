@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from corpmerge.noise import NOISE_BATCH, fill_many
+from corpmerge import noise
 from corpmerge.population import Entry
 
 
@@ -47,30 +47,32 @@ class Amplitudes:
         nz = self.nonzero()
         return [{"seed": int(s), "amplitude": float(a)} for s, a in zip(nz.seeds, nz.values)]
 
-    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """Materialise Δ for one tensor in float32: Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order.
+    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = noise.DEFAULT_SCHEME) -> torch.Tensor:
+        """Materialise Δ for one tensor in float32 on the CPU: Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order
+        (with the scheme's arithmetic: ``noise.Scheme.accumulate``).
 
-        Noise for several seeds is drawn in one parallel batch (``scratch`` is reused for it
-        when large enough); the result is a new tensor.
+        Noise for several seeds is drawn in one batch (``scratch`` is reused for it when large
+        enough); the result is a new tensor.
         """
         nz = self.nonzero()
         numel = math.prod(shape)
         if nz.seeds.size == 0:
             return torch.zeros(shape, dtype=torch.float32)
-        per_batch = max(1, min(nz.seeds.size, NOISE_BATCH // max(1, numel)))
+        per_batch = max(1, min(nz.seeds.size, noise.NOISE_BATCH // max(1, numel)))
         if scratch is None or scratch.numel() < per_batch * numel:
             scratch = torch.empty(per_batch * numel, dtype=torch.float32)
+        accumulate = noise.scheme(scheme).accumulate
         acc: torch.Tensor | None = None
         pairs = list(zip(nz.seeds.tolist(), nz.values.tolist()))
         for start in range(0, len(pairs), per_batch):
             batch = pairs[start : start + per_batch]
-            noises = [scratch[k * numel : (k + 1) * numel] for k in range(len(batch))]
-            fill_many([(noise.numpy(), int(seed), name) for noise, (seed, _) in zip(noises, batch)])
-            for noise, (_, amp) in zip(noises, batch):
+            eps = [scratch[k * numel : (k + 1) * numel] for k in range(len(batch))]
+            noise.fill_many([(e, int(seed), name, 0) for e, (seed, _) in zip(eps, batch)], scheme)
+            for e, (_, amp) in zip(eps, batch):
                 if acc is None:
-                    acc = torch.mul(noise, amp)
+                    acc = torch.mul(e, amp)
                 else:
-                    acc.add_(noise, alpha=amp)
+                    accumulate(acc, e, amp)
         return acc.view(shape)
 
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.noise import SCHEME
+from corpmerge.noise import DEFAULT_SCHEME, SCHEMES
 from corpmerge.population import MAX_SEED, Entry, sample_population
 from corpmerge.sizes import parse_size
 
@@ -264,7 +264,7 @@ class Recipe(_Strict):
 
     base_model: str
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    noise: str = SCHEME
+    noise: str = Field(DEFAULT_SCHEME, description=f"noise scheme: {' or '.join(SCHEMES)} (the default; corpmerge ≤ 0.3 wrote {SCHEMES[1]})")
     perturb: PerturbSpec = Field(default_factory=PerturbSpec)
     population: Population
     merge_method: str = "corp"
@@ -276,6 +276,13 @@ class Recipe(_Strict):
     output: OutputSpec = Field(default_factory=OutputSpec)
 
     _base_path = field_validator("base_model")(_path_field)
+
+    @field_validator("noise")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value not in SCHEMES:
+            raise ValueError(f"'{value}' is not a noise scheme this corpmerge implements; use {' or '.join(SCHEMES)}")
+        return value
 
     @field_validator("population")
     @classmethod

@@ -35,3 +35,13 @@ def parse_size(value: int | str) -> int:
     if size <= 0:
         raise ValueError(f"'{value}' is not a positive size")
     return size
+
+
+def human_bytes(size: int) -> str:
+    """``size`` in binary units, e.g. 14.2 GiB."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -22,6 +22,7 @@ from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring import session as session_module
 from corpmerge.scoring.distributed import World
+from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import open_session
 from corpmerge.scoring.shipped import shipped_check
 
@@ -142,14 +143,19 @@ def test_the_writer_never_reads_the_scorers_state(bf16_run, tmp_path):
     assert before == (folder / "out" / "model.safetensors").read_bytes()
 
 
-def test_theta0_stays_on_the_host_whatever_the_scoring_device(tmp_path, tiny_model, tiny_task, monkeypatch):
+def test_theta0_goes_to_the_scoring_device_in_its_stored_precision(tmp_path, tiny_model, tiny_task, monkeypatch):
     monkeypatch.setattr(session_module, "current_world", lambda: World(0, 1, torch.device("meta"), lambda: None))
     session = open_session(parse_recipe(bf16_recipe(tiny_model, tiny_task, tmp_path / "out")))
     try:
         assert {p.device.type for p in session.model.parameters()} == {"meta"}
         assert {p.dtype for p in session.model.parameters()} == {torch.bfloat16}  # one copy, 2 bytes per parameter
-        assert {t.device.type for t in session.scorer.theta0.values()} == {"cpu"}
+        assert session.theta0.where == "device" and {t.device.type for t in session.scorer.theta0.values()} == {"meta"}
         assert {t.dtype for t in session.scorer.theta0.values()} == {torch.float32}  # the checkpoint's own precision
+        assert {t.device.type for t in (session.scorer.scratch, session.scorer.noise_buffer)} == {"meta"}
+        update = entry_update(Entry(3, 0.01))
+        values = dict(session.scorer._values(update))  # θ₀ + Δ formed where the model is, in the scoring dtype
+        assert values.keys() == session.scorer.theta0.keys()
+        assert {(v.device.type, v.dtype) for v in values.values()} == {("meta", torch.bfloat16)}
         assert session.store.path.exists()
     finally:
         session.close()

@@ -26,7 +26,7 @@ ALLOWED = {
 def _stage(path: Path) -> str:
     rel = path.relative_to(ROOT).parts
     if len(rel) > 1:
-        return rel[0]
+        return "foundation" if rel[0] in FOUNDATION else rel[0]
     return "foundation" if path.stem in FOUNDATION else path.stem
 
 
@@ -35,6 +35,8 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("corpmerge."):
             found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "corpmerge":
+            found |= {a.name for a in node.names if a.name != "__version__"}
         elif isinstance(node, ast.Import):
             found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("corpmerge.")}
     return found
@@ -46,7 +48,7 @@ def test_every_stage_imports_only_lower_stages():
         stage = _stage(path)
         if stage not in ALLOWED:
             continue  # the top of the pipeline (merge, pipeline, cli, __main__) may import anything
-        own = {path.stem} if stage == "foundation" else {stage}
+        own = {path.relative_to(ROOT).parts[0].removesuffix(".py")} if stage == "foundation" else {stage}
         for target in _imports(path) - own:
             target_stage = "foundation" if target in FOUNDATION else target
             if target_stage != stage and target not in ALLOWED[stage]:

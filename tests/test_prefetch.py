@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from conftest import scoring_recipe
 
+from corpmerge.noise import DEFAULT_SCHEME, LEGACY_SCHEME
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.scorer import entry_update
@@ -59,5 +60,6 @@ def test_no_prefetch_by_default_when_scoring_on_the_cpu(tmp_path, tiny_model, ti
 
 
 def test_the_default_is_on_for_an_accelerator_and_off_for_the_cpu_and_a_setting_wins():
-    assert use_prefetch(None, "cuda") and not use_prefetch(None, "cpu")
-    assert use_prefetch(True, "cpu") and not use_prefetch(False, "cuda")
+    assert use_prefetch(None, "cuda", LEGACY_SCHEME) and not use_prefetch(None, "cpu", LEGACY_SCHEME)
+    assert not use_prefetch(None, "cuda", DEFAULT_SCHEME)  # the portable scheme draws on the device itself
+    assert use_prefetch(True, "cpu", DEFAULT_SCHEME) and not use_prefetch(False, "cuda", LEGACY_SCHEME)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.errors import CorpmergeError
+from corpmerge.noise import DEFAULT_SCHEME
 from corpmerge.methods.weights import effective_size
 from corpmerge.recipe import excerpt
 
@@ -33,7 +34,7 @@ class TensorDelta(Protocol):
 
     key: str
 
-    def __call__(self, name: str, shape: torch.Size) -> torch.Tensor: ...
+    def __call__(self, name: str, shape: torch.Size, scheme: str) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,11 @@ class MergeResult:
             return None
         return self.tensor_delta.key, self.tensor_delta, self.multiplier
 
-    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """Materialise Δ for one tensor (float32)."""
+    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = DEFAULT_SCHEME) -> torch.Tensor:
+        """Materialise Δ for one tensor (float32) with noise ``scheme``."""
         if self.amplitudes is not None:
-            return self.final_amplitudes().delta(name, shape, scratch)
-        out = self.tensor_delta(name, shape)
+            return self.final_amplitudes().delta(name, shape, scratch, scheme)
+        out = self.tensor_delta(name, shape, scheme)
         return out if self.multiplier == 1.0 else out * self.multiplier
 
 

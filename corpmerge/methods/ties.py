@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from corpmerge import noise
 from corpmerge.amplitudes import Cloud
 from corpmerge.methods.registry import DEFAULT_ALPHA, DEFAULT_QUANTILE, MergeResult, MethodParams, merge_method
 from corpmerge.methods.weights import elite_indices
-from corpmerge.noise import fill_gaussian
 
 _CHUNK_BUDGET = 1 << 26  # float32 elements held at once across all elites (256 MiB)
 
@@ -86,49 +86,51 @@ class TiesDelta:
     def rows(self) -> int:
         return self.indptr.size - 1
 
-    def _perturbation(self, row: int, name: str, numel: int, offset: int) -> torch.Tensor:
+    def _perturbation(self, row: int, name: str, numel: int, offset: int, scheme: str) -> torch.Tensor:
+        """Row ``row``'s perturbation Σₖ aₖ·ε(sₖ) on [offset, offset + numel) (0 + a₁ε₁ + …, the scheme's arithmetic)."""
         out = torch.zeros(numel, dtype=torch.float32)
-        noise = torch.empty(numel, dtype=torch.float32)
+        eps = torch.empty(numel, dtype=torch.float32)
+        accumulate = noise.scheme(scheme).accumulate
         for k in range(self.indptr[row], self.indptr[row + 1]):
-            fill_gaussian(noise.numpy(), int(self.seeds[self.columns[k]]), name, offset)
-            out.add_(noise, alpha=float(self.values[k]))
+            noise.fill(eps, int(self.seeds[self.columns[k]]), name, offset, scheme)
+            accumulate(out, eps, float(self.values[k]))
         return out
 
-    def _trimmed(self, row: int, name: str, numel: int, offset: int, threshold: float) -> torch.Tensor:
-        out = self._perturbation(row, name, numel, offset)
+    def _trimmed(self, row: int, name: str, numel: int, offset: int, threshold: float, scheme: str) -> torch.Tensor:
+        out = self._perturbation(row, name, numel, offset, scheme)
         out[out.abs() < threshold] = 0
         return out
 
-    def __call__(self, name: str, shape: torch.Size) -> torch.Tensor:
+    def __call__(self, name: str, shape: torch.Size, scheme: str) -> torch.Tensor:
         numel, rows = math.prod(shape), range(self.rows)
         chunk = max(1 << 16, _CHUNK_BUDGET // max(1, len(rows)))
         if numel <= chunk and numel * len(rows) <= max(_CHUNK_BUDGET, numel):
-            stacked = torch.stack([self._perturbation(r, name, numel, 0) for r in rows])
+            stacked = torch.stack([self._perturbation(r, name, numel, 0, scheme) for r in rows])
             for row in stacked:
                 row[row.abs() < trim_threshold(row, self.density)] = 0
             return ties_combine(stacked).view(shape)
-        thresholds = [trim_threshold(self._perturbation(r, name, numel, 0), self.density) for r in rows]
+        thresholds = [trim_threshold(self._perturbation(r, name, numel, 0, scheme), self.density) for r in rows]
         out = torch.empty(numel, dtype=torch.float32)
         stack = chunk * len(rows) <= _CHUNK_BUDGET
         for lo in range(0, numel, chunk):
             n = min(chunk, numel - lo)
             if stack:
-                stacked = torch.stack([self._perturbation(r, name, n, lo) for r in rows])
+                stacked = torch.stack([self._perturbation(r, name, n, lo, scheme) for r in rows])
                 stacked[stacked.abs() < torch.tensor(thresholds).unsqueeze(1)] = 0
                 out[lo : lo + n] = ties_combine(stacked)
             else:
-                out[lo : lo + n] = self._combine_rowwise(name, n, lo, thresholds)
+                out[lo : lo + n] = self._combine_rowwise(name, n, lo, thresholds, scheme)
         return out.view(shape)
 
-    def _combine_rowwise(self, name: str, n: int, offset: int, thresholds: list[float]) -> torch.Tensor:
+    def _combine_rowwise(self, name: str, n: int, offset: int, thresholds: list[float], scheme: str) -> torch.Tensor:
         """``ties_combine`` of the trimmed rows of one chunk, one row at a time (two passes over the rows)."""
         mass = torch.zeros(n, dtype=torch.float32)
         for r, threshold in enumerate(thresholds):
-            mass += self._trimmed(r, name, n, offset, threshold)
+            mass += self._trimmed(r, name, n, offset, threshold, scheme)
         elected = torch.sign(mass)
         total, count = torch.zeros(n, dtype=torch.float32), torch.zeros(n, dtype=torch.float32)
         for r, threshold in enumerate(thresholds):
-            trimmed = self._trimmed(r, name, n, offset, threshold)
+            trimmed = self._trimmed(r, name, n, offset, threshold, scheme)
             agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
             total += torch.where(agree, trimmed, torch.zeros_like(trimmed))
             count += agree

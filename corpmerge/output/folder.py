@@ -17,7 +17,7 @@ from corpmerge.amplitudes import Amplitudes
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult
 from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
-from corpmerge.noise import NOISE_BATCH, SCHEME
+from corpmerge.noise import NOISE_BATCH
 from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
@@ -56,7 +56,7 @@ def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult |
     """
     resolved = recipe.dump()
     resolved["population"] = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
-    head = {"corpmerge_version": __version__, "noise": SCHEME, "recipe": resolved}
+    head = {"corpmerge_version": __version__, "noise": recipe.noise, "recipe": resolved}
     if result is None:
         return {**head, "merge": None, "population_summary": population_summary(entries), "lineage": None}
     amplitudes = result.final_amplitudes()
@@ -124,7 +124,7 @@ def write_output(
     scratch = torch.empty(max(largest, NOISE_BATCH), dtype=torch.float32)
 
     def delta(name: str, shape: torch.Size) -> torch.Tensor:
-        return result.delta(name, shape, scratch)
+        return result.delta(name, shape, scratch, recipe.noise)
 
     with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(names)) as advance:
         files = write_weights(tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance())

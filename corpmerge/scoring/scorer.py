@@ -3,8 +3,10 @@
 Each evaluation hands the backend θ₀ + Δ for every perturbed tensor: Δ in float32, added to
 θ₀ in float32 and rounded once to the scoring dtype — exactly the writer's arithmetic, so when
 the scoring dtype is the output dtype the scored tensors are the written tensors, bit for bit.
-θ₀ is the checkpoint's own tensors, kept on the host in their stored precision (pinned when the
-model is on an accelerator); restoring θ₀ hands them back (bit-exact; subtracting noise drifts).
+All of it happens on the scoring device: θ₀ is the checkpoint's own tensors in their stored
+precision, kept there when it fits (``theta0.place``); the noise is drawn there when the scheme
+draws on any device (``philox4x32-10-icdf-v1``), else on the host and copied. Restoring θ₀
+hands θ₀ back (bit-exact; subtracting noise drifts).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 import torch
 
+from corpmerge import noise
 from corpmerge.amplitudes import Amplitudes
-from corpmerge.noise import NOISE_BATCH, fill_many
 from corpmerge.population import Entry
 from corpmerge.scoring.backends import Backend
 from corpmerge.scoring.folds import Docs
@@ -31,7 +33,7 @@ Values = Iterator[tuple[str, torch.Tensor]]
 
 
 class Update(Protocol):
-    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None) -> torch.Tensor: ...
+    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = noise.DEFAULT_SCHEME) -> torch.Tensor: ...
 
 
 def entry_update(entry: Entry) -> Amplitudes:
@@ -40,7 +42,7 @@ def entry_update(entry: Entry) -> Amplitudes:
 
 
 def base_fingerprint(theta0: dict[str, torch.Tensor]) -> str:
-    """Hash of the perturbed tensors' names, shapes, stored dtypes and bytes."""
+    """Hash of the perturbed tensors' names, shapes, stored dtypes and bytes (host tensors)."""
     digest = hashlib.blake2b(digest_size=12)
     for name, tensor in theta0.items():
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
@@ -48,10 +50,10 @@ def base_fingerprint(theta0: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def host_copy(tensors: dict[str, torch.Tensor], device_type: str) -> dict[str, torch.Tensor]:
-    """θ₀ on the host whatever the scoring device; pinned for CUDA, so copies to the device are fast."""
-    pin = device_type == "cuda" and torch.cuda.is_available()
-    return {name: (t.to("cpu").pin_memory() if pin else t.to("cpu")) for name, t in tensors.items()}
+def scratch_bytes(theta0: dict[str, torch.Tensor]) -> int:
+    """Device bytes a scorer needs beside θ₀: a float32 scratch of the largest tensor and a noise batch."""
+    numels = [t.numel() for t in theta0.values()]
+    return 4 * (max(numels) + max(max(numels), min(sum(numels), noise.NOISE_BATCH)))
 
 
 class Scorer:
@@ -68,16 +70,28 @@ class Scorer:
 
     Restoring θ₀ is lazy: the next update overwrites every perturbed tensor anyway, so θ₀ is
     handed back only before the base itself is evaluated (or on ``restore()``).
+
+    Every buffer (scratch, noise, cache, kept Δ) lives on the backend's device; ``memory_budget`` is
+    counted there. θ₀ may be on the device or on the host (copied tensor by tensor when used).
     """
 
-    def __init__(self, backend: Backend, theta0: dict[str, torch.Tensor], suite: TaskSuite, memory_budget: int = 0, prefetch: bool = False):
+    def __init__(
+        self,
+        backend: Backend,
+        theta0: dict[str, torch.Tensor],
+        suite: TaskSuite,
+        memory_budget: int = 0,
+        prefetch: bool = False,
+        scheme: str = noise.DEFAULT_SCHEME,
+    ):
         self.backend, self.suite, self.theta0 = backend, suite, theta0
-        self.dtype = backend.dtype
+        self.dtype, self.device = backend.dtype, torch.device(backend.device)
+        self.scheme, self.noise = scheme, noise.scheme(scheme)
         numels = [t.numel() for t in theta0.values()]
-        self.scratch = torch.empty(max(numels), dtype=torch.float32)
-        self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), NOISE_BATCH)))
+        self.scratch = torch.empty(max(numels), dtype=torch.float32, device=self.device)
+        self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), noise.NOISE_BATCH)), device=self.device)
         self.model_bytes = 4 * sum(numels)
-        self.prefetch = Prefetch(theta0) if prefetch and memory_budget >= 2 * self.model_bytes else None
+        self.prefetch = Prefetch(theta0, scheme) if prefetch and memory_budget >= 2 * self.model_bytes else None
         slots = 2 if self.prefetch is not None else 1
         self.noise_cache = NoiseCache(max(0, memory_budget - slots * self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
@@ -92,9 +106,13 @@ class Scorer:
         return list(self.theta0)
 
     def value(self, name: str, delta: torch.Tensor) -> torch.Tensor:
-        """θ₀ + Δ for one tensor: a float32 sum, rounded once to the scoring dtype (the writer's arithmetic)."""
-        theta = self.theta0[name]
-        return torch.add(theta.to(torch.float32), delta.view(theta.shape)).to(self.dtype)
+        """θ₀ + Δ for one tensor on the scoring device: a float32 sum, rounded once to the scoring dtype (the writer's arithmetic)."""
+        theta = self._theta(name)
+        return torch.add(theta.to(torch.float32), delta.to(self.device).view(theta.shape)).to(self.dtype)
+
+    def _theta(self, name: str) -> torch.Tensor:
+        """θ₀ of one tensor on the scoring device (a copy when θ₀ is kept on the host)."""
+        return self.theta0[name].to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def apply(self, update: Update) -> None:
@@ -122,13 +140,13 @@ class Scorer:
             yield from self._streamed(*streamed)
             return
         for name, theta in self.theta0.items():
-            yield name, self.value(name, update.delta(name, theta.shape, self.scratch))
+            yield name, self.value(name, update.delta(name, theta.shape, scheme=self.scheme))
 
     def _streamed(self, key: str, unscaled: Callable[[str, torch.Size], torch.Tensor], multiplier: float) -> Values:
         """θ₀ + Δ₁·m, with Δ₁ computed once per key and kept."""
         if self._unscaled is None or self._unscaled[0] != key:
             self._last = self._unscaled = None  # one model-sized slot
-            self._unscaled = (key, {name: unscaled(name, theta.shape) for name, theta in self.theta0.items()})
+            self._unscaled = (key, {name: unscaled(name, theta.shape, self.scheme).to(self.device) for name, theta in self.theta0.items()})
         for name in self.theta0:
             base = self._unscaled[1][name]
             yield name, self.value(name, base if multiplier == 1.0 else base * multiplier)
@@ -138,8 +156,8 @@ class Scorer:
         factor = self._power_of_two_multiple(nz)
         if factor is not None:
             for name, last in self._last[1].items():
-                theta = self.theta0[name]
-                yield name, torch.add(theta.to(torch.float32), last, alpha=factor).to(self.dtype)
+                # a 2ᵏ product is exact, so the fused add rounds once, like θ₀ + 2ᵏ·Δ on any device
+                yield name, torch.add(self._theta(name).to(torch.float32), last, alpha=factor).to(self.dtype)
             return
         kept: dict[str, torch.Tensor] = {}
         if self._keep_last and nz.seeds.size > 1:
@@ -170,15 +188,15 @@ class Scorer:
             noises = [self.noise_cache.get(seed, name) for seed, _ in batch]
             draw = [(k, seed) for k, ((seed, _), noise) in enumerate(zip(batch, noises)) if noise is None]
             views = [self.noise_buffer[j * numel : (j + 1) * numel] for j in range(len(draw))]
-            fill_many([(view.numpy(), seed, name) for view, (_, seed) in zip(views, draw)])
+            noise.fill_many([(view, seed, name, 0) for view, (_, seed) in zip(views, draw)], self.scheme)
             for view, (k, seed) in zip(views, draw):
                 kept = self.noise_cache.put(seed, name, view)
                 noises[k] = view if kept is None else kept
-            for noise, (_, amp) in zip(noises, batch):
+            for eps, (_, amp) in zip(noises, batch):
                 if acc is None:
-                    acc = torch.mul(noise, amp)
+                    acc = torch.mul(eps, amp)
                 else:
-                    acc.add_(noise, alpha=amp)
+                    self.noise.accumulate(acc, eps, amp)
         return acc
 
     def _single_seed(self, seed: int, amplitude: float) -> Values:
@@ -196,7 +214,7 @@ class Scorer:
                     size = self.theta0[gname].numel()
                     views.append((self.noise_buffer[offset : offset + size], gname))
                     offset += size
-                fill_many([(view.numpy(), seed, gname) for view, gname in views])
+                noise.fill_many([(view, seed, gname, 0) for view, gname in views], self.scheme)
                 for view, gname in views:
                     yield gname, self.value(gname, torch.mul(view, amplitude, out=self.scratch[: view.numel()]))
                 group, used = [], 0
@@ -216,7 +234,7 @@ class Scorer:
     @torch.no_grad()
     def restore(self) -> None:
         """Back to θ₀, bit-exactly (θ₀ rounded once to the scoring dtype, as the writer writes an unperturbed tensor)."""
-        self.backend.load((name, theta.to(self.dtype)) for name, theta in self.theta0.items())
+        self.backend.load((name, self._theta(name).to(self.dtype)) for name in self.theta0)
         self._at_base = True
 
     def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None, then: Update | None = None) -> Scores:
@@ -250,11 +268,12 @@ class Prefetch:
     """The next entry's Δ = a·ε(seed), drawn on a background thread into one model-sized float32 slot.
 
     Same arithmetic as the scorer's own path (ε drawn by ``fill_many``, then ε·a), so the same bits;
-    the noise generator releases the GIL, so the draw overlaps an evaluation that waits on a device.
+    the noise generators release the GIL, so the draw overlaps an evaluation that waits on a device.
+    The slot is on the host: worth it when the scheme draws there (``sfc64-zig-b64k-v1``).
     """
 
-    def __init__(self, theta0: dict[str, torch.Tensor]):
-        self.shapes = {name: t.shape for name, t in theta0.items()}
+    def __init__(self, theta0: dict[str, torch.Tensor], scheme: str):
+        self.shapes, self.scheme = {name: t.shape for name, t in theta0.items()}, scheme
         self._buffer: torch.Tensor | None = None
         self._thread: threading.Thread | None = None
         self._key: tuple[int, float] | None = None
@@ -271,7 +290,7 @@ class Prefetch:
     def _draw(self, seed: int, amplitude: float) -> None:
         try:
             views = self.views()
-            fill_many([(view.view(-1).numpy(), seed, name) for name, view in views.items()])
+            noise.fill_many([(view.view(-1), seed, name, 0) for name, view in views.items()], self.scheme)
             for view in views.values():
                 view.mul_(amplitude)
         except BaseException as exc:  # handed to the caller by take()
@@ -321,15 +340,15 @@ class NoiseCache:
     def has_seed(self, seed: int) -> bool:
         return seed in self._seeds
 
-    def put(self, seed: int, name: str, noise: torch.Tensor) -> torch.Tensor | None:
+    def put(self, seed: int, name: str, eps: torch.Tensor) -> torch.Tensor | None:
         """Keep a copy when this noise was asked for before and it fits; returns the kept tensor or None."""
-        key, size = (seed, name), 4 * noise.numel()
+        key, size = (seed, name), 4 * eps.numel()
         if self.used + size > self.budget:
             return None  # a full cache tracks nothing: it never admits again
         if key not in self._seen:
             self._seen.add(key)
             return None
-        kept = noise.clone()
+        kept = eps.clone()
         self._store[key] = kept
         self._seeds.add(seed)
         self.used += size

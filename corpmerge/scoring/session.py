@@ -23,7 +23,7 @@ from corpmerge.model_io import (
     perturbed_names,
     resolve_base,
 )
-from corpmerge.noise import SCHEME
+from corpmerge.noise import check_scheme, scheme
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
 from corpmerge.scoring.backends import Backend, make_backend
@@ -32,8 +32,9 @@ from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
-from corpmerge.scoring.scorer import Scorer, base_fingerprint, host_copy
+from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
 from corpmerge.scoring.store import Scores, ScoreStore
+from corpmerge.scoring.theta0 import Theta0, free_device_bytes, place
 from corpmerge.sizes import parse_size
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Session:
     store: ScoreStore | None
     scorer: Scorer
     world: World
+    theta0: Theta0
     evaluator: Evaluator | None = None
     _evaluate_suite: TaskSuite | None = field(default=None, repr=False)
 
@@ -87,6 +89,7 @@ class Session:
             self.store.close()
         self.scorer.release()
         self.backend.close()
+        self.theta0.close()
 
 
 def check_code_isolation(recipe: Recipe) -> None:
@@ -112,11 +115,14 @@ def suite_counts(suite: TaskSuite) -> dict[str, int]:
     return {name: suite.doc_count(name) for name in suite.tasks}
 
 
-def memory_budget(setting: int | str | None, model_bytes: int, processes_on_host: int = 1) -> int:
-    """Bytes for materialised updates: the recipe's ``scoring.memory_budget``, else
-    min(8 × model, ½ free RAM ÷ the processes sharing this host)."""
+def memory_budget(setting: int | str | None, model_bytes: int, processes_on_host: int = 1, device_free: int | None = None) -> int:
+    """Bytes for materialised updates on the scoring device: the recipe's ``scoring.memory_budget``, else
+    min(8 × model, ½ of what is free there): the accelerator's free memory (``device_free``), or
+    the host's free RAM ÷ the processes sharing this host."""
     if setting is not None:
         return parse_size(setting)
+    if device_free is not None:
+        return int(min(8 * model_bytes, device_free // 2))
     try:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -134,9 +140,10 @@ def store_path(recipe: Recipe) -> Path:
     return Path(recipe.scoring.store) if recipe.scoring.store else recipe.output.work_path / "scores.sqlite"
 
 
-def use_prefetch(setting: bool | None, device_type: str) -> bool:
-    """``scoring.prefetch``, or by default: on unless the scoring device is the CPU (where the draw and the evaluation share its cores)."""
-    return setting if setting is not None else device_type != "cpu"
+def use_prefetch(setting: bool | None, device_type: str, noise_scheme: str) -> bool:
+    """``scoring.prefetch``, or by default: on when the noise is drawn on the host for an accelerator (the legacy scheme);
+    off on the CPU (where the draw and the evaluation share its cores) and when the scheme draws on the device."""
+    return setting if setting is not None else device_type != "cpu" and not scheme(noise_scheme).on_device
 
 
 def open_session(recipe: Recipe, world: World | None = None) -> Session:
@@ -172,7 +179,7 @@ def _open(recipe: Recipe, world: World) -> Session:
     if tokenizer is None:
         raise CorpmergeError(f"base_model: '{recipe.base_model}' has no tokenizer, which scoring needs")
     names = perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb)
-    theta0 = host_copy(read_tensors(Checkpoint(folder), names), world.device.type)
+    host = read_tensors(Checkpoint(folder), names)
     spec = recipe.scoring
     log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, world.device)
     backend = make_backend(
@@ -187,10 +194,10 @@ def _open(recipe: Recipe, world: World) -> Session:
     suite = TaskSuite(spec)
     folds = assign_folds(suite_counts(suite), spec.support)
     identity = {
-        "base": base_fingerprint(theta0),
+        "base": base_fingerprint(host),
         "tasks": suite.fingerprint(),
         "folds": fold_fingerprint(folds),
-        "noise": SCHEME,
+        "noise": recipe.noise,
         "perturb": hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest(),
         "scoring": f"{backend.kind} backend, {recipe.scoring_dtype} on {backend.device_type}",
     }
@@ -207,10 +214,14 @@ def _open(recipe: Recipe, world: World) -> Session:
         count(folds["C"]),
         store.path if store is not None else f"on rank 0 (this is rank {world.rank})",
     )
-    model_bytes = 4 * sum(t.numel() for t in theta0.values())
-    budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world))
-    scorer = Scorer(backend, theta0, suite, budget, prefetch=use_prefetch(spec.prefetch, backend.device_type))
-    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world)
+    check_scheme(recipe.noise, backend.device.type)  # the scoring device draws the reference bits, or the run stops here
+    theta0 = place(host, backend.device, reserve=scratch_bytes(host))
+    log.info("θ₀ on the %s; noise %s drawn on the %s", theta0.where, recipe.noise, backend.device if scheme(recipe.noise).on_device else "host")
+    model_bytes = 4 * sum(t.numel() for t in host.values())
+    budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world), free_device_bytes(backend.device))
+    prefetch = use_prefetch(spec.prefetch, backend.device_type, recipe.noise)
+    scorer = Scorer(backend, theta0.tensors, suite, budget, prefetch=prefetch, scheme=recipe.noise)
+    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world, theta0)
     if world.is_main:
         session.evaluator = (
             LocalEvaluator(scorer, store, session.suites)

@@ -104,9 +104,10 @@ class ScoreStore:
                     )
                 if key in stored and stored[key] != value:
                     label = IDENTITY_LABELS.get(key, key)
+                    resume = f"add `noise: {stored[key]}` to the recipe to resume it, or " if key == "noise" else ""
                     raise CorpmergeError(
                         f"{self.path}: this score store was made for a different {label} ({stored[key]} ≠ {value}); "
-                        "set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
+                        f"{resume}set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
                     )
             rows = [(k, v) for k, v in identity.items() if k not in stored]
             rows += [("created", str(time.time())), ("corpmerge_version", __version__)] if not stored else []

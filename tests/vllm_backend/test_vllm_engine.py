@@ -85,3 +85,28 @@ def test_folder_lm_runs_the_written_folder_on_a_fresh_engine(vllm_model, tmp_pat
         assert backend.lm.generate_until(GREEDY) == base  # the scoring engine is back, at θ₀
     finally:
         backend.close()
+
+
+def test_at_most_one_engine_is_alive_during_the_shipped_check(vllm_model, tmp_path):
+    """On a GPU two engines do not fit (each takes gpu_memory_utilization of it): the scoring engine must be
+    freed, not merely shut down, before the written folder's engine starts, and that one freed before the scoring
+    engine starts again, even while the caller still holds the folder's LM."""
+    import gc
+    import shutil
+    import weakref
+
+    folder = tmp_path / "written"
+    shutil.copytree(vllm_model, folder)
+    backend = open_backend(vllm_model, **ENGINE_ARGS)
+    scoring = weakref.ref(backend.engine)
+    try:
+        with backend.folder_lm(folder) as lm:
+            gc.collect()
+            assert scoring() is None
+            checking = weakref.ref(lm.engine)
+            text = lm.generate_until(GREEDY)
+        gc.collect()
+        assert checking() is None and lm.engine is None
+        assert backend.lm.generate_until(GREEDY) == text  # the same weights, on the scoring engine started again
+    finally:
+        backend.close()

@@ -1,7 +1,7 @@
 """The seam between "what Δ is" (the scorer) and "how a model with these weights is evaluated" (a backend).
 
-The scorer computes θ₀ + Δ per Hugging Face parameter name on the host (Δ in float32, one
-rounding to the scoring dtype) and hands the tensors to a backend; restore hands θ₀ back. A
+The scorer computes θ₀ + Δ per Hugging Face parameter name on the backend's device (Δ in float32,
+one rounding to the scoring dtype) and hands the tensors to the backend; restore hands θ₀ back. A
 backend owns the model's layout (an HF module in place, a vLLM engine with fused, sharded or
 pre-packed weights) and the lm-eval LM that evaluates it.
 """
@@ -24,11 +24,12 @@ class Backend(Protocol):
     """A model that scores with lm-eval and whose perturbed parameters can be set by HF name."""
 
     kind: str  # part of the store identity: stores of different backends are never mixed
+    device: torch.device  # where the model lives; the scorer forms θ₀ + Δ there
     device_type: str  # "cpu", "cuda", …: part of the store identity
     dtype: torch.dtype  # the scoring dtype; every tensor given to ``load`` has it
 
     def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Set these HF-named parameters to exactly these values (host tensors in ``dtype``; read, not kept);
+        """Set these HF-named parameters to exactly these values (tensors in ``dtype``, on ``device`` or the host; read, not kept);
         all others stay as they are; every cache that depends on the weights is dropped. The iterator is lazy."""
 
     @property

