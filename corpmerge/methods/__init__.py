@@ -3,7 +3,7 @@
 May import: amplitudes, noise, population, errors (never scoring: a method sees rewards, not models).
 """
 
-from corpmerge.methods import best, corp, reward_avg, ties, topk_subspace  # noqa: F401  (registration)
+from corpmerge.methods import best, corp, es, reward_avg, ties, topk_subspace  # noqa: F401  (registration)
 from corpmerge.methods.registry import MergeMethod, MergeResult, MethodParams, get_method, merge_method, method_names
 
 __all__ = ["MergeMethod", "MergeResult", "MethodParams", "get_method", "merge_method", "method_names"]
