@@ -20,7 +20,7 @@ from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.plan import Checked, check_recipe
-from corpmerge.population import Entry
+from corpmerge.population import Entry, mirror_groups
 from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
 from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.report.heldout import accuracy, evaluate_held_out
@@ -29,7 +29,7 @@ from corpmerge.scoring.coordinator import agree
 from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.folds import count
-from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing
+from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing, together
 from corpmerge.scoring.scorer import as_docs, entry_update, in_order
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
@@ -63,14 +63,16 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
 
     Racing (``scoring.racing``, see ``corpmerge.scoring.racing``) scores the unrewarded entries on
     growing slices of fold A and stops those that, with the stated confidence, cannot be among the
-    ``keep`` best; with racing off every entry is scored on the whole fold. Each stage is one batch
-    of evaluations, spread over every process under a launcher.
+    ``keep`` best; a mirrored pair (s, ±σ) is kept or stopped together, so both members are scored on
+    the same examples. With racing off every entry is scored on the whole fold. Each stage is one
+    batch of evaluations, spread over every process under a launcher.
     """
     spec = session.recipe.scoring.racing
     docs = session.folds["A"]
     order = race_order(docs, session.recipe.scoring.support.split_seed)
     n = len(order)
     todo = [i for i, e in enumerate(entries) if e.reward is None]
+    groups = mirror_groups(entries)
     base = in_order(session.scores(Request("base", "A", docs)), order, "value") if todo else None
     sizes = stage_sizes(n, spec)
     alive, standings, stopped_at = list(todo), {}, {}
@@ -84,7 +86,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
         for i, row in zip(alive, values):
             standings[i] = standing(row, base, spec.z)
         if m < n and alive:
-            cut = race_cut(values, n, spec.z, keep, [standings[i] for i in alive])
+            cut = together(race_cut(values, n, spec.z, keep, [standings[i] for i in alive]), [groups[i] for i in alive])
             stopped_at.update({i: m for i, stop in zip(alive, cut) if stop})
             alive = [i for i, stop in zip(alive, cut) if not stop]
             log.info("racing stage %d: %d of %d examples; %d entries continue, %d stopped", stage, m, n, len(alive), len(stopped_at))

@@ -7,13 +7,14 @@ list or mapping but the population (``MAX_ITEMS``); messages quote at most a sho
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.noise import DEFAULT_SCHEME, SCHEMES
@@ -64,16 +65,33 @@ class EntrySpec(_Strict):
     """An explicit population entry."""
 
     seed: int = Field(ge=0, le=MAX_SEED, description="noise seed")
-    sigma: float = Field(gt=0, allow_inf_nan=False, description="noise scale σ (> 0)")
+    sigma: float = Field(allow_inf_nan=False, description="noise scale σ (> 0; −σ only as the mirror of a listed (seed, σ) entry)")
     reward: float | None = Field(default=None, allow_inf_nan=False, description="support reward, if already known")
+
+    @field_validator("sigma")
+    @classmethod
+    def _nonzero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("Input should be greater than 0 (or −σ for the mirror of a listed {seed, sigma: σ} entry)")
+        return value
 
 
 class SampledPopulation(_Strict):
-    """A population that corpmerge samples: unique seeds, σ drawn uniformly from ``sigmas``."""
+    """A population that corpmerge samples: unique seeds, σ drawn uniformly from ``sigmas``; ``antithetic``: size/2
+    mirrored pairs (s, σ), (s, −σ)."""
 
     size: int = Field(ge=1, le=MAX_POPULATION)
     sigmas: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
     seed: int = Field(default=0, ge=0)
+    antithetic: bool = Field(default=False, description="sample size/2 mirrored pairs (s, σ) and (s, −σ)")
+
+    @field_validator("antithetic")
+    @classmethod
+    def _even_size(cls, value: bool, info: ValidationInfo) -> bool:
+        size = info.data.get("size")
+        if value and size is not None and size % 2:
+            raise ValueError(f"an antithetic population is size/2 mirrored pairs, so population.size must be even (got {size}); give an even size")
+        return value
 
 
 def _population_kind(value: Any) -> str:
@@ -287,14 +305,31 @@ class Recipe(_Strict):
     @field_validator("population")
     @classmethod
     def _unique_seeds(cls, value: Any) -> Any:
+        """Seeds are unique, except a mirrored pair: (s, σ) and (s, −σ), both with a reward or neither; a negative σ is
+        only ever such a mirror."""
         if isinstance(value, list):
             if not value:
                 raise ValueError("the list is empty, so nothing can be merged; list {seed, sigma, reward} entries or sample with {size, sigmas, seed}")
             first: dict[int, int] = {}
+            paired: set[int] = set()
             for i, entry in enumerate(value):
-                if entry.seed in first:
-                    raise ValueError(f"population[{i}].seed: seed {entry.seed} appears twice (also population[{first[entry.seed]}]); seeds must be unique")
-                first[entry.seed] = i
+                j = first.setdefault(entry.seed, i)
+                if j == i:
+                    continue
+                if entry.seed in paired or value[j].sigma != -entry.sigma:
+                    raise ValueError(
+                        f"population[{i}].seed: seed {entry.seed} appears twice (also population[{j}]); seeds must be unique, "
+                        "except a mirrored pair {seed: s, sigma: σ} and {seed: s, sigma: −σ}"
+                    )
+                if (value[j].reward is None) != (entry.reward is None):
+                    raise ValueError(f"population[{i}].reward: a mirrored pair (here with population[{j}]) is scored together; give both rewards or neither")
+                paired.add(entry.seed)
+            for i, entry in enumerate(value):
+                if entry.sigma < 0 and entry.seed not in paired:
+                    raise ValueError(
+                        f"population[{i}].sigma: Input should be greater than 0; a negative σ is only the mirror of a listed "
+                        f"{{seed: {entry.seed}, sigma: {-entry.sigma!r}}} entry"
+                    )
         return value
 
     @field_validator("parameters")
@@ -319,7 +354,7 @@ class Recipe(_Strict):
         """The population as entries (a sampled spec expanded deterministically)."""
         if isinstance(self.population, SampledPopulation):
             p = self.population
-            return sample_population(p.size, p.sigmas, p.seed)
+            return sample_population(p.size, p.sigmas, p.seed, p.antithetic)
         return [Entry(e.seed, e.sigma, e.reward) for e in self.population]
 
     @property
@@ -370,8 +405,15 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise CorpmergeError(f"{source}: {_format_error(first)}") from None
+        errors = exc.errors(include_url=False)
+        unknown = [e for e in errors if e["type"] == "extra_forbidden"]  # `sigma:` is the cause of a missing `sigmas:`
+        message = _format_error(unknown[0] if unknown else errors[0])
+        if unknown:
+            parent, key = tuple(unknown[0]["loc"][:-1]), str(unknown[0]["loc"][-1])
+            missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and tuple(e["loc"][:-1]) == parent]
+            close = difflib.get_close_matches(key, missing, n=1)
+            message += f"; did you mean `{close[0]}`?" if close else ""
+        raise CorpmergeError(f"{source}: {message}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -13,8 +13,9 @@ with the without-replacement standard error of its estimate), which separates th
 than their own bounds. An entry stops when at least ``keep`` others beat it either way, where
 ``keep`` is the largest number of entries any consumer can use (the elites of the smallest grid
 quantile, the largest RandOpt top-K): with the stated one-sided confidence per comparison, a
-stopped entry is not an elite of any grid point. Survivors are scored on the whole fold, so elites and their weights use
-full-fold rewards; a stopped entry keeps its paired estimate and the number of examples it rests on.
+stopped entry is not an elite of any grid point. A mirrored pair (s, σ), (s, −σ) races as one: it
+stops only when both members would, so its members are always scored on the same examples.
+Survivors are scored on the whole fold, so elites and their weights use full-fold rewards; a stopped entry keeps its paired estimate and the number of examples it rests on.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def race_cut(values: np.ndarray, n: int, z: float, keep: int, standings: list[St
     beaten_by = dominated(values, n, z).sum(axis=0)
     by_bounds = survivors(dict(enumerate(standings)), keep)
     return np.array([beaten_by[i] >= keep or i not in by_bounds for i in range(values.shape[0])])
+
+
+def together(cut: np.ndarray, groups: list[int]) -> np.ndarray:
+    """``cut`` where every member of a group (a mirrored pair: entries sharing a seed) is cut; no one stops alone."""
+    kept = {g for g, stop in zip(groups, cut) if not stop}
+    return np.array([g not in kept for g in groups], dtype=bool)
 
 
 def entries_to_keep(size: int, quantile: float | None, top_k: int) -> int:
