@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from rich.table import Table
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
 from corpmerge import __version__, progress
-from corpmerge.errors import TRACEBACK_LOGGER, CorpmergeError, first_line, log_traceback
+from corpmerge.errors import TRACEBACK_LOGGER, CorpmergeError, Terminated, first_line, log_traceback
 from corpmerge.rewards.sandbox import SandboxError, SandboxUnavailable
 
 app = typer.Typer(
@@ -66,16 +67,20 @@ def _rich_reporter() -> progress.Reporter:
     return reporter
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print and exit before any command is required."""
+    if value:
+        out.print(f"corpmerge {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; only results and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (debug level)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
     """Shared options: set up logging and progress reporting."""
-    if version:
-        out.print(f"corpmerge {__version__}")
-        raise typer.Exit()
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
     if err.is_terminal:
         handler: logging.Handler = RichHandler(console=err, show_path=False)
@@ -161,10 +166,15 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (SandboxUnavailable, SandboxError) as exc:  # raised from inside an lm-eval task's reward
             err.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False)
             raise typer.Exit(2) from None
+        except Terminated as exc:
+            logging.getLogger(TRACEBACK_LOGGER).error("terminated by %s: finished work is kept", exc.signal_name)  # to the log file
+            err.print(f"[yellow]terminated[/] ({exc.signal_name}): finished work is kept; run the same command again to continue")
+            raise typer.Exit(128 + exc.signum) from None
         except KeyboardInterrupt:
+            logging.getLogger(TRACEBACK_LOGGER).error("interrupted (Ctrl-C): finished work is kept")
             err.print("[yellow]interrupted[/]: finished work is kept; run the same command again to continue")
             raise typer.Exit(130) from None
-        except (click.exceptions.Exit, click.ClickException):
+        except (click.exceptions.Exit, typer.Exit, click.ClickException):
             raise
         except Exception as exc:  # a bug, not a bad input: one line here, the traceback in the log
             log_traceback(f"corpmerge {fn.__name__}", exc)
@@ -209,6 +219,32 @@ def merge(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: 
     out.print(f"[green]merged[/] with {result.method} ({len(result.elites)} elites, {detail}) → {escape(str(path))}", highlight=False)
 
 
+REBUILT_DIFFERS_EXIT = 4
+
+
+@app.command()
+@_user_errors
+def rebuild(
+    lineage: Path = typer.Argument(..., help="An output folder's corpmerge.yaml (or the folder)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the rebuilt model to."),
+    overwrite: bool = OverwriteOpt,
+) -> None:
+    """Write a model again from its lineage and its base, and say whether the weights equal the shipped ones bit for bit."""
+    from corpmerge.rebuild import rebuild as rebuild_model
+
+    path, comparison = rebuild_model(lineage, output, overwrite)
+    if comparison.equal:
+        out.print(f"[green]rebuilt[/] → {escape(str(path))}: all {comparison.tensors} tensors equal the shipped ones bit for bit", highlight=False)
+        return
+    first = escape(comparison.differing[0])
+    out.print(
+        f"[red]rebuilt[/] → {escape(str(path))}: {len(comparison.differing)} of {comparison.tensors} tensors differ from the shipped ones "
+        f"(first: {first}); is the base the one pinned in the lineage's `base`?",
+        highlight=False,
+    )
+    raise typer.Exit(REBUILT_DIFFERS_EXIT)
+
+
 @app.command()
 @_user_errors
 def score(recipe: Path = RecipeArg) -> None:
@@ -229,9 +265,24 @@ def score(recipe: Path = RecipeArg) -> None:
     out.print(f"{len(entries)} rewards → {escape(result['rewards_path'])}", highlight=False)
 
 
+ABSTAINED_EXIT = 3
+ABSTAIN_ADVICE = (
+    "what to try next: more support examples (scoring.support.limit) so the gate can tell a gain from noise; "
+    "a larger population (population.size); σ nearer the best-rewarded level in the report's reward-by-σ panel; "
+    "`corpmerge diagnose` to see whether the elites share structure at all (README: Sizing a run)"
+)
+
+
 @app.command()
 @_user_errors
-def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bool = OverwriteOpt) -> None:
+def run(
+    recipe: Path = RecipeArg,
+    output: Path | None = OutputOpt,
+    overwrite: bool = OverwriteOpt,
+    strict: bool = typer.Option(
+        False, "--strict", help=f"Exit with code {ABSTAINED_EXIT} when the gate abstains (for scripts: `run --strict && lm_eval ...`)."
+    ),
+) -> None:
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
@@ -240,8 +291,13 @@ def run(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: bo
     parsed = load_recipe(recipe).with_output(output)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     report = run_recipe(parsed, None, overwrite)
-    if report is not None:  # None on the non-main processes of a launched run
-        render_report(out, *load_report(report["report_path"]))  # what the file holds, read as any reader reads it
+    if report is None:
+        return  # a non-main process of a launched run
+    render_report(out, *load_report(report["report_path"]))  # what the file holds, read as any reader reads it
+    if report["gate"]["enabled"] and not report["gate"]["accepted"]:
+        out.print(f"[yellow]abstained[/]: {escape(ABSTAIN_ADVICE)}", highlight=False)
+        if strict:
+            raise typer.Exit(ABSTAINED_EXIT)
 
 
 @app.command()
@@ -270,16 +326,20 @@ def diagnose(
     splits: int = typer.Option(20, "--splits", min=2, help="Random half splits."),
 ) -> None:
     """Split-half diagnostic (paper §3): mean-consensus and subspace-excess of the elites, with a PNG plot."""
-    from corpmerge.pipeline import diagnose_recipe
+    from corpmerge.diagnosis import diagnose_recipe
     from corpmerge.recipe import load_recipe
 
     result = diagnose_recipe(load_recipe(recipe), top, coords, k, splits)
+    if result is None:
+        return  # a non-main process of a launched run
+    at = f" at quantile {result['quantile']:g}" if result["quantile"] is not None else ""
     table = Table(
         "statistic",
         "mean",
         "95% lower bound",
         "verdict",
-        title=f"split-half over {result['splits']} splits of {result['elites']} elites ({result['sketch_dims']} sketch dims, k={result['k']})",
+        title=f"split-half over {result['splits']} splits of {result['elites']} elites (the top of {result['entries']} entries{at}; "
+        f"{result['sketch_dims']} sketch dims, k={result['k']})",
     )
     for name, st in result["statistics"].items():
         table.add_row(name.replace("_", "-"), f"{st['mean']:+.4f}", f"{st['lower95']:+.4f}", "[green]stable[/]" if st["stable"] else "not stable")
@@ -323,10 +383,13 @@ def push(
 
 
 @app.command()
-def tasks() -> None:
+def tasks(path: bool = typer.Option(False, "--path", help='Print only the include path, e.g. `lm_eval --include_path "$(corpmerge tasks --path)"`.')) -> None:
     """List corpmerge's lm-eval tasks and the include path that lets `lm_eval` use them too."""
     from corpmerge.tasks import list_tasks, tasks_dir
 
+    if path:
+        out.print(str(tasks_dir()), highlight=False, soft_wrap=True)
+        return
     table = Table("task", "what it is")
     for name, summary in list_tasks().items():
         table.add_row(name, summary)
@@ -380,8 +443,13 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return moved + args[: at + 1] + kept
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM ends a command as Ctrl-C does (finished work kept), with exit 128 + 15."""
+    signal.signal(signal.SIGTERM, _terminate)
     app(args=hoist_global_options(sys.argv[1:]))
 
 

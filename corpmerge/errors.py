@@ -8,6 +8,7 @@ logger, which reaches a run's ``corpmerge.log`` always and stderr only with ``-v
 from __future__ import annotations
 
 import logging
+import signal
 import traceback
 
 TRACEBACK_LOGGER = "corpmerge.traceback"
@@ -17,6 +18,15 @@ class CorpmergeError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM), raised in the main thread so that cleanup runs as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
 
 
 def first_line(exc: BaseException, limit: int | None = 300) -> str:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import sqlite3
 from dataclasses import dataclass
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.methods import MergeMethod, MethodParams, get_method, method_names
 from corpmerge.model_io import resolve_base
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
-from corpmerge.scoring.folds import check_gate_fold_sizes
+from corpmerge.scoring.folds import assign_folds, check_gate_fold_sizes, fold_fingerprint
+from corpmerge.scoring.lmeval import TaskSuite, include_paths, task_manager
+from corpmerge.scoring.session import store_path, suite_counts
+from corpmerge.scoring.store import IDENTITY_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +39,16 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
     """Cross-field checks shared by validate/merge/run (no weights are touched)."""
     check_scheme(recipe.noise)
     resolve_base(recipe.base_model)
+    if recipe.scoring is not None:
+        check_task_names(recipe)
+        check_store(recipe)
     method = get_method(recipe.merge_method)
     grid = method.grid(recipe.parameters)
     entries = recipe.entries()
     if needs_rewards:
         if isinstance(recipe.population, SampledPopulation):
-            raise CorpmergeError("population: a sampled population has no rewards yet; add a `scoring:` section and use `corpmerge run`")
+            fix = "use `corpmerge run`" if recipe.scoring is not None else "add a `scoring:` section and use `corpmerge run`"
+            raise CorpmergeError(f"population: a sampled population has no rewards yet, and `corpmerge merge` only merges given rewards; {fix}")
         for i, entry in enumerate(entries):
             if entry.reward is None:
                 raise CorpmergeError(
@@ -82,6 +91,42 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
     for note in notes:
         log.warning("%s", note)
     return Checked(recipe, method, grid, entries, tuple(notes))
+
+
+def check_task_names(recipe: Recipe) -> None:
+    """Every task named in ``scoring.tasks`` and ``evaluate.tasks`` is known to lm-eval with corpmerge's tasks and
+    ``scoring.include_path`` (from the task index: no dataset is loaded)."""
+    spec = recipe.scoring
+    for field, names in (("scoring.tasks", spec.tasks), ("evaluate.tasks", recipe.evaluate and recipe.evaluate.tasks)):
+        manager = task_manager(list(names or []), include_paths(spec), spec.task_args) if names else None
+        missing = [name for name in names or [] if name not in manager.all_tasks]
+        if missing:
+            raise CorpmergeError(f"{field}: unknown task(s) {', '.join(missing)}; see `corpmerge tasks`, or set scoring.include_path to your task YAML folder")
+
+
+def check_store(recipe: Recipe) -> None:
+    """An existing score store must be the recipe's: its recorded noise scheme, task configuration and fold
+    assignment (what can be known without weights) are compared, the file is only read."""
+    path = store_path(recipe)
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)) as db:
+            stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error as exc:
+        raise CorpmergeError(f"scoring.store: '{path}' is not a corpmerge score store ({first_line(exc)}); set scoring.store to a new path") from None
+    suite = TaskSuite(recipe.scoring)
+    expected = {
+        "noise": recipe.noise,
+        "tasks": suite.fingerprint(),
+        "folds": fold_fingerprint(assign_folds(suite_counts(suite), recipe.scoring.support)),
+    }
+    for key, value in expected.items():
+        if key in stored and stored[key] != value:
+            raise CorpmergeError(
+                f"{path}: this score store was made for a different {IDENTITY_LABELS[key]} ({stored[key]} ≠ {value}); "
+                "set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
+            )
 
 
 def dtype_mismatch_note(recipe: Recipe) -> str:

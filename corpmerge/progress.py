@@ -43,7 +43,8 @@ def _clock(seconds: float) -> str:
 
 
 class _LogLines:
-    """One task's plain progress lines: at the start, at every 10 % and whenever ``every_s`` passed without one."""
+    """One task's plain progress lines: at the start, at the end, at every 10 % step that comes ``every_s``/10 or more
+    after the last line, and whenever ``every_s`` passed without one (a 0.1 s task: two lines, not eleven)."""
 
     def __init__(self, description: str, total: int, every_s: float) -> None:
         self.description, self.total, self.every_s = description, total, every_s
@@ -60,7 +61,8 @@ class _LogLines:
             tenths = self.done * 10 // self.total
             if tenths >= self.next_tenth:
                 self.next_tenth = tenths + 1
-                self.line()
+                if self.done >= self.total or time.monotonic() - self.last >= self.every_s / 10:
+                    self.line()
 
     def heartbeat(self) -> None:
         """Runs in a thread until stopped: a line whenever ``every_s`` passed without one (a step may take long)."""

@@ -4,6 +4,7 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import yaml
 from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from huggingface_hub import ModelCard, metadata_load
@@ -65,6 +66,8 @@ def test_a_gguf_base_pins_the_file_and_its_conversion(tmp_path, tiny_model):
     writer = GGUFWriter(str(gguf), "llama")
     writer.add_string("general.source.huggingface.repository", "org/source")
     writer.add_string("general.license", "apache-2.0")
+    writer.add_embedding_length(8), writer.add_block_count(1), writer.add_head_count(1), writer.add_vocab_size(4)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))  # a GGUF without tensors or config is refused
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     pin = pin_base(str(gguf), BaseRef(str(tiny_model)))  # BaseRef: the converted checkpoint it loaded
     assert pin == {

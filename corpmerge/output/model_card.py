@@ -9,6 +9,7 @@ accuracy of the folder's model per task (the base's beside it in the card's body
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,7 @@ from corpmerge.output.base_pin import front_matter_base
 from corpmerge.output.report_schema import RunReport, ShippedCheck
 
 TAGS = ["merge", "corpmerge", "corp"]
+CORPMERGE_TASK_PREFIX = "corpmerge_"  # the tasks shipped in corpmerge.tasks (`corpmerge tasks`)
 CITATIONS = """## Citation
 
 CoRP, the method:
@@ -164,11 +166,36 @@ def render_model_card(
         parts.append("This method is not linear in the noise; `corpmerge.yaml` holds the recipe and elites that reproduce it.\n")
     parts.append(
         "## Reproduce and evaluate\n\n`corpmerge.yaml` holds the resolved recipe (the population with its rewards) "
-        "and the lineage: the base, the noise scheme and that table determine every weight. "
-        "Evaluate with `lm_eval --model hf --model_args pretrained=<this folder or repo> --tasks <task>`.\n"
+        "and the lineage: the base, the noise scheme and that table determine every weight; "
+        "`corpmerge rebuild corpmerge.yaml -o DIR` writes the model again from them and the base and says whether "
+        "the bits equal these.\n\n" + evaluation_commands(recipe)
     )
     parts.append(CITATIONS)
     return "\n".join(parts)
+
+
+def evaluation_commands(recipe: dict[str, Any]) -> str:
+    """How to evaluate the model with lm-eval on the tasks it was tuned on, as shell lines a reader can paste.
+
+    corpmerge's own tasks (named ``corpmerge_*``) come with the corpmerge package: lm-eval finds them through
+    ``--include_path``, the folder ``corpmerge tasks --path`` prints. A task from the recipe's
+    ``scoring.include_path`` lives in that folder on the machine that ran corpmerge.
+    """
+    scoring = recipe.get("scoring") or {}
+    names = list(dict.fromkeys([*(scoring.get("tasks") or []), *((recipe.get("evaluate") or {}).get("tasks") or [])]))
+    own = bool(names) and all(name.startswith(CORPMERGE_TASK_PREFIX) for name in names)
+    include = scoring.get("include_path")
+    lines = ["pip install corpmerge  # corpmerge's tasks, and the `corpmerge` command that locates them"] if own or not include else []
+    where = shlex.quote(include) if include and not own else '"$(corpmerge tasks --path)"'
+    task_list = ",".join(names) if names else "<task>"
+    lines.append(f"lm_eval --model hf --model_args pretrained=<this folder or repo> --include_path {where} --tasks {task_list}")
+    note = (
+        f"The task files come from `scoring.include_path` (`{include}` on the machine that ran corpmerge): copy that folder "
+        "and point `--include_path` at the copy.\n\n"
+        if include and not own
+        else ""
+    )
+    return "Evaluate with lm-eval:\n\n```bash\n" + "\n".join(lines) + "\n```\n\n" + note
 
 
 def render_abstain_card(lineage: dict[str, Any], report: RunReport, picture: str | None = None) -> str:

@@ -1,0 +1,112 @@
+"""`corpmerge rebuild`: write a model again from its lineage (``corpmerge.yaml``) and its base, and compare the bits.
+
+A linear method's update is the lineage table, Δ = Σₛ aₛ·ε(s) (the probe multiplier and any stage-2
+offset folded in), written through the same streaming writer as the original; a tensor-wise
+method (``ties``) is merged again from the lineage's recipe (population with rewards) and
+parameters, times the recorded multiplier. Weights are compared tensor by tensor, byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from corpmerge.amplitudes import Cloud
+from corpmerge.errors import CorpmergeError
+from corpmerge.methods import MergeResult, get_method
+from corpmerge.model_io import ensure_checkpoint, load_tokenizer, resolve_base
+from corpmerge.output.folder import LINEAGE_LONG_LISTS, LINEAGE_TOO_BIG, LINEAGE_VALUES_PER_ENTRY, MAX_LINEAGE_BYTES, shipped_update, write_output
+from corpmerge.output.location import LINEAGE_FILE
+from corpmerge.recipe import MAX_NODES, MAX_POPULATION, Recipe, parse_recipe, read_text_bounded, read_yaml
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How the rebuilt weights compare with the shipped ones."""
+
+    tensors: int
+    differing: list[str]
+
+    @property
+    def equal(self) -> bool:
+        return not self.differing
+
+
+def read_lineage(path: Path) -> dict[str, Any]:
+    """The lineage document of an output folder (or its ``corpmerge.yaml``), read with the lineage bounds."""
+    path = path / LINEAGE_FILE if path.is_dir() else path
+    text = read_text_bounded(path, MAX_LINEAGE_BYTES, "the lineage file", LINEAGE_TOO_BIG)
+    if text is None:
+        raise CorpmergeError(f"{path}: not found; give an output folder corpmerge wrote, or its {LINEAGE_FILE}")
+    document = read_yaml(text, str(path), LINEAGE_LONG_LISTS, MAX_NODES + LINEAGE_VALUES_PER_ENTRY * MAX_POPULATION, "lineage file")
+    if not isinstance(document, dict) or not isinstance(document.get("recipe"), dict) or "merge" not in document:
+        raise CorpmergeError(f"{path}: not a corpmerge lineage (no `recipe` and `merge`); give the {LINEAGE_FILE} of an output folder")
+    return document
+
+
+def lineage_recipe(document: dict[str, Any], path: Path) -> Recipe:
+    """The resolved recipe of a lineage, with the lineage's own noise scheme (its top-level ``noise``)."""
+    data = dict(document["recipe"])
+    if document.get("noise") is not None:
+        data["noise"] = document["noise"]
+    return parse_recipe(data, str(path))
+
+
+def lineage_result(document: dict[str, Any], recipe: Recipe, folder: Path) -> MergeResult | None:
+    """The update the lineage describes; None for an abstention written with ``write_on_abstain`` (the base)."""
+    merge = document["merge"]
+    if merge is None:
+        return None
+    seeds = {e.seed: i for i, e in enumerate(recipe.entries())}
+    elites = np.array([seeds[s] for s in merge.get("elite_seeds") or [] if s in seeds], dtype=np.int64)
+    weights = np.array(merge.get("elite_weights") or [], dtype=float)
+    table = shipped_update(folder)
+    if table is not None:
+        return MergeResult(merge["method"], merge["parameters"], elites, weights, amplitudes=table, info=merge.get("info") or {})
+    method = get_method(merge["method"])
+    return method(Cloud.from_entries(recipe.entries()), method.point(merge["parameters"])).scaled(float(merge["multiplier"]))
+
+
+def compare_weights(shipped: Path, rebuilt: Path) -> Comparison:
+    """Tensor names and bytes of every safetensors file in both folders."""
+
+    def tensors(folder: Path) -> dict[str, tuple[Path, str]]:
+        found = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as handle:
+                found.update({name: (file, name) for name in handle.keys()})
+        return found
+
+    left, right = tensors(shipped), tensors(rebuilt)
+    differing = sorted(set(left) ^ set(right))
+    for name in sorted(set(left) & set(right)):
+        with safe_open(str(left[name][0]), framework="pt") as a, safe_open(str(right[name][0]), framework="pt") as b:
+            if not same_bits(a.get_tensor(name), b.get_tensor(name)):
+                differing.append(name)
+    return Comparison(len(left), differing)
+
+
+def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Equal dtype, shape and bytes (NaNs and signed zeros compared as bits, not values)."""
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    kind = _INT_OF_SIZE[x.element_size()]
+    return torch.equal(x.contiguous().view(kind), y.contiguous().view(kind))
+
+
+def rebuild(lineage: Path, out_dir: Path, overwrite: bool = False) -> tuple[Path, Comparison]:
+    """Write the model of ``lineage`` (an output folder or its corpmerge.yaml) to ``out_dir``; compare with the shipped weights."""
+    folder = lineage if lineage.is_dir() else lineage.parent
+    document = read_lineage(lineage)
+    recipe = lineage_recipe(document, lineage).with_output(out_dir)
+    result = lineage_result(document, recipe, folder)
+    ref = ensure_checkpoint(resolve_base(recipe.base_model))
+    write_output(out_dir, recipe=recipe, entries=recipe.entries(), result=result, tokenizer=load_tokenizer(ref), ref=ref, overwrite=overwrite)
+    return out_dir, compare_weights(folder, out_dir)
