@@ -177,7 +177,7 @@ def merge_method(
             raise TypeError(f"merge method '{name}': {role}='{field_name}' is not a field of {params.__name__}")
 
     def register(fn: Callable) -> Callable:
-        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()) or name  # the first paragraph, whole
         _REGISTRY[name] = MergeMethod(name, params, fn, summary, linear, elites, step, temperature)
         return fn
 
