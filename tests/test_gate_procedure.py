@@ -13,6 +13,7 @@ from corpmerge.amplitudes import Amplitudes
 from corpmerge.gate.paired import paired_stats
 from corpmerge.gate.procedure import Candidate, rank_key, select
 from corpmerge.methods import MergeResult
+from corpmerge.noise import DEFAULT_SCHEME
 from corpmerge.plan import check_recipe
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.racing import dominated, entries_to_keep, race_cut, standing, survivors, wilson_upper
@@ -215,9 +216,9 @@ def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, 
         computed = []
 
         class Counted(TiesDelta):
-            def __call__(self, name, shape):
+            def __call__(self, name, shape, scheme=DEFAULT_SCHEME):
                 computed.append(name)
-                return super().__call__(name, shape)
+                return super().__call__(name, shape, scheme)
 
         ties = Counted(np.array([5, 6, 7], dtype=np.int64), vectors, 0.5)
         result = MergeResult("ties", {}, np.arange(2), np.full(2, 0.5), tensor_delta=ties, multiplier=2.0)

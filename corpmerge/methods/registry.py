@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.errors import CorpmergeError
-from corpmerge.noise import DEFAULT_SCHEME
 from corpmerge.methods.weights import effective_size
+from corpmerge.noise import DEFAULT_SCHEME
 from corpmerge.recipe import excerpt
 
 # Defaults of the parameters several methods share, in one place (each method's Field takes them from here).

@@ -101,7 +101,7 @@ class TiesDelta:
         out[out.abs() < threshold] = 0
         return out
 
-    def __call__(self, name: str, shape: torch.Size, scheme: str) -> torch.Tensor:
+    def __call__(self, name: str, shape: torch.Size, scheme: str = noise.DEFAULT_SCHEME) -> torch.Tensor:
         numel, rows = math.prod(shape), range(self.rows)
         chunk = max(1 << 16, _CHUNK_BUDGET // max(1, len(rows)))
         if numel <= chunk and numel * len(rows) <= max(_CHUNK_BUDGET, numel):
