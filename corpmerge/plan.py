@@ -110,11 +110,15 @@ def check_store(recipe: Recipe) -> None:
     path = store_path(recipe)
     if not path.is_file():
         return
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)) as db:
+    try:  # read-only, but not immutable: a live store's newest rows (its identity too) may still be in its WAL file
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10.0)) as db:
             stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.Error as exc:
-        raise CorpmergeError(f"scoring.store: '{path}' is not a corpmerge score store ({first_line(exc)}); set scoring.store to a new path") from None
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise CorpmergeError(f"scoring.store: '{path}' is not a corpmerge score store ({first_line(exc)}); set scoring.store to a new path") from None
+        return  # a store another run is creating or holds: the run checks it when it opens the store
+    except sqlite3.Error:
+        return
     suite = TaskSuite(recipe.scoring)
     expected = {
         "noise": recipe.noise,
@@ -123,9 +127,10 @@ def check_store(recipe: Recipe) -> None:
     }
     for key, value in expected.items():
         if key in stored and stored[key] != value:
+            resume = f"add `noise: {stored[key]}` to the recipe to resume it, or " if key == "noise" else ""
             raise CorpmergeError(
                 f"{path}: this score store was made for a different {IDENTITY_LABELS[key]} ({stored[key]} ≠ {value}); "
-                "set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
+                f"{resume}set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
             )
 
 

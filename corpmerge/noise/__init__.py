@@ -70,6 +70,7 @@ def _cpu_kernel() -> Callable | None:
         log.warning("numba is not installed: noise is drawn with torch integer ops on the CPU (same bits, several times slower)")
         return None
     numba.set_num_threads(min(philox.cpu_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_parallel_chunksize(1 << 14)  # pairs per chunk, handed out dynamically: a busy core does not hold up a draw
     return philox_cpu.fill
 
 

@@ -122,14 +122,16 @@ def accumulate(acc: torch.Tensor, noise: torch.Tensor, amplitude: float) -> None
 
 
 def cpu_threads() -> int:
-    """Threads for the CPU kernel: the cores this rank owns, not ``torch.get_num_threads()`` (a launcher sets
-    OMP_NUM_THREADS=1 per rank). Its affinity mask when a launcher or container narrowed it; else the machine's
-    cores shared among the ranks on this host (LOCAL_WORLD_SIZE)."""
+    """Threads for drawing noise on the CPU: the cores this rank owns. Under a launcher (LOCAL_WORLD_SIZE set) that is
+    its affinity mask when the launcher narrowed it, else the machine's cores shared among the ranks on this host; not
+    ``torch.get_num_threads()``, which a launcher sets to 1 per rank. Outside a launcher, torch's thread count
+    (OMP_NUM_THREADS when set, else the cores)."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if not local:
+        return max(1, torch.get_num_threads())
     total = os.cpu_count() or 1
     try:
         owned = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         owned = total
-    if owned < total:
-        return max(1, owned)
-    return max(1, owned // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or 1)))
+    return max(1, owned if owned < total else owned // max(1, int(local)))
