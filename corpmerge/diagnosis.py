@@ -58,7 +58,7 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
             f"population: the split-half diagnostic needs at least 4 elites, and {len(entries)} entries give {len(elites)}{at}; "
             "use a larger population (or a smaller parameters.quantile)"
         )
-    matrix = sketch(elites, list(sizes), coords, sizes)
+    matrix = sketch(elites, list(sizes), coords, sizes, recipe.noise)
     temperature = min(checked.method.reward_temperature(p) for p in checked.grid)
     stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=temperature)
     path = recipe.output.work_path / "diagnose.png"

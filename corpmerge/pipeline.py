@@ -11,10 +11,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.errors import CorpmergeError, first_line, traceback_text
+from corpmerge.errors import first_line, traceback_text
 from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
 from corpmerge.gate.stage2 import iterate
-from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
 from corpmerge.output.folder import population_summary, shipped_update, write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
@@ -22,7 +21,6 @@ from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry, mirror_groups
 from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
-from corpmerge.report.diagnose import plot, sketch, split_half
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.scoring.coordinator import agree
@@ -153,41 +151,6 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
         return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
     finally:
         session.close()
-
-
-def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:
-    """Split-half statistics of the top-``top`` elites, printed as a table and plotted to ``diagnose.png``."""
-    checked = prepare(recipe, needs_rewards=recipe.scoring is None)
-    if recipe.scoring is not None:
-        session = open_session(recipe)
-        if not session.world.is_main:
-            return session.serve()
-        try:
-            entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
-            sizes = {name: t.numel() for name, t in session.scorer.theta0.items()}
-        finally:
-            session.close()
-    else:
-        entries = checked.entries
-        model = model_skeleton(ensure_checkpoint(resolve_base(recipe.base_model)))
-        sizes = {name: dict(model.named_parameters())[name].numel() for name in perturbed_names(model, recipe.perturb)}
-    elites = sorted(entries, key=lambda e: -e.reward)[:top]
-    if len(elites) < 4:
-        raise CorpmergeError(f"population: the split-half diagnostic needs at least 4 entries (got {len(elites)})")
-    matrix = sketch(elites, list(sizes), coords, sizes)
-    temperature = min(checked.method.reward_temperature(p) for p in checked.grid)
-    stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=temperature)
-    path = recipe.output.work_path / "diagnose.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plot(str(path), entries, matrix, stats)
-    return {
-        "elites": len(elites),
-        "sketch_dims": int(matrix.shape[1]),
-        "k": k,
-        "splits": splits,
-        "plot": str(path),
-        "statistics": {name: {"mean": st.mean, "lower95": st.lower, "stable": st.stable} for name, st in stats.items()},
-    }
 
 
 def score_recipe(recipe: Recipe) -> dict[str, Any] | None:

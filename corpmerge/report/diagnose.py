@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from corpmerge.methods.weights import softmax
-from corpmerge.noise import gaussian
+from corpmerge.noise import DEFAULT_SCHEME, gaussian
 from corpmerge.population import Entry
 
 
@@ -48,10 +48,10 @@ class Statistic:
         return self.lower > 0
 
 
-def sketch(entries: list[Entry], names: list[str], coords: int = 32, sizes: dict[str, int] | None = None) -> np.ndarray:
-    """Rows σᵢ·ε(sᵢ)[name][:coords] over ``names``, concatenated (float32)."""
+def sketch(entries: list[Entry], names: list[str], coords: int = 32, sizes: dict[str, int] | None = None, scheme: str = DEFAULT_SCHEME) -> np.ndarray:
+    """Rows σᵢ·ε(sᵢ)[name][:coords] over ``names``, concatenated (float32), with noise ``scheme``."""
     columns = [min(coords, (sizes or {}).get(name, coords)) for name in names]
-    rows = [np.concatenate([e.sigma * gaussian(e.seed, name, (c,)).numpy() for name, c in zip(names, columns)]) for e in entries]
+    rows = [np.concatenate([e.sigma * gaussian(e.seed, name, (c,), scheme=scheme).numpy() for name, c in zip(names, columns)]) for e in entries]
     return np.stack(rows).astype(np.float32)
 
 
