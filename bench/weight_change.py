@@ -9,7 +9,7 @@ is installed, SmolLM2-135M; both in bfloat16. Entries alternate old/new with fre
 With --bits N (for an accelerator): N (seed, name, shape, offset) draws on the device against the CPU, and the
 device's θ₀ + Δ (one seed, and three seeds) against the writer's arithmetic on the CPU, bit for bit.
 
-Usage: python bench/weight_change.py [--device cpu|cuda] [--entries 3] [--models qwen1.5b smollm2] [--bits 0] [--json FILE]
+Usage: python bench/weight_change.py [--device cpu|cuda] [--entries 3] [--models qwen1.5b smollm2 tiny] [--bits 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -54,7 +54,13 @@ class LiveModel:
 def build(name: str, device: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    if name == "qwen1.5b":
+    if name == "tiny":  # the test suite's dry run
+        from transformers import LlamaConfig
+
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    elif name == "qwen1.5b":
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(Qwen2Config(**QWEN_1_5B), dtype=torch.bfloat16)
     elif name == "smollm2":
@@ -65,7 +71,7 @@ def build(name: str, device: str) -> torch.nn.Module:
         gguf = next(origin.rglob("*.gguf"))
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     else:
-        raise SystemExit(f"--models: '{name}' is not qwen1.5b or smollm2")
+        raise SystemExit(f"--models: '{name}' is not qwen1.5b, smollm2 or tiny")
     return model.to(device).eval()
 
 
