@@ -13,7 +13,10 @@ import numpy as np
 import torch
 
 from corpmerge import noise
+from corpmerge.errors import CorpmergeError
 from corpmerge.population import Entry
+
+MAX_MIRRORED_DENSE = 20_000  # entries of a population with mirrored pairs (its cloud is N × N/2 dense: 1.6 GB at this bound)
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,25 @@ class Cloud:
 
     @classmethod
     def from_entries(cls, entries: list[Entry]) -> "Cloud":
-        """Single-seed entries: entry i is σᵢ·ε(sᵢ), a scaled basis vector."""
+        """Single-seed entries: entry i is σᵢ·ε(sᵢ), a scaled basis vector. With mirrored pairs ((s, σ) and (s, −σ):
+        anti-parallel rows) the rows are dense over the distinct seeds, so inner products see a pair's geometry
+        (and an update lists each seed once); such a population is bounded by ``MAX_MIRRORED_DENSE`` entries."""
         if any(e.reward is None for e in entries):
             raise ValueError("every entry needs a reward")
         seeds = np.array([e.seed for e in entries], dtype=np.int64)
         sigmas = np.array([e.sigma for e in entries], dtype=np.float64)
         rewards = np.array([e.reward for e in entries], dtype=np.float64)
-        return cls.single_seed(seeds, sigmas, rewards)
+        distinct, columns = np.unique(seeds, return_inverse=True)
+        if distinct.size == seeds.size:
+            return cls.single_seed(seeds, sigmas, rewards)
+        if seeds.size > MAX_MIRRORED_DENSE:
+            raise CorpmergeError(
+                f"population: a mirrored population of {seeds.size:,} entries is above the {MAX_MIRRORED_DENSE:,} this "
+                "version merges (its amplitude cloud is dense); use fewer entries"
+            )
+        vectors = np.zeros((seeds.size, distinct.size))
+        vectors[np.arange(seeds.size), columns] = sigmas
+        return cls(distinct, vectors, rewards)
 
     @property
     def size(self) -> int:
@@ -122,6 +137,16 @@ class Cloud:
     def vectors(self) -> np.ndarray:
         """The rows as a dense matrix; for a single-seed cloud this builds diag(σ), N×N: small clouds only."""
         return self._dense if self._dense is not None else np.diag(self._sigmas)
+
+    def single_seed_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(seed, σ) of each row when every row is one scaled noise σ·ε(seed) (a population, mirrored pairs too), else None."""
+        if self._dense is None:
+            return self.seeds[rows], self._sigmas[rows]
+        block = self._dense[rows]
+        if not np.all(np.count_nonzero(block, axis=1) == 1):
+            return None
+        columns = np.argmax(block != 0, axis=1)
+        return self.seeds[columns], block[np.arange(len(rows)), columns]
 
     def norms(self, rows: np.ndarray | None = None) -> np.ndarray:
         """‖vᵢ‖ of the rows (all rows by default)."""

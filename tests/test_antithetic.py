@@ -150,3 +150,25 @@ def test_run_es_on_a_mirrored_population_end_to_end(tmp_path, tiny_model, tiny_t
     assert torch.allclose(written[name], base[name] + amps.delta(name, base[name].shape), rtol=0, atol=1e-7)
     listed = run_cli("methods")
     assert listed.returncode == 0 and "es" in listed.stdout.split() and "shaping=zscore" in listed.stdout
+
+
+def test_a_mirrored_pair_is_one_anti_parallel_direction_for_every_method():
+    """In the cloud a pair (s, σ), (s, −σ) is ±σ·e(s): the elite average lists s once with w₊σ − w₋σ, and CoRP's
+    alignment sees the pair as anti-parallel (its geometry, not two orthogonal directions)."""
+    from corpmerge.amplitudes import Cloud
+    from corpmerge.methods import get_method
+
+    entries = [Entry(7, 0.02, 0.9), Entry(7, -0.02, 0.6), Entry(8, 0.03, 0.7), Entry(9, 0.01, 0.8)]
+    cloud = Cloud.from_entries(entries)
+    assert cloud.seeds.tolist() == [7, 8, 9] and cloud.sigmas is None
+    rows = np.arange(4)
+    assert np.allclose(cloud.dot(rows, cloud.vectors[1]), [-0.02 * 0.02, 0.02 * 0.02, 0, 0])  # anti-parallel to its mirror
+    for name, params in (("reward_avg", {"quantile": 0.0, "beta": 5}), ("corp", {"quantile": 0.0, "beta": 5, "alpha": 1})):
+        method = get_method(name)
+        result = method(cloud, method.point(params))
+        table = result.final_amplitudes().table()
+        assert sorted(r["seed"] for r in table) == [7, 8, 9]  # each seed once
+    w = np.exp(5 * np.array([0.9, 0.6, 0.7, 0.8]))
+    w /= w.sum()
+    avg = get_method("reward_avg")(cloud, get_method("reward_avg").point({"quantile": 0.0, "beta": 5})).final_amplitudes()
+    assert avg.values[0] == pytest.approx(w[0] * 0.02 - w[1] * 0.02, rel=1e-12)

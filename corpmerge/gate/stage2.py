@@ -37,6 +37,7 @@ def local_sigma(spec: IterateSpec, sigmas: np.ndarray, rewards: np.ndarray) -> f
     entries have the best mean fold-A reward (``halve``, the reference code's start)."""
     if spec.sigma is not None:
         return spec.sigma
+    sigmas = np.abs(sigmas)  # a mirrored member's −σ is the scale σ
     if spec.sigma_schedule == "halve":
         levels = np.unique(sigmas)
         return float(levels[int(np.argmax([rewards[sigmas == s].mean() for s in levels]))])

@@ -52,13 +52,15 @@ def es(cloud: Cloud, p: EsParams) -> MergeResult:
     """ES: Δ = α/n·Σ f(rᵢ)·σᵢε(sᵢ) over every entry, f = z-score or centred rank; a mirrored pair gives α·σ·(f(r₊) − f(r₋))/n."""
     rows = elite_indices(cloud.rewards, p.quantile)
     coefficients = p.alpha * shaped(cloud.rewards[rows], p.shaping) / rows.size
-    if cloud.sigmas is None:
+    single = cloud.single_seed_rows(rows)
+    if single is None:
         amplitudes = cloud.combine(rows, coefficients)
         carriers, weights = rows, np.abs(coefficients) * cloud.norms(rows)
     else:
-        seeds, first, inverse = np.unique(cloud.seeds[rows], return_index=True, return_inverse=True)
+        row_seeds, row_sigmas = single
+        seeds, first, inverse = np.unique(row_seeds, return_index=True, return_inverse=True)
         values = np.zeros(seeds.size)
-        np.add.at(values, inverse, coefficients * cloud.sigmas[rows])
+        np.add.at(values, inverse, coefficients * row_sigmas)
         amplitudes = Amplitudes(seeds, values)
         order = np.argsort(first)  # carriers in population order, each seed at its first entry
         carriers, weights = rows[first[order]], np.abs(values[order])
