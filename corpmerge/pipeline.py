@@ -71,7 +71,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     n = len(order)
     todo = [i for i, e in enumerate(entries) if e.reward is None]
     groups = mirror_groups(entries)
-    base = in_order(session.scores(Request("base", "A", docs)), order, "value") if todo else None
+    base = in_order(session.scores(Request("base", "A", docs), "the base"), order, "value") if todo else None
     sizes = stage_sizes(n, spec)
     alive, standings, stopped_at = list(todo), {}, {}
     for stage, m in enumerate(sizes, 1):
@@ -164,7 +164,7 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
         return session.serve()
     try:
         entries = score_population(session, checked.entries, keep_for(checked))
-        base = accuracy(session.scores(Request("base", "A", session.folds["A"])), session.folds["A"])
+        base = accuracy(session.scores(Request("base", "A", session.folds["A"]), "the base"), session.folds["A"])
     finally:
         session.close()
     path = recipe.output.work_path / "rewards.yaml"
@@ -308,7 +308,7 @@ def _report(session: Session, entries: list[Entry], checked: Checked, decision: 
 def verify_shipped(session: Session, folder: Path, subject: str, update: Any) -> dict[str, Any]:
     """Fold B as the gate scored it (from the store) against the written folder loaded as a user would."""
     docs = session.folds["B"]
-    scored = session.scores(Request(subject, "B", docs, update))
+    scored = session.scores(Request(subject, "B", docs, update), "the accepted candidate")
     result = shipped_check(session.backend, session.suite, folder, docs, scored)
     result.update(scoring_dtype=session.recipe.scoring_dtype, output_dtype=session.recipe.dtype, backend=session.backend.kind)
     return result

@@ -190,6 +190,13 @@ class ScoringSpec(_Strict):
         default=None, description="dtype the scored models are rounded to; default: the output dtype, so the gate scores the bits that ship"
     )
     backend: Literal["hf", "vllm"] = Field(default="hf", description="how a model is evaluated: Hugging Face transformers or a vLLM engine")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="Ray actors that evaluate beside this process, one backend each on its own device (a GPU each where the "
+        "cluster has GPUs); 0: everything in this process. Joins RAY_ADDRESS's cluster, else starts a local one",
+    )
+    worker_restarts: int = Field(default=2, ge=0, description="times Ray restarts a worker that died or stalled before the run goes on without it")
     model_args: dict[str, Any] = Field(
         default_factory=dict, description="passed to the backend's engine, e.g. {gpu_memory_utilization: 0.8, max_model_len: 2048} for vllm"
     )

@@ -195,7 +195,9 @@ def race_candidates(
     order = race_order(docs, session.recipe.scoring.support.split_seed + 1)
     n = len(order)
     spec = racing if gate.racing else racing.model_copy(update={"enabled": False})
-    ref = in_order(session.scores(Request(reference.subject, label, docs, reference.update)), order)
+    ref = in_order(
+        session.scores(Request(reference.subject, label, docs, reference.update), "the reference" if reference.update is not None else "the base"), order
+    )
     alive = sorted(candidates, key=lambda c: c.family)  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
     sizes = stage_sizes(n, spec)
     for m in sizes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,9 +32,11 @@ from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
+from corpmerge.scoring.ray_evaluator import RayEvaluator
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
-from corpmerge.scoring.store import Scores, ScoreStore
+from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore
 from corpmerge.scoring.theta0 import Theta0, free_device_bytes, place
+from corpmerge.scoring.workers import Cluster, check_capacity, connect, driver_device, resources_per_worker, start_workers
 from corpmerge.sizes import parse_size
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Session:
     scorer: Scorer
     world: World
     theta0: Theta0
+    identity: dict[str, str]
     evaluator: Evaluator | None = None
     _evaluate_suite: TaskSuite | None = field(default=None, repr=False)
 
@@ -70,8 +73,9 @@ class Session:
         """Run a batch of requests (rank 0 only): spread over every process under a launcher."""
         return self.evaluator.run(requests, label)
 
-    def scores(self, request: Request) -> Scores:
-        return self.evaluate([request], f"evaluating {request.subject}")[0]
+    def scores(self, request: Request, what: str | None = None) -> Scores:
+        """One request's scores; ``what`` names it in the progress line (default: its subject)."""
+        return self.evaluate([request], f"evaluating {what or request.subject} on fold {request.fold}")[0]
 
     @property
     def model(self) -> torch.nn.Module | None:
@@ -153,8 +157,11 @@ def open_session(recipe: Recipe, world: World | None = None) -> Session:
     (one line naming the rank that could not, on every rank); only rank 0 opens the store.
     """
     world = world or current_world()
+    workers = recipe.scoring.workers if recipe.scoring is not None else 0
+    if workers and world.size > 1:
+        raise CorpmergeError("scoring.workers: Ray workers and a launcher (torchrun, accelerate launch) are two ways to scale out; use one")
     if world.size == 1:
-        return _open(recipe, world)
+        return _open(recipe, replace(world, device=driver_device(world.device)) if workers else world)
     try:
         session, problem, detail = _open(recipe, world), None, None
     except Exception as exc:  # reported by every rank below, then the run stops cleanly; rank 0's log keeps the traceback
@@ -173,6 +180,16 @@ def _open(recipe: Recipe, world: World) -> Session:
         raise CorpmergeError("scoring: this command needs a `scoring:` section (lm-eval tasks to score the population on)")
     quiet_third_party(verbose=logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG))
     check_code_isolation(recipe)
+    cluster = connect_for(recipe) if world.is_main and recipe.scoring.workers else None  # a cluster too small stops here, before any loading
+    try:
+        return _load(recipe, world, cluster)
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
+
+
+def _load(recipe: Recipe, world: World, cluster: Cluster | None) -> Session:
     ref = ensure_checkpoint(resolve_base(recipe.base_model))
     folder = checkpoint_folder(ref)
     tokenizer = load_tokenizer(ref)
@@ -205,7 +222,13 @@ def _open(recipe: Recipe, world: World) -> Session:
         check_gate_fold_sizes(
             {f: count(folds[f]) for f in ("B", "C")}, f" ({', '.join(f'{t}: {n} support docs' for t, n in sorted(suite_counts(suite).items()))})"
         )
-    store = ScoreStore(store_path(recipe), identity) if world.is_main else None
+    pool = start_pool(recipe, identity, cluster) if cluster is not None else None
+    try:
+        store = ScoreStore(store_path(recipe), pool.identity if pool else identity) if world.is_main else None
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     log.info(
         "support: %d examples (A %d / B %d / C %d); store %s",
         sum(count(d) for d in folds.values()),
@@ -221,14 +244,71 @@ def _open(recipe: Recipe, world: World) -> Session:
     budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world), free_device_bytes(backend.device))
     prefetch = use_prefetch(spec.prefetch, backend.device_type, recipe.noise)
     scorer = Scorer(backend, theta0.tensors, suite, budget, prefetch=prefetch, scheme=recipe.noise)
-    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world, theta0)
-    if world.is_main:
+    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world, theta0, identity)
+    deadlines = Deadlines(recipe.scoring.stall_factor, recipe.scoring.unit_timeout)
+    if pool is not None:
+        session.evaluator = RayEvaluator(scorer, store, session.suites, pool.actors, pool.cluster, deadlines, spec.worker_restarts, pool.identity == identity)
+    elif world.is_main:
         session.evaluator = (
-            LocalEvaluator(scorer, store, session.suites)
-            if world.size == 1
-            else Coordinator(scorer, store, session.suites, world.size, Deadlines(recipe.scoring.stall_factor, recipe.scoring.unit_timeout))
+            LocalEvaluator(scorer, store, session.suites) if world.size == 1 else Coordinator(scorer, store, session.suites, world.size, deadlines)
         )
     return session
+
+
+@dataclass
+class Pool:
+    """A run's Ray workers, their cluster, and the store identity of what they score."""
+
+    actors: list[Any]
+    cluster: Cluster
+    identity: dict[str, str]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.cluster.close()
+
+
+def connect_for(recipe: Recipe) -> Cluster:
+    """The run's Ray cluster, checked to hold ``scoring.workers`` workers."""
+    cluster = connect()
+    try:
+        check_capacity(recipe.scoring.workers, resources_per_worker(recipe))
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def start_pool(recipe: Recipe, identity: dict[str, str], cluster: Cluster) -> Pool:
+    """``scoring.workers`` Ray actors that report the driver's identity (the scoring device may differ: then the store
+    records theirs, and the driver does not evaluate). The caller closes ``cluster`` on failure."""
+    import ray
+
+    pool = Pool(start_workers(recipe, recipe.scoring.workers), cluster, identity)
+    theirs = ray.get([actor.identity.remote() for actor in pool.actors])
+    for k, other in enumerate(theirs):
+        differing = [key for key in identity if key != "scoring" and other.get(key) != identity[key]]
+        if differing or other["scoring"] != theirs[0]["scoring"]:
+            key = differing[0] if differing else "scoring"
+            mine = identity[key] if differing else theirs[0]["scoring"]
+            for actor in pool.actors:
+                ray.kill(actor, no_restart=True)
+            raise CorpmergeError(
+                f"scoring.workers: worker {k + 1} sees a different {IDENTITY_LABELS.get(key, key)} than this process "
+                f"({other.get(key)} ≠ {mine}); every node needs the same base model, tasks and corpmerge"
+            )
+    pool.identity = {**identity, "scoring": theirs[0]["scoring"]}
+    log.info("%d Ray workers ready (%s)%s", len(pool.actors), pool.identity["scoring"], "" if pool.identity == identity else "; this process does not evaluate")
+    return pool
+
+
+def open_worker_session(recipe: Recipe) -> Session:
+    """A Ray worker's session: the base on this actor's device (its GPU, which Ray assigns, else the CPU), no store."""
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return _open(recipe, World(1, 2, device, lambda: None))
 
 
 def read_tensors(checkpoint: Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:
