@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -79,12 +80,18 @@ def connect() -> Cluster:
             ray.init(address=address, **quiet)
             return Cluster(started=False)
         gpus = max(0, torch.cuda.device_count() - 1)  # the last GPU stays the driver's (``driver_device``)
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=gpus, object_store_memory=OBJECT_STORE_BYTES, **quiet)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=gpus, object_store_memory=OBJECT_STORE_BYTES, _temp_dir=ray_temp_dir(), **quiet)
     except Exception as exc:  # Ray's own connection and start-up errors
         raise CorpmergeError(
             f"scoring.workers: cannot {'join the Ray cluster at ' + address if address else 'start a local Ray cluster'} ({first_line(exc)})"
         ) from None
     return Cluster(started=True)
+
+
+def ray_temp_dir() -> str | None:
+    """Where a local cluster keeps its sockets: Ray's default under TMPDIR, unless that path is too long for a Unix
+    socket (107 bytes with Ray's ≈ 70-byte suffix); then /tmp/ray."""
+    return None if len(tempfile.gettempdir()) <= 32 or not os.path.isdir("/tmp") else "/tmp/ray"
 
 
 def resources_per_worker(recipe: Recipe) -> dict[str, float]:

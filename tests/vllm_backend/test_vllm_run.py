@@ -101,3 +101,17 @@ def test_two_ranks_with_an_engine_each_score_and_write_what_one_process_does(res
     assert report["shipped_check"] == SHIPPED  # under a launcher: the written tensors in rank 0's engine
     assert stored(folder / "ranks.work" / "scores.sqlite") == stored(folder / "out.work" / "scores.sqlite")
     assert (folder / "ranks" / "model.safetensors").read_bytes() == (folder / "out" / "model.safetensors").read_bytes()
+
+
+def test_a_ray_worker_with_its_own_engine_scores_and_writes_what_one_process_does(resumed_run, vllm_model, vllm_tasks, spawn):
+    """`scoring.workers: 1`: a Ray actor (on a local cluster the run starts) holds a vLLM engine of its own beside the driver's."""
+    pytest.importorskip("ray")
+    folder, _, _, _ = resumed_run
+    data = vllm_recipe(vllm_model, vllm_tasks, folder / "ray")
+    data["scoring"]["workers"] = 1
+    code, _, err = finish(spawn([sys.executable, "-m", "corpmerge", "-q", "run", str(write_recipe(folder, data, "ray.yaml"))], env={"RAY_ADDRESS": ""}))
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert stored(folder / "ray.work" / "scores.sqlite") == stored(folder / "out.work" / "scores.sqlite")
+    assert (folder / "ray" / "model.safetensors").read_bytes() == (folder / "out" / "model.safetensors").read_bytes()
+    assert json.loads((folder / "ray" / "report.json").read_text())["shipped_check"] == SHIPPED
+    assert "1 Ray workers ready (vllm backend" in (folder / "ray.work" / "corpmerge.log").read_text()

@@ -26,6 +26,7 @@ import gc
 import inspect
 import logging
 import os
+import sys
 import warnings
 import weakref
 from contextlib import contextmanager, nullcontext
@@ -71,6 +72,20 @@ def _keeping_launcher_groups() -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group = destroy
+
+
+@contextmanager
+def _hidden_from_vllms_kernel_scan() -> Iterator[None]:
+    """vLLM's engine start scans every loaded module's attributes and reads ``vars(value).get("kernel")``; llvmlite's
+    ``binding.ffi.lib`` (loaded with numba, which draws the noise on the CPU) answers ``vars()`` with a function wrapper,
+    and the scan fails ("'_lib_fn_wrapper' object has no attribute 'get'"). That one attribute is hidden meanwhile."""
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    lib = ffi.__dict__.pop("lib", None) if ffi is not None else None
+    try:
+        yield
+    finally:
+        if lib is not None:
+            ffi.lib = lib
 
 
 def _device_executor(device: torch.device) -> type:
@@ -173,7 +188,8 @@ class VLLMBackend:
 
         self._owns_distributed = not (dist.is_available() and dist.is_initialized())
         try:
-            engine = vllm.LLM(model=str(folder), dtype=dtype, **self.args)
+            with _hidden_from_vllms_kernel_scan():
+                engine = vllm.LLM(model=str(folder), dtype=dtype, **self.args)
         except Exception as exc:  # the engine's own validation: unknown or impossible model_args, unsupported models
             raise CorpmergeError(f"scoring.model_args: {first_line(exc)}") from None
         VLLMBackend._live = weakref.ref(engine)
