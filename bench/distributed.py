@@ -154,7 +154,9 @@ def ray_deal(work: Path, name: str, size: int, cfg: dict) -> dict:
     example_s = cfg["example_ms"] / 1000
     actor = ray.remote(SleepyWorker)
     actors = [actor.options(num_cpus=0).remote(example_s, cfg["slowness"][r]) for r in range(1, size)]
-    ray.get([a.pid.remote() for a in actors])
+    from corpmerge.scoring.evaluator import Unit
+
+    ray.get([a.evaluate.remote(Unit(0, "warm-up", "A", {"t": [0]}, None, "support")) for a in actors])  # imports, as a real worker has done
     store = ScoreStore(work / f"{name}.sqlite", {"bench": "distributed"})
     evaluator = RayEvaluator(SleepyScorer(example_s, cfg["slowness"][0]), store, lambda key: None, actors, Cluster(started=False), Deadlines(10.0, 600.0))
     requests = [Request(f"unit:{i}", "A", {"t": list(range(n))}) for i, n in enumerate(cfg["sizes"])]

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     buffer = torch.empty(args.numel)
+    part = buffer[: args.numel // 8]
     generator = torch.Generator().manual_seed(0)
     print(f"{args.numel:,} float32 normals into a preallocated buffer, best of {args.repeats}; torch-ops path on 1/8 of them")
     print(f"{'threads':>8} {'philox M/s':>11} {'sfc64 M/s':>10} {'ratio':>6} {'philox torch-ops':>17} {'normal_ M/s':>12}")
@@ -43,7 +44,6 @@ def main() -> None:
         sfc64._pool.cache_clear()  # sized by the thread count
         new = best_rate(lambda: noise.fill(buffer, 1, "bench.weight"), args.numel, args.repeats)
         old = best_rate(lambda: noise.fill(buffer, 1, "bench.weight", 0, noise.LEGACY_SCHEME), args.numel, args.repeats)
-        part = buffer[: args.numel // 8]
         ops = best_rate(lambda: philox.draw_torch(part, 1, "bench.weight"), part.numel(), max(1, args.repeats // 2))
         ref = best_rate(lambda: buffer.normal_(generator=generator), args.numel, args.repeats)
         print(f"{threads:>8} {new:>11.1f} {old:>10.1f} {new / old:>6.2f} {ops:>17.1f} {ref:>12.1f}")

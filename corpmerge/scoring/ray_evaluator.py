@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -36,6 +37,7 @@ from corpmerge.scoring.workers import Cluster, worker_failure
 log = logging.getLogger(__name__)
 WAIT_S = 1.0  # longest wait for an answer before deadlines and restarts are looked at again
 PROBE_S = 0.5  # how often a restarting worker is asked whether it is back
+HERE_POLL_S = 0.01  # while the driver evaluates a unit itself, how often the loop looks whether it is done
 
 
 @dataclass
@@ -72,6 +74,9 @@ class RayEvaluator:
     workers: list[Worker] = field(init=False)
     _cost: dict[str, float] = field(init=False, default_factory=dict)  # suite → slowest seconds per example
     _driver: list[float] = field(init=False, default_factory=lambda: [0, 0.0])  # units, busy seconds
+    _here: tuple[Unit, Future] | None = field(init=False, default=None)  # the unit the driver evaluates now
+    _remote: list[int] = field(init=False, default_factory=lambda: [0, 0])  # workers' evaluations and examples this batch
+    _thread: ThreadPoolExecutor = field(init=False, default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="corpmerge-driver"))
 
     def __post_init__(self) -> None:
         self.workers = [Worker(k + 1, actor) for k, actor in enumerate(self.actors)]
@@ -84,10 +89,23 @@ class RayEvaluator:
         return collect(self.store, requests)
 
     def _deal(self, units: deque[Unit], requests: Sequence[Request], advance: Callable[..., None]) -> None:
+        try:
+            self._loop(units, requests, advance)
+        finally:
+            if self._here is not None:  # a failure elsewhere: keep what the driver was evaluating
+                try:
+                    self._saved_here(requests)
+                except Exception as exc:
+                    log_traceback("the driver's own evaluation", exc)
+            self.scorer.evaluations += self._remote[0]  # the driver's thread is done with the scorer now
+            self.scorer.examples_evaluated += self._remote[1]
+            self._remote = [0, 0]
+
+    def _loop(self, units: deque[Unit], requests: Sequence[Request], advance: Callable[..., None]) -> None:
         import ray
 
-        while units or self._busy():
-            if not self._busy() and units and not self.driver_evaluates and not any(w.ref is not None for w in self.workers):
+        while units or self._busy() or self._here is not None:
+            if not self._busy() and units and self._here is None and not self.driver_evaluates and not any(w.ref is not None for w in self.workers):
                 time.sleep(min(PROBE_S, max(0.0, min(w.probe_at for w in self.workers) - time.monotonic())))
             for worker in self.workers:
                 if worker.state == "idle" and units:
@@ -102,16 +120,17 @@ class RayEvaluator:
                 if worker.state == "restarting" and worker.ref is None and time.monotonic() >= worker.probe_at:
                     worker.ref = worker.actor.pid.remote()
             pending = {w.ref: w for w in self.workers if w.ref is not None}
-            if units and self.driver_evaluates and not any(w.state == "idle" for w in self.workers):
-                self._evaluate_here(units.popleft(), requests)
+            if self._here is not None and self._here[1].done():
+                self._saved_here(requests)
                 advance()
-                wait = 0.0
-            else:
-                wait = min(
-                    [WAIT_S]
-                    + [max(0.0, w.started + w.allowed - time.monotonic()) for w in self.workers if w.state == "busy"]
-                    + [max(0.0, w.probe_at - time.monotonic()) for w in self.workers if w.state == "restarting" and w.ref is None]
-                )
+            if units and self._here is None and self.driver_evaluates and not any(w.state == "idle" for w in self.workers):
+                unit = units.popleft()  # on the driver's thread, so the loop goes on handing out units meanwhile
+                self._here = (unit, self._thread.submit(self._evaluate_here, unit))
+            wait = min(
+                [WAIT_S if self._here is None else HERE_POLL_S]
+                + [max(0.0, w.started + w.allowed - time.monotonic()) for w in self.workers if w.state == "busy"]
+                + [max(0.0, w.probe_at - time.monotonic()) for w in self.workers if w.state == "restarting" and w.ref is None]
+            )
             ready = []
             if pending:  # the first answer to come back, then every other one already there
                 ready, rest = ray.wait(list(pending), num_returns=1, timeout=wait)
@@ -154,8 +173,8 @@ class RayEvaluator:
             return
         scores, seconds = result
         unit = worker.unit
-        self.scorer.evaluations += 1  # the report counts every process's evaluations
-        self.scorer.examples_evaluated += len(scores)
+        self._remote[0] += 1  # the report counts every process's evaluations (added to the scorer's counts after the batch)
+        self._remote[1] += len(scores)
         self.store.save(unit.subject, unit.fold, scores, requests[unit.index].spec)
         self._measure(unit, seconds)
         worker.state, worker.unit, worker.units, worker.busy_s = "idle", None, worker.units + 1, worker.busy_s + seconds
@@ -194,10 +213,16 @@ class RayEvaluator:
                 worker.ref = None  # its answer, if any, is never read
                 self._lost(worker, units, f"stalled for {now - worker.started:.0f} s", said=True)
 
-    def _evaluate_here(self, unit: Unit, requests: Sequence[Request]) -> None:
+    def _evaluate_here(self, unit: Unit) -> tuple[Scores, float]:
+        """The driver's own evaluation (on its helper thread; only the loop's thread touches the store)."""
         start = time.perf_counter()
         scores = self.scorer.evaluate(unit.update, unit.docs, self.suites(unit.suite))
-        seconds = time.perf_counter() - start
+        return scores, time.perf_counter() - start
+
+    def _saved_here(self, requests: Sequence[Request]) -> None:
+        unit, future = self._here
+        self._here = None
+        scores, seconds = future.result()  # an error in the driver's own evaluation stops the run here
         self.store.save(unit.subject, unit.fold, scores, requests[unit.index].spec)
         self._measure(unit, seconds)
         self._driver[0] += 1
@@ -210,6 +235,7 @@ class RayEvaluator:
     def close(self) -> None:
         import ray
 
+        self._thread.shutdown(wait=True)
         for worker in self.workers:
             log.info("worker %d: %d units, busy %.1f s, %d deaths, %d stalls", worker.number, worker.units, worker.busy_s, worker.deaths, worker.stalls)
         log.info("driver: %d units, busy %.1f s", self._driver[0], self._driver[1])
