@@ -306,7 +306,7 @@ class Recipe(_Strict):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if value not in SCHEMES:
-            raise ValueError(f"'{value}' is not a noise scheme this corpmerge implements; use {' or '.join(SCHEMES)}")
+            raise ValueError(f"scheme '{value}' is not supported by this corpmerge (it implements {' and '.join(SCHEMES)}); use one of them")
         return value
 
     @field_validator("population")

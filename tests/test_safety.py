@@ -332,7 +332,7 @@ def test_global_options_after_the_subcommand(tmp_path, base):
     again = run_cli("merge", str(recipe), "--overwrite")  # stderr is a pipe: plain progress lines
     assert again.returncode == 0, again.stderr
     progress = [line for line in again.stderr.splitlines() if "writing weights:" in line]
-    assert len(progress) >= 11, again.stderr  # the start, then every 10 %
+    assert len(progress) >= 2, again.stderr  # the start and the end (a quick write: no line per 10 %)
     assert "(100%)" in progress[-1] and "elapsed" in progress[-1] and "eta" in progress[-1]
     assert "\x1b[" not in again.stderr  # no terminal escapes in a log
     assert run_cli("validate", str(recipe), "-q", "--overwrite").returncode == 0
@@ -351,7 +351,7 @@ def test_log_progress_every_tenth_and_on_a_heartbeat(caplog):
         for _ in range(100):
             advance(status="best 0.5")
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 11 and lines[0].startswith("scoring: 0/100 (0%)")
+    assert len(lines) == 2 and lines[0].startswith("scoring: 0/100 (0%)")  # a quick task: its start and its end
     assert lines[-1].startswith("scoring: 100/100 (100%), elapsed ") and lines[-1].endswith("best 0.5")
     caplog.clear()
     with log_reporter(every_s=0.05)("slow step", 3) as advance:
