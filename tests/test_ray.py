@@ -37,8 +37,25 @@ def with_workers(data: dict, workers: int, **scoring) -> dict:
     return data
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this test process, which started the cluster (another xdist worker has its own)."""
+    me = os.getpid()
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == me:
+            return True
+    return False
+
+
 def actor_pids(busy: bool = False) -> list[int]:
-    """Processes of corpmerge's Ray workers on this machine (Ray titles them ray::ScoringWorker[.method])."""
+    """Processes of corpmerge's Ray workers in this test process's cluster (Ray titles them ray::ScoringWorker[.method])."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -46,7 +63,7 @@ def actor_pids(busy: bool = False) -> list[int]:
                 title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if title.startswith("ray::ScoringWorker") and (not busy or ".evaluate" in title):
+            if title.startswith("ray::ScoringWorker") and (not busy or ".evaluate" in title) and _ours(int(entry.name)):
                 found.append(int(entry.name))
     return found
 
