@@ -116,12 +116,17 @@ def test_a_killed_or_stopped_worker_loses_no_unit_and_is_restarted(fault, tmp_pa
     recipe, db = score_recipe(tmp_path, tiny_model, tiny_task, "run", 2, unit_timeout=60.0 if fault == "SIGKILL" else 8.0)
     proc = spawn([sys.executable, "-m", "corpmerge", "score", str(recipe)], env={"RAY_ADDRESS": cluster})
     wait_for_units(proc, db, 1)
-    deadline, busy = time.monotonic() + 20, []
-    while not busy and time.monotonic() < deadline and proc.poll() is None:
-        busy = actor_pids(busy=True)
-        time.sleep(0.01)
-    victim = busy[0] if busy else wait_for(actor_pids, "a worker")[0]  # caught between units: it gets the next one
-    os.kill(victim, getattr(signal, fault))
+    os.kill(proc.pid, signal.SIGSTOP)  # the driver holds still while both workers are frozen, so the run cannot end first
+    try:
+        victim, other = wait_for(lambda: actor_pids() if len(actor_pids()) == 2 else [], "both workers", timeout=30)
+        for pid in (victim, other):
+            os.kill(pid, signal.SIGSTOP)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(2)  # the driver hands each frozen worker a unit (if it did not hold one already): the victim dies holding one
+    if fault == "SIGKILL":
+        os.kill(victim, signal.SIGKILL)
+    os.kill(other, signal.SIGCONT)
     code, out, err = finish(proc, RUN_S)
     assert code == 0, err[-3000:]
     assert rows(db) == reference  # every unit, once, with the bits of a one-process run
@@ -134,7 +139,11 @@ def test_every_worker_gone_stops_in_one_line_and_the_same_command_resumes(tmp_pa
     recipe.write_text(recipe.read_text())
     proc = spawn([sys.executable, "-m", "corpmerge", "score", str(recipe)], env={"RAY_ADDRESS": cluster})
     wait_for_units(proc, db, 1)
-    os.kill(wait_for(actor_pids, "a worker")[0], signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGSTOP)  # held still, so the run cannot end before the worker is found
+    try:
+        os.kill(wait_for(actor_pids, "a worker", timeout=30)[0], signal.SIGKILL)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
     code, _, err = finish(proc, RUN_S)
     lines = [line for line in err.splitlines() if line.strip()]
     if code == 0:  # the driver finished the rest itself before noticing: nothing to resume
