@@ -44,7 +44,6 @@ from corpmerge.pipeline import run_recipe, score_population  # noqa: E402
 from corpmerge.population import Entry  # noqa: E402
 from corpmerge.recipe import parse_recipe  # noqa: E402
 from corpmerge.scoring import session as session_module  # noqa: E402
-from corpmerge.scoring.distributed import World  # noqa: E402
 from corpmerge.scoring.evaluator import Request  # noqa: E402
 from corpmerge.scoring.scorer import entry_update, ordered  # noqa: E402
 from corpmerge.scoring.session import open_session  # noqa: E402
@@ -53,7 +52,7 @@ from corpmerge.scoring.subjects import entry_subject  # noqa: E402
 
 def on_device(device: str) -> None:
     """Make every session of this process score on ``device``."""
-    session_module.current_world = lambda: World(0, 1, torch.device(device), lambda: None)
+    session_module.scoring_device = lambda: torch.device(device)
 
 
 def recipe_for(base: str, work: Path, tasks: dict[str, Any], entries: int, **extra: Any) -> dict[str, Any]:

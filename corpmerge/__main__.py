@@ -1,4 +1,4 @@
-"""`python -m corpmerge` (also what `accelerate launch -m corpmerge` runs)."""
+"""`python -m corpmerge`."""
 
 from corpmerge.cli import main
 

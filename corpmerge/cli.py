@@ -128,8 +128,6 @@ class _LazyFileHandler(logging.FileHandler):
 
 def _log_to_file(path: Path) -> None:
     """Also log to ``path`` (the work folder's corpmerge.log), progress lines included, appending across resumes."""
-    if os.environ.get("RANK", "0") != "0":
-        return  # one log per run: rank 0's
     handler = _LazyFileHandler(path, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger("corpmerge")
@@ -255,8 +253,6 @@ def score(recipe: Path = RecipeArg) -> None:
     parsed = load_recipe(recipe)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     result = score_recipe(parsed)
-    if result is None:
-        return  # a non-main process of a launched run: rank 0 reports
     entries = sorted(result["entries"], key=lambda e: -e.reward)
     table = Table("rank", "seed", "sigma", "reward", title=f"top entries (base on fold A: {result['base_accuracy_A']:.4f})")
     for rank, entry in enumerate(entries[:10], 1):
@@ -291,8 +287,6 @@ def run(
     parsed = load_recipe(recipe).with_output(output)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     report = run_recipe(parsed, None, overwrite)
-    if report is None:
-        return  # a non-main process of a launched run
     render_report(out, *load_report(report["report_path"]))  # what the file holds, read as any reader reads it
     if report["gate"]["enabled"] and not report["gate"]["accepted"]:
         out.print(f"[yellow]abstained[/]: {escape(ABSTAIN_ADVICE)}", highlight=False)
@@ -330,8 +324,6 @@ def diagnose(
     from corpmerge.recipe import load_recipe
 
     result = diagnose_recipe(load_recipe(recipe), top, coords, k, splits)
-    if result is None:
-        return  # a non-main process of a launched run
     at = f" at quantile {result['quantile']:g}" if result["quantile"] is not None else ""
     table = Table(
         "statistic",
@@ -362,8 +354,7 @@ def ensemble(
     if any(k < 1 for k in top_k):
         raise CorpmergeError("--top-k: vote sizes must be ≥ 1")
     result = ensemble_recipe(load_recipe(recipe), sorted(set(top_k)))
-    if result is not None:  # None on the non-main processes of a launched run
-        render_evaluation(out, HeldOut.model_validate(result["evaluation"]), result["method"])
+    render_evaluation(out, HeldOut.model_validate(result["evaluation"]), result["method"])
 
 
 @app.command()

@@ -28,15 +28,13 @@ def diagnosed_elites(checked: Checked, entries: list[Entry], top: int) -> tuple[
     return [entries[i] for i in ranked[:top]], q
 
 
-def _rewarded(recipe: Recipe, checked: Checked, top: int) -> tuple[list[Entry], dict[str, int]] | None:
-    """Every entry with its fold-A reward, and the element count of every perturbed tensor (None off rank 0)."""
+def _rewarded(recipe: Recipe, checked: Checked, top: int) -> tuple[list[Entry], dict[str, int]]:
+    """Every entry with its fold-A reward, and the element count of every perturbed tensor."""
     if recipe.scoring is None:
         model = model_skeleton(ensure_checkpoint(resolve_base(recipe.base_model)))
         params = dict(model.named_parameters())
         return checked.entries, {name: params[name].numel() for name in perturbed_names(model, recipe.perturb)}
     session = open_session(recipe)
-    if not session.world.is_main:
-        return session.serve()
     try:
         entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
         return entries, {name: t.numel() for name, t in session.scorer.theta0.items()}
@@ -44,13 +42,10 @@ def _rewarded(recipe: Recipe, checked: Checked, top: int) -> tuple[list[Entry], 
         session.close()
 
 
-def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any] | None:
+def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:
     """Split-half statistics of the method's top-``top`` elites, plotted to ``<work_dir>/diagnose.png``."""
     checked = prepare(recipe, needs_rewards=recipe.scoring is None)
-    rewarded = _rewarded(recipe, checked, top)
-    if rewarded is None:
-        return None  # a non-main process of a launched run
-    entries, sizes = rewarded
+    entries, sizes = _rewarded(recipe, checked, top)
     elites, quantile = diagnosed_elites(checked, entries, top)
     if len(elites) < 4:
         at = f" at quantile {quantile:g}" if quantile is not None else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.errors import first_line, traceback_text
+from corpmerge.errors import CorpmergeError
 from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
 from corpmerge.gate.stage2 import iterate
 from corpmerge.output.folder import population_summary, shipped_update, write_output
@@ -23,8 +24,6 @@ from corpmerge.population import Entry, mirror_groups
 from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
-from corpmerge.scoring.coordinator import agree
-from corpmerge.scoring.distributed import current_world
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.folds import count
 from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing, together
@@ -63,7 +62,7 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
     growing slices of fold A and stops those that, with the stated confidence, cannot be among the
     ``keep`` best; a mirrored pair (s, ±σ) is kept or stopped together, so both members are scored on
     the same examples. With racing off every entry is scored on the whole fold. Each stage is one
-    batch of evaluations, spread over every process under a launcher.
+    batch of evaluations, spread over the Ray workers when there are any.
     """
     spec = session.recipe.scoring.racing
     docs = session.folds["A"]
@@ -105,26 +104,22 @@ def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tu
 
 
 def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = None) -> Checked:
-    """Check the recipe on every rank (each needs the base) and the output/work location on rank 0,
-    before anything is written; under a launcher every rank stops with the same line if one fails.
+    """Check the recipe and the output/work location before anything is written.
 
     ``overwrite=None``: only the work folder is written (score, ensemble, diagnose).
     """
-    world = current_world()
+    refuse_launcher()
+    check_work_location(recipe) if overwrite is None else check_output_location(recipe, overwrite)
+    return check_recipe(recipe, needs_rewards=needs_rewards)
 
-    def checks() -> Checked:
-        if world.is_main:
-            check_work_location(recipe) if overwrite is None else check_output_location(recipe, overwrite)
-        return check_recipe(recipe, needs_rewards=needs_rewards)
 
-    if world.size == 1:
-        return checks()
-    try:
-        checked, problem, detail = checks(), None, None
-    except Exception as exc:  # every rank hears of it below; rank 0's log keeps an unexpected one's traceback
-        checked, problem, detail = None, first_line(exc), traceback_text(exc)
-    agree(problem, world.size, detail)
-    return checked
+def refuse_launcher() -> None:
+    """One corpmerge process drives a run; N copies started by torchrun or accelerate would each run all of it."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise CorpmergeError(
+            "WORLD_SIZE: this process is one of several started by a launcher (torchrun, accelerate launch), and corpmerge "
+            "runs as one process; start it once and scale out with scoring.workers (Ray workers, see the README)"
+        )
 
 
 def keep_for(checked: Checked, ensemble_k: list[int] | None = None) -> int:
@@ -139,8 +134,6 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
     checked = prepare(recipe, needs_rewards=False)
     session = open_session(recipe)
-    if not session.world.is_main:
-        return session.serve()
     try:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
@@ -153,15 +146,10 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
         session.close()
 
 
-def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
-    """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder.
-
-    Returns None on the non-main processes of a launched run.
-    """
+def score_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
     checked = prepare(recipe, needs_rewards=False)
     session = open_session(recipe)
-    if not session.world.is_main:
-        return session.serve()
     try:
         entries = score_population(session, checked.entries, keep_for(checked))
         base = accuracy(session.scores(Request("base", "A", session.folds["A"]), "the base"), session.folds["A"])
@@ -174,17 +162,15 @@ def score_recipe(recipe: Recipe) -> dict[str, Any] | None:
     return {"entries": entries, "base_accuracy_A": base, "rewards_path": str(path)}
 
 
-def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any] | None:
+def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """The whole job. Returns the report as report.json holds it (``corpmerge.output.report_schema``),
-    plus ``report_path``; None on non-main processes."""
+    plus ``report_path``."""
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
     checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
     out = Path(recipe.output.path)
     with timer("load"):
         session = open_session(recipe)
-    if not session.world.is_main:
-        return session.serve()  # workers evaluate what rank 0 hands out; every decision is rank 0's
     try:
         with timer("score"):
             entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))

@@ -21,7 +21,6 @@ from corpmerge.output.folder import write_output
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring import session as session_module
-from corpmerge.scoring.distributed import World
 from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import open_session
 from corpmerge.scoring.shipped import shipped_check
@@ -144,7 +143,7 @@ def test_the_writer_never_reads_the_scorers_state(bf16_run, tmp_path):
 
 
 def test_theta0_goes_to_the_scoring_device_in_its_stored_precision(tmp_path, tiny_model, tiny_task, monkeypatch):
-    monkeypatch.setattr(session_module, "current_world", lambda: World(0, 1, torch.device("meta"), lambda: None))
+    monkeypatch.setattr(session_module, "scoring_device", lambda: torch.device("meta"))
     session = open_session(parse_recipe(bf16_recipe(tiny_model, tiny_task, tmp_path / "out")))
     try:
         assert {p.device.type for p in session.model.parameters()} == {"meta"}

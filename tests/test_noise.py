@@ -146,10 +146,10 @@ def test_same_bits_for_any_thread_count_order_and_chunking(scheme):
         "d={{n: gaussian(5, n, (9*65536+3,), scheme='{scheme}').numpy().tobytes() for n in names}};"
         "print(hashlib.sha256(b''.join(d[k] for k in sorted(d))).hexdigest())"
     )
-    runs = [(1, 1 << 21, "1"), (2, 1 << 21, "2"), (2, 1000, "2"), (1, 1 << 21, "")]  # threads, torch chunk, LOCAL_WORLD_SIZE-style split
+    runs = [(1, 1 << 21), (2, 1 << 21), (2, 1000)]  # threads, torch chunk
     digests = set()
-    for t, chunk, local in runs:
-        env = {**__import__("os").environ, "LOCAL_WORLD_SIZE": local or "1", "NUMBA_NUM_THREADS": str(t)}
+    for t, chunk in runs:
+        env = {**__import__("os").environ, "NUMBA_NUM_THREADS": str(t)}
         out = subprocess.run([sys.executable, "-c", script.format(t=t, chunk=chunk, scheme=scheme)], capture_output=True, text=True, check=True, env=env)
         digests.add(out.stdout)
     assert len(digests) == 1

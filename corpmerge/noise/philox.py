@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from functools import lru_cache
 
 import numpy as np
@@ -122,16 +121,6 @@ def accumulate(acc: torch.Tensor, noise: torch.Tensor, amplitude: float) -> None
 
 
 def cpu_threads() -> int:
-    """Threads for drawing noise on the CPU: the cores this rank owns. Under a launcher (LOCAL_WORLD_SIZE set) that is
-    its affinity mask when the launcher narrowed it, else the machine's cores shared among the ranks on this host; not
-    ``torch.get_num_threads()``, which a launcher sets to 1 per rank. Outside a launcher, torch's thread count
-    (OMP_NUM_THREADS when set, else the cores)."""
-    local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    if not local:
-        return max(1, torch.get_num_threads())
-    total = os.cpu_count() or 1
-    try:
-        owned = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        owned = total
-    return max(1, owned if owned < total else owned // max(1, int(local)))
+    """Threads for drawing noise on the CPU: torch's thread count (OMP_NUM_THREADS when set, which Ray sets to a
+    worker's CPUs; else the cores)."""
+    return max(1, torch.get_num_threads())

@@ -47,6 +47,11 @@ class Unit:
     suite: str
 
 
+def unit_examples(unit: Unit) -> int:
+    """How many examples a unit evaluates."""
+    return sum(len(ids) for ids in unit.docs.values())
+
+
 class Evaluator(Protocol):
     def run(self, requests: Sequence[Request], label: str) -> list[Scores]: ...
 

@@ -27,8 +27,7 @@ from typing import Any, Callable, Sequence
 
 from corpmerge.errors import CorpmergeError, log_traceback
 from corpmerge.progress import task
-from corpmerge.scoring.deal import Deadlines, unit_examples
-from corpmerge.scoring.evaluator import Request, Unit, collect, plan_units
+from corpmerge.scoring.evaluator import Request, Unit, collect, plan_units, unit_examples
 from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.scorer import Scorer
 from corpmerge.scoring.store import Scores, ScoreStore
@@ -38,6 +37,22 @@ log = logging.getLogger(__name__)
 WAIT_S = 1.0  # longest wait for an answer before deadlines and restarts are looked at again
 PROBE_S = 0.5  # how often a restarting worker is asked whether it is back
 HERE_POLL_S = 0.01  # while the driver evaluates a unit itself, how often the loop looks whether it is done
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """When a unit out on a worker counts as stalled (``scoring.stall_factor``, ``scoring.unit_timeout``).
+
+    A unit of n examples may take max(floor, factor × n × c) seconds, c being the largest cost per
+    example measured so far in any process for the unit's suite (the slowest worker sets the pace);
+    before anything was measured, the floor alone.
+    """
+
+    factor: float
+    floor: float
+
+    def seconds(self, examples: int, per_example: float | None) -> float:
+        return self.floor if per_example is None else max(self.floor, self.factor * examples * per_example)
 
 
 @dataclass

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from corpmerge.errors import CorpmergeError, first_line, traceback_text
+from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import (
     TORCH_DTYPES,
     BaseRef,
@@ -27,12 +27,10 @@ from corpmerge.noise import check_scheme, scheme
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
 from corpmerge.scoring.backends import Backend, make_backend
-from corpmerge.scoring.coordinator import Coordinator, Deadlines, agree_on_startup, serve
-from corpmerge.scoring.distributed import World, current_world
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
-from corpmerge.scoring.ray_evaluator import RayEvaluator
+from corpmerge.scoring.ray_evaluator import Deadlines, RayEvaluator
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
 from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore
 from corpmerge.scoring.theta0 import Theta0, free_device_bytes, place
@@ -44,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Session:
-    """The loaded base, tasks, folds and scorer; on rank 0 also the store and the evaluator that spreads work."""
+    """The loaded base, tasks, folds and scorer; in the driver also the store and the evaluator (a Ray worker has neither)."""
 
     recipe: Recipe
     ref: BaseRef
@@ -54,7 +52,6 @@ class Session:
     folds: dict[str, Docs]
     store: ScoreStore | None
     scorer: Scorer
-    world: World
     theta0: Theta0
     identity: dict[str, str]
     evaluator: Evaluator | None = None
@@ -70,7 +67,7 @@ class Session:
         return self._evaluate_suite
 
     def evaluate(self, requests: Sequence[Request], label: str) -> list[Scores]:
-        """Run a batch of requests (rank 0 only): spread over every process under a launcher."""
+        """Run a batch of requests (the driver only): spread over the Ray workers when there are any."""
         return self.evaluator.run(requests, label)
 
     def scores(self, request: Request, what: str | None = None) -> Scores:
@@ -81,10 +78,6 @@ class Session:
     def model(self) -> torch.nn.Module | None:
         """The live HF module when the backend has one (tests and diagnostics; the writer never reads it)."""
         return getattr(self.backend, "model", None)
-
-    def serve(self) -> None:
-        """A worker's whole job: evaluate what rank 0 hands out until it says stop."""
-        serve(self.scorer, self.suites)
 
     def close(self) -> None:
         if self.evaluator is not None:
@@ -122,7 +115,7 @@ def suite_counts(suite: TaskSuite) -> dict[str, int]:
 def memory_budget(setting: int | str | None, model_bytes: int, processes_on_host: int = 1, device_free: int | None = None) -> int:
     """Bytes for materialised updates on the scoring device: the recipe's ``scoring.memory_budget``, else
     min(8 × model, ½ of what is free there): the accelerator's free memory (``device_free``), or
-    the host's free RAM ÷ the processes sharing this host."""
+    the host's free RAM ÷ the processes that may share this host (the driver and its workers)."""
     if setting is not None:
         return parse_size(setting)
     if device_free is not None:
@@ -132,11 +125,6 @@ def memory_budget(setting: int | str | None, model_bytes: int, processes_on_host
     except (ValueError, OSError, AttributeError):
         free = 2 * model_bytes
     return int(min(8 * model_bytes, free // 2 // max(1, processes_on_host)))
-
-
-def processes_on_host(world: World) -> int:
-    """How many corpmerge processes share this machine's RAM (the launcher's LOCAL_WORLD_SIZE, else the world)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "") or world.size)
 
 
 def store_path(recipe: Recipe) -> Path:
@@ -150,46 +138,39 @@ def use_prefetch(setting: bool | None, device_type: str, noise_scheme: str) -> b
     return setting if setting is not None else device_type != "cpu" and not scheme(noise_scheme).on_device
 
 
-def open_session(recipe: Recipe, world: World | None = None) -> Session:
-    """Load the base once, build the support tasks and folds; on rank 0 open (or resume) the store.
-
-    Under a launcher every rank loads the model and the tasks, then all agree that each could
-    (one line naming the rank that could not, on every rank); only rank 0 opens the store.
-    """
-    world = world or current_world()
-    workers = recipe.scoring.workers if recipe.scoring is not None else 0
-    if workers and world.size > 1:
-        raise CorpmergeError("scoring.workers: Ray workers and a launcher (torchrun, accelerate launch) are two ways to scale out; use one")
-    if world.size == 1:
-        return _open(recipe, replace(world, device=driver_device(world.device)) if workers else world)
-    try:
-        session, problem, detail = _open(recipe, world), None, None
-    except Exception as exc:  # reported by every rank below, then the run stops cleanly; rank 0's log keeps the traceback
-        session, problem, detail = None, first_line(exc), traceback_text(exc)
-    try:
-        agree_on_startup(problem, world.size, detail)
-    except CorpmergeError:
-        if session is not None and session.store is not None:
-            session.store.close()  # not session.close(): the workers are not serving yet
-        raise
-    return session
+def scoring_device() -> torch.device:
+    """This process's scoring device: its (first visible) GPU, else the CPU. A Ray worker sees only the GPUs Ray gave it."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def _open(recipe: Recipe, world: World) -> Session:
+def open_session(recipe: Recipe) -> Session:
+    """The driver's session: load the base once, build the support tasks and folds, open (or resume) the store, and
+    start the Ray workers when ``scoring.workers`` asks for them (a cluster too small stops the run before any loading)."""
     if recipe.scoring is None:
         raise CorpmergeError("scoring: this command needs a `scoring:` section (lm-eval tasks to score the population on)")
-    quiet_third_party(verbose=logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG))
-    check_code_isolation(recipe)
-    cluster = connect_for(recipe) if world.is_main and recipe.scoring.workers else None  # a cluster too small stops here, before any loading
+    prepare_scoring(recipe)
+    cluster = connect_for(recipe) if recipe.scoring.workers else None
     try:
-        return _load(recipe, world, cluster)
+        return _load(recipe, driver_device(scoring_device()) if cluster else scoring_device(), cluster, driver=True)
     except BaseException:
         if cluster is not None:
             cluster.close()
         raise
 
 
-def _load(recipe: Recipe, world: World, cluster: Cluster | None) -> Session:
+def open_worker_session(recipe: Recipe) -> Session:
+    """A Ray worker's session: the base on this actor's device (the GPU Ray assigns it, else the CPU), no store."""
+    prepare_scoring(recipe)
+    return _load(recipe, scoring_device(), None, driver=False)
+
+
+def prepare_scoring(recipe: Recipe) -> None:
+    """Third-party logging quietened, and model-written code refused where it cannot be isolated."""
+    quiet_third_party(verbose=logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG))
+    check_code_isolation(recipe)
+
+
+def _load(recipe: Recipe, device: torch.device, cluster: Cluster | None, driver: bool) -> Session:
     ref = ensure_checkpoint(resolve_base(recipe.base_model))
     folder = checkpoint_folder(ref)
     tokenizer = load_tokenizer(ref)
@@ -198,12 +179,12 @@ def _load(recipe: Recipe, world: World, cluster: Cluster | None) -> Session:
     names = perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb)
     host = read_tensors(Checkpoint(folder), names)
     spec = recipe.scoring
-    log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, world.device)
+    log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, device)
     backend = make_backend(
         spec.backend,
         checkpoint=folder,
         tokenizer=tokenizer,
-        device=world.device,
+        device=device,
         dtype=TORCH_DTYPES[recipe.scoring_dtype],
         model_args=spec.model_args,
         batch_size=spec.batch_size,
@@ -224,7 +205,7 @@ def _load(recipe: Recipe, world: World, cluster: Cluster | None) -> Session:
         )
     pool = start_pool(recipe, identity, cluster) if cluster is not None else None
     try:
-        store = ScoreStore(store_path(recipe), pool.identity if pool else identity) if world.is_main else None
+        store = ScoreStore(store_path(recipe), pool.identity if pool else identity) if driver else None
     except BaseException:
         if pool is not None:
             pool.close()
@@ -235,23 +216,21 @@ def _load(recipe: Recipe, world: World, cluster: Cluster | None) -> Session:
         count(folds["A"]),
         count(folds["B"]),
         count(folds["C"]),
-        store.path if store is not None else f"on rank 0 (this is rank {world.rank})",
+        store.path if store is not None else "in the driver",
     )
     check_scheme(recipe.noise, backend.device.type)  # the scoring device draws the reference bits, or the run stops here
     theta0 = place(host, backend.device, reserve=scratch_bytes(host))
     log.info("θ₀ on the %s; noise %s drawn on the %s", theta0.where, recipe.noise, backend.device if scheme(recipe.noise).on_device else "host")
     model_bytes = 4 * sum(t.numel() for t in host.values())
-    budget = memory_budget(spec.memory_budget, model_bytes, processes_on_host(world), free_device_bytes(backend.device))
+    budget = memory_budget(spec.memory_budget, model_bytes, 1 + spec.workers, free_device_bytes(backend.device))
     prefetch = use_prefetch(spec.prefetch, backend.device_type, recipe.noise)
     scorer = Scorer(backend, theta0.tensors, suite, budget, prefetch=prefetch, scheme=recipe.noise)
-    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, world, theta0, identity)
-    deadlines = Deadlines(recipe.scoring.stall_factor, recipe.scoring.unit_timeout)
+    session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, theta0, identity)
     if pool is not None:
+        deadlines = Deadlines(spec.stall_factor, spec.unit_timeout)
         session.evaluator = RayEvaluator(scorer, store, session.suites, pool.actors, pool.cluster, deadlines, spec.worker_restarts, pool.identity == identity)
-    elif world.is_main:
-        session.evaluator = (
-            LocalEvaluator(scorer, store, session.suites) if world.size == 1 else Coordinator(scorer, store, session.suites, world.size, deadlines)
-        )
+    elif driver:
+        session.evaluator = LocalEvaluator(scorer, store, session.suites)
     return session
 
 
@@ -303,12 +282,6 @@ def start_pool(recipe: Recipe, identity: dict[str, str], cluster: Cluster) -> Po
     pool.identity = {**identity, "scoring": theirs[0]["scoring"]}
     log.info("%d Ray workers ready (%s)%s", len(pool.actors), pool.identity["scoring"], "" if pool.identity == identity else "; this process does not evaluate")
     return pool
-
-
-def open_worker_session(recipe: Recipe) -> Session:
-    """A Ray worker's session: the base on this actor's device (its GPU, which Ray assigns, else the CPU), no store."""
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    return _open(recipe, World(1, 2, device, lambda: None))
 
 
 def read_tensors(checkpoint: Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:

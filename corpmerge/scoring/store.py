@@ -13,7 +13,7 @@ to close, and a second run that opens it *waits* (saying who holds it) until the
 done, then finds every evaluation the first one finished and evaluates only what is missing, so
 no unit is evaluated twice and both reach the same decisions (racing cuts, gate) from the same
 scores. Waiting rather than sharing the work: every decision is taken by one process from what the
-store holds; spreading one run over processes is the coordinator's job. The kernel drops the lock
+store holds; spreading one run over processes is the Ray workers' job (``scoring.workers``). The kernel drops the lock
 when its holder exits, however it exits (``kill -9`` included), so a lock is never stale. A write
 that fails (a full disk) is one line; SQLite rolls the transaction back and the store stays intact.
 """

