@@ -178,7 +178,7 @@ class ScoringSpec(_Strict):
         default=600.0,
         gt=0,
         allow_inf_nan=False,
-        description="seconds a unit of work on another process may take at least before that process counts as stalled",
+        description="seconds a unit of work on a Ray worker may take at least before that worker counts as stalled",
     )
     stall_factor: float = Field(
         default=10.0,
