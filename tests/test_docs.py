@@ -139,3 +139,15 @@ def test_method_parameter_rows_name_the_methods_that_take_them() -> None:
                 if shown is None or _literal(shown.group(1)) != default:
                     wrong.append(f"{key}: {method}'s default is {default!r}, documented as {cells[1]!r}")
     assert not wrong, "docs/recipe.md: " + "; ".join(wrong)
+
+
+def test_relative_links_resolve() -> None:
+    """Every relative link of the README, CONTRIBUTING.md and docs/ names a file that exists (anchors are not checked)."""
+    root = REFERENCE.parent.parent
+    broken = []
+    for page in [root / "README.md", root / "CONTRIBUTING.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            path = target.split("#", 1)[0]
+            if path and not re.match(r"[a-z]+:", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(root)} → {target}")
+    assert not broken, f"broken links: {broken}"
