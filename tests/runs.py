@@ -85,7 +85,8 @@ def wait_for_units(proc: subprocess.Popen, db: Path, count: int, timeout: float 
         if done >= count:
             return done
         time.sleep(0.05)
-    pytest.fail(f"the run stored fewer than {count} units (exit code {proc.poll()})")
+    said = proc.communicate()[1][-2000:] if proc.poll() is not None else ""
+    pytest.fail(f"the run stored fewer than {count} units (exit code {proc.poll()}) {said}")
 
 
 def _descendants(root: int) -> set[int]:
