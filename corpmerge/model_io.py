@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from corpmerge.errors import CorpmergeError, first_line, log_traceback
-from corpmerge.recipe import PerturbSpec, excerpt
+from corpmerge.errors import CorpmergeError, excerpt, first_line, log_traceback
+from corpmerge.recipe import PerturbSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import os
 import struct
 from pathlib import Path
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, excerpt
 from corpmerge.model_io import TORCH_DTYPES, BaseRef, resolve_base
-from corpmerge.recipe import Recipe, SampledPopulation, excerpt
+from corpmerge.recipe import Recipe, SampledPopulation
 
 log = logging.getLogger(__name__)
 
