@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
+from corpmerge.dtypes import DTYPES, DType
 from corpmerge.errors import CorpmergeError, excerpt
 from corpmerge.noise import DEFAULT_SCHEME, SCHEMES
 from corpmerge.population import MAX_SEED, Entry, check_listed_population, sample_population
@@ -20,10 +21,10 @@ from corpmerge.sizes import parse_size
 from corpmerge.yaml_io import MAX_RECIPE_BYTES, read_text_bounded, read_yaml
 from corpmerge.yaml_io import dump_yaml as dump_yaml  # temporary re-export: pipeline.py imports it from here
 
-DTYPES = ("float32", "bfloat16", "float16")
 MAX_POPULATION = 1_000_000  # entries of a sampled population
 MAX_GRID = 10_000
 MAX_PATH_CHARS = 4096
+BackendName = Literal["hf", "vllm"]  # scoring.backend: corpmerge.scoring.backends.<name>, class <NAME>Backend
 
 
 def _path_field(value: str | None) -> str | None:
@@ -173,10 +174,10 @@ class ScoringSpec(_Strict):
         allow_inf_nan=False,
         description="a unit counts as stalled after this many times its expected time (examples × the slowest measured cost per example)",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+    dtype: DType | None = Field(
         default=None, description="dtype the scored models are rounded to; default: the output dtype, so the gate scores the bits that ship"
     )
-    backend: Literal["hf", "vllm"] = Field(default="hf", description="how a model is evaluated: Hugging Face transformers or a vLLM engine")
+    backend: BackendName = Field(default="hf", description="how a model is evaluated: Hugging Face transformers or a vLLM engine")
     workers: int = Field(
         default=0,
         ge=0,
@@ -275,7 +276,7 @@ class Recipe(_Strict):
     """A corpmerge recipe."""
 
     base_model: str
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DType = "float32"
     noise: str = Field(DEFAULT_SCHEME, description=f"noise scheme: {' or '.join(SCHEMES)} (the default; corpmerge ≤ 0.3 wrote {SCHEMES[1]})")
     perturb: PerturbSpec = Field(default_factory=PerturbSpec)
     population: Population
@@ -299,8 +300,7 @@ class Recipe(_Strict):
     @field_validator("population")
     @classmethod
     def _unique_seeds(cls, value: Any) -> Any:
-        """Seeds are unique, except a mirrored pair: (s, σ) and (s, −σ), both with a reward or neither; a negative σ is
-        only ever such a mirror."""
+        """A listed population's seeds are unique but for mirrored pairs (``check_listed_population``)."""
         if isinstance(value, list):
             check_listed_population(value)
         return value

@@ -14,9 +14,10 @@ import torch
 from corpmerge import __version__, yaml_io
 from corpmerge import recipe as recipes
 from corpmerge.amplitudes import Amplitudes
+from corpmerge.dtypes import TORCH_DTYPES
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult
-from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
+from corpmerge.model_io import BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
 from corpmerge.noise import NOISE_BATCH
 from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location

@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from corpmerge.dtypes import TORCH_DTYPES
 from corpmerge.errors import CorpmergeError, excerpt, first_line
-from corpmerge.model_io import TORCH_DTYPES
 
 log = logging.getLogger(__name__)
 
