@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import traceback
+from typing import Any
 
 TRACEBACK_LOGGER = "corpmerge.traceback"
 
@@ -27,6 +28,14 @@ class Terminated(KeyboardInterrupt):
         super().__init__(signum)
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """``value`` as a short one-line quotation: control characters escaped, long text cut with …, containers by size."""
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    text = (value if isinstance(value, str) else repr(value))[: limit + 1].encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def first_line(exc: BaseException, limit: int | None = 300) -> str:

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from corpmerge.errors import CorpmergeError, first_line, log_traceback
-from corpmerge.recipe import PerturbSpec, excerpt
+from corpmerge.dtypes import TORCH_DTYPES
+from corpmerge.errors import CorpmergeError, excerpt, first_line, log_traceback
+from corpmerge.recipe import PerturbSpec
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +237,6 @@ def ensure_checkpoint(ref: BaseRef) -> BaseRef:
         if not (target / "config.json").is_file():
             raise
     return BaseRef(str(target))
-
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_base(ref: BaseRef, dtype: str = "float32", device: torch.device | str = "cpu", **model_args: Any) -> torch.nn.Module:

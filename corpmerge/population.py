@@ -1,8 +1,9 @@
-"""The population: entries (seed, sigma, reward) and the deterministic expansion of a sampled spec."""
+"""The population: entries (seed, sigma, reward), the deterministic expansion of a sampled spec, the rules a listed one obeys."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -45,3 +46,38 @@ def mirror_groups(entries: list[Entry]) -> list[int]:
     """Entry i's group: the index of the first entry with its seed (a mirrored pair (s, σ), (s, −σ) shares one)."""
     first: dict[int, int] = {}
     return [first.setdefault(e.seed, i) for i, e in enumerate(entries)]
+
+
+class Listed(Protocol):
+    """An entry as a recipe lists it."""
+
+    seed: int
+    sigma: float
+    reward: float | None
+
+
+def check_listed_population(entries: Sequence[Listed]) -> None:
+    """Raise ValueError (naming ``population[i]``) unless the list is not empty, its seeds are unique except a mirrored
+    pair (s, σ) and (s, −σ) with both rewards or neither, and a negative σ is only ever such a mirror."""
+    if not entries:
+        raise ValueError("the list is empty, so nothing can be merged; list {seed, sigma, reward} entries or sample with {size, sigmas, seed}")
+    first: dict[int, int] = {}
+    paired: set[int] = set()
+    for i, entry in enumerate(entries):
+        j = first.setdefault(entry.seed, i)
+        if j == i:
+            continue
+        if entry.seed in paired or entries[j].sigma != -entry.sigma:
+            raise ValueError(
+                f"population[{i}].seed: seed {entry.seed} appears twice (also population[{j}]); seeds must be unique, "
+                "except a mirrored pair {seed: s, sigma: σ} and {seed: s, sigma: −σ}"
+            )
+        if (entries[j].reward is None) != (entry.reward is None):
+            raise ValueError(f"population[{i}].reward: a mirrored pair (here with population[{j}]) is scored together; give both rewards or neither")
+        paired.add(entry.seed)
+    for i, entry in enumerate(entries):
+        if entry.sigma < 0 and entry.seed not in paired:
+            raise ValueError(
+                f"population[{i}].sigma: Input should be greater than 0; a negative σ is only the mirror of a listed "
+                f"{{seed: {entry.seed}, sigma: {-entry.sigma!r}}} entry"
+            )

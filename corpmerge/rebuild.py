@@ -20,9 +20,10 @@ from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult, get_method
 from corpmerge.model_io import ensure_checkpoint, load_tokenizer, resolve_base
-from corpmerge.output.folder import LINEAGE_LONG_LISTS, LINEAGE_TOO_BIG, LINEAGE_VALUES_PER_ENTRY, MAX_LINEAGE_BYTES, shipped_update, write_output
+from corpmerge.output.folder import LINEAGE_TOO_BIG, MAX_LINEAGE_BYTES, read_lineage_text, shipped_update, write_output
 from corpmerge.output.location import LINEAGE_FILE
-from corpmerge.recipe import MAX_NODES, MAX_POPULATION, Recipe, parse_recipe, read_text_bounded, read_yaml
+from corpmerge.recipe import Recipe, parse_recipe
+from corpmerge.yaml_io import read_text_bounded
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -45,7 +46,7 @@ def read_lineage(path: Path) -> dict[str, Any]:
     text = read_text_bounded(path, MAX_LINEAGE_BYTES, "the lineage file", LINEAGE_TOO_BIG)
     if text is None:
         raise CorpmergeError(f"{path}: not found; give an output folder corpmerge wrote, or its {LINEAGE_FILE}")
-    document = read_yaml(text, str(path), LINEAGE_LONG_LISTS, MAX_NODES + LINEAGE_VALUES_PER_ENTRY * MAX_POPULATION, "lineage file")
+    document = read_lineage_text(text, path)
     if not isinstance(document, dict) or not isinstance(document.get("recipe"), dict) or "merge" not in document:
         raise CorpmergeError(f"{path}: not a corpmerge lineage (no `recipe` and `merge`); give the {LINEAGE_FILE} of an output folder")
     return document

@@ -1,8 +1,6 @@
-"""The YAML recipe: bounded reading, pydantic models (unknown keys are errors) and one-line error messages.
+"""The recipe schema: pydantic models (unknown keys are errors), one-line error messages, and loading a recipe file.
 
-Recipes are untrusted text. Reading one is bounded in size (``MAX_RECIPE_BYTES``), in YAML nodes
-after alias expansion (``MAX_NODES``), in nesting (``MAX_DEPTH``) and in the length of every
-list or mapping but the population (``MAX_ITEMS``); messages quote at most a short excerpt.
+A recipe file is untrusted text, read through the bounded reader of ``corpmerge.yaml_io``.
 """
 
 from __future__ import annotations
@@ -13,30 +11,20 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.dtypes import DTYPES, DType
+from corpmerge.errors import CorpmergeError, excerpt
 from corpmerge.noise import DEFAULT_SCHEME, SCHEMES
-from corpmerge.population import MAX_SEED, Entry, sample_population
+from corpmerge.population import MAX_SEED, Entry, check_listed_population, sample_population
 from corpmerge.sizes import parse_size
+from corpmerge.yaml_io import MAX_RECIPE_BYTES, read_text_bounded, read_yaml
+from corpmerge.yaml_io import dump_yaml as dump_yaml  # temporary re-export: pipeline.py imports it from here
 
-DTYPES = ("float32", "bfloat16", "float16")
-MAX_RECIPE_BYTES = 16 * 2**20
-MAX_NODES = 2_000_000
 MAX_POPULATION = 1_000_000  # entries of a sampled population
-MAX_DEPTH = 64
-MAX_ITEMS = 10_000
 MAX_GRID = 10_000
 MAX_PATH_CHARS = 4096
-
-
-def excerpt(value: Any, limit: int = 60) -> str:
-    """``value`` as a short one-line quotation: control characters escaped, long text cut with …, containers by size."""
-    if isinstance(value, (list, dict)):
-        return f"a {type(value).__name__} of {len(value)} item(s)"
-    text = (value if isinstance(value, str) else repr(value))[: limit + 1].encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+BackendName = Literal["hf", "vllm"]  # scoring.backend: corpmerge.scoring.backends.<name>, class <NAME>Backend
 
 
 def _path_field(value: str | None) -> str | None:
@@ -186,10 +174,10 @@ class ScoringSpec(_Strict):
         allow_inf_nan=False,
         description="a unit counts as stalled after this many times its expected time (examples × the slowest measured cost per example)",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+    dtype: DType | None = Field(
         default=None, description="dtype the scored models are rounded to; default: the output dtype, so the gate scores the bits that ship"
     )
-    backend: Literal["hf", "vllm"] = Field(default="hf", description="how a model is evaluated: Hugging Face transformers or a vLLM engine")
+    backend: BackendName = Field(default="hf", description="how a model is evaluated: Hugging Face transformers or a vLLM engine")
     workers: int = Field(
         default=0,
         ge=0,
@@ -288,7 +276,7 @@ class Recipe(_Strict):
     """A corpmerge recipe."""
 
     base_model: str
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DType = "float32"
     noise: str = Field(DEFAULT_SCHEME, description=f"noise scheme: {' or '.join(SCHEMES)} (the default; corpmerge ≤ 0.3 wrote {SCHEMES[1]})")
     perturb: PerturbSpec = Field(default_factory=PerturbSpec)
     population: Population
@@ -312,31 +300,9 @@ class Recipe(_Strict):
     @field_validator("population")
     @classmethod
     def _unique_seeds(cls, value: Any) -> Any:
-        """Seeds are unique, except a mirrored pair: (s, σ) and (s, −σ), both with a reward or neither; a negative σ is
-        only ever such a mirror."""
+        """A listed population's seeds are unique but for mirrored pairs (``check_listed_population``)."""
         if isinstance(value, list):
-            if not value:
-                raise ValueError("the list is empty, so nothing can be merged; list {seed, sigma, reward} entries or sample with {size, sigmas, seed}")
-            first: dict[int, int] = {}
-            paired: set[int] = set()
-            for i, entry in enumerate(value):
-                j = first.setdefault(entry.seed, i)
-                if j == i:
-                    continue
-                if entry.seed in paired or value[j].sigma != -entry.sigma:
-                    raise ValueError(
-                        f"population[{i}].seed: seed {entry.seed} appears twice (also population[{j}]); seeds must be unique, "
-                        "except a mirrored pair {seed: s, sigma: σ} and {seed: s, sigma: −σ}"
-                    )
-                if (value[j].reward is None) != (entry.reward is None):
-                    raise ValueError(f"population[{i}].reward: a mirrored pair (here with population[{j}]) is scored together; give both rewards or neither")
-                paired.add(entry.seed)
-            for i, entry in enumerate(value):
-                if entry.sigma < 0 and entry.seed not in paired:
-                    raise ValueError(
-                        f"population[{i}].sigma: Input should be greater than 0; a negative σ is only the mirror of a listed "
-                        f"{{seed: {entry.seed}, sigma: {-entry.sigma!r}}} entry"
-                    )
+            check_listed_population(value)
         return value
 
     @field_validator("parameters")
@@ -424,212 +390,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (bounded: see the module docstring)."""
+    """Read and validate a recipe file (at most ``MAX_RECIPE_BYTES``, read with ``yaml_io.read_yaml``'s bounds)."""
     path = Path(path)
     too_big = f"a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; sample big populations with {{size, sigmas, seed}} instead of listing them"
     text = read_text_bounded(path, MAX_RECIPE_BYTES, "the recipe", too_big)
     if text is None:
         raise CorpmergeError(f"{path}: recipe file not found")
     return parse_recipe(read_yaml(text, str(path)), str(path))
-
-
-def read_text_bounded(path: Path, limit: int, what: str, too_big: str) -> str | None:
-    """A UTF-8 file of at most ``limit`` bytes (never more is read), None when there is no such file; otherwise a
-    one-line error naming ``path`` (``what``: the file in those messages; ``too_big``: the message past the limit)."""
-    try:
-        if not path.is_file():
-            return None
-        with path.open("rb") as handle:
-            raw = handle.read(limit + 1)
-    except OSError as exc:
-        raise CorpmergeError(f"{excerpt(str(path), 200)}: cannot read {what} ({exc.strerror})") from None
-    if len(raw) > limit:
-        raise CorpmergeError(f"{path}: {too_big}")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CorpmergeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save {what} as UTF-8") from None
-
-
-def dump_yaml(data: Any) -> str:
-    """``yaml.safe_dump(data, sort_keys=False, allow_unicode=True)`` through libyaml when present (~2.7× faster on a
-    100k-entry lineage; the same text for recipes and lineages, though libyaml may wrap long escaped strings and
-    place keys of ≥ 128 bytes differently)."""
-    dumper = yaml.CSafeDumper if yaml.__with_libyaml__ else yaml.SafeDumper
-    return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True)
-
-
-RECIPE_LONG_LISTS = frozenset({("population",)})
-
-
-def read_yaml(text: str, source: str, long_lists: frozenset[tuple[str, ...]] = RECIPE_LONG_LISTS, max_nodes: int | None = None, kind: str = "recipe") -> Any:
-    """One YAML document as plain data, like ``yaml.safe_load`` but bounded; one-line errors naming ``source``.
-
-    ``long_lists``: the key paths (from the top mapping) whose list may have more than ``MAX_ITEMS`` items;
-    ``max_nodes``: the bound on YAML values after alias expansion (``MAX_NODES`` when None); ``kind``: what the
-    messages call the document."""
-    loader = (yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader)(text)
-    try:
-        return _Reader(loader, long_lists, MAX_NODES if max_nodes is None else max_nodes, kind).document()
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise CorpmergeError(f"{source}: not valid YAML{where}: {excerpt(problem, 120)}") from None
-    except _Refused as exc:
-        mark = exc.event.start_mark
-        raise CorpmergeError(f"{source}: line {mark.line + 1}, column {mark.column + 1}: {exc.reason}") from None
-    finally:
-        loader.dispose()
-
-
-class _Refused(Exception):
-    """A YAML construct a recipe may not use, at ``event``."""
-
-    def __init__(self, event: yaml.Event, reason: str) -> None:
-        super().__init__(reason)
-        self.event, self.reason = event, reason
-
-
-_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})\Z")  # a subset of YAML 1.1 ints, read to the same value
-_PLAIN_FLOAT = re.compile(r"[-+]?[0-9]{1,40}\.[0-9]{0,40}\Z")  # likewise for floats
-_DEFAULT_TAGS = (None, "!", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
-_NO_KEY, _MERGE_KEY = object(), object()
-
-
-class _Collection:
-    """A list or mapping being read: its items so far and its size in YAML values, aliases expanded."""
-
-    def __init__(self, event: yaml.Event, unbounded: bool, long_lists: str) -> None:
-        self.event, self.unbounded, self.long_lists = event, unbounded, long_lists
-        self.is_map = isinstance(event, yaml.MappingStartEvent)
-        self.items: dict[Any, Any] | list[Any] = {} if self.is_map else []
-        self.key: Any = _NO_KEY
-        self.nodes = 1
-        self.merges: list[dict[Any, Any]] = []
-
-    def add(self, value: Any, nodes: int, event: yaml.Event, merge_key: bool) -> None:
-        self.nodes += nodes
-        if not self.is_map:
-            self.items.append(value)
-        elif self.key is _NO_KEY:
-            if isinstance(value, (list, dict)):
-                raise _Refused(event, "a mapping key must be a plain value, not a list or mapping")
-            if not merge_key and value in self.items:
-                raise _Refused(event, f"key '{excerpt(value)}' appears twice in this mapping; keep one")
-            self.key = _MERGE_KEY if merge_key else value
-            return
-        elif self.key is _MERGE_KEY:
-            sources = value if isinstance(value, list) else [value]
-            if not all(isinstance(source, dict) for source in sources):
-                raise _Refused(event, "a merge key (<<) needs a mapping or a list of mappings")
-            self.merges.extend(sources)
-            self.key = _NO_KEY
-            return
-        else:
-            self.items[self.key] = value
-            self.key = _NO_KEY
-        if not self.unbounded and len(self.items) > MAX_ITEMS:
-            raise _Refused(self.event, f"more than {MAX_ITEMS:,} items in one list or mapping (only {self.long_lists} may be longer)")
-
-    def value(self) -> Any:
-        if not self.merges:
-            return self.items
-        merged: dict[Any, Any] = {}
-        for source in self.merges:  # the first merge source that has a key wins; explicit keys win over all
-            for key, item in source.items():
-                merged.setdefault(key, item)
-        merged.update(self.items)  # keys: merged ones in order of first appearance, then the mapping's own
-        return merged
-
-
-class _Reader:
-    """Builds plain data from parser events without recursion, counting values as if aliases were copies."""
-
-    def __init__(self, loader: Any, long_lists: frozenset[tuple[str, ...]], max_nodes: int, kind: str) -> None:
-        self.loader, self.long_lists, self.max_nodes, self.kind = loader, long_lists, max_nodes, kind
-        self.long_lists_text = ", ".join(f"`{'.'.join(p)}`" for p in sorted(long_lists))
-        self.anchors: dict[str, tuple[Any, int]] = {}
-        self.open_anchors: set[str] = set()
-        self.nodes = 0
-        self.aliased = False
-        resolvers = type(loader).yaml_implicit_resolvers
-        # a plain scalar is a string when no implicit resolver is registered for its first character
-        self.resolved_first = None if None in resolvers else frozenset(resolvers)
-
-    def document(self) -> Any:
-        self.loader.get_event()  # stream start
-        if self.loader.check_event(yaml.StreamEndEvent):
-            return None
-        self.loader.get_event()  # document start
-        data = self._node()
-        self.loader.get_event()  # document end
-        if not self.loader.check_event(yaml.StreamEndEvent):
-            raise _Refused(self.loader.get_event(), f"a {self.kind} file holds one YAML document; remove the extra `---` documents")
-        return data
-
-    def _too_big(self, event: yaml.Event) -> _Refused:
-        cause = "anchors and aliases (&, *) expand" if self.aliased else f"the {self.kind} grows"
-        return _Refused(event, f"{cause} to more than {self.max_nodes:,} YAML values; a {self.kind} may not be that big")
-
-    def _node(self) -> Any:
-        stack: list[_Collection] = []
-        get_event, scalar = self.loader.get_event, self._scalar
-        while True:
-            event = get_event()
-            kind = event.__class__
-            merge_key = False
-            if kind is yaml.ScalarEvent:
-                merge_key = event.tag is None and event.implicit[0] and event.value == "<<"
-                value, nodes = (event.value if merge_key else scalar(event)), 1
-                self.nodes += 1
-            elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
-                if event.tag not in _DEFAULT_TAGS:
-                    raise _Refused(event, f"tag '{excerpt(event.tag)}' is not supported in a {self.kind}")
-                if len(stack) >= MAX_DEPTH:
-                    raise _Refused(event, f"nested more than {MAX_DEPTH} levels deep")
-                self.nodes += 1  # checked at the next scalar or end: nesting is bounded
-                path = tuple(c.key for c in stack) if all(c.is_map for c in stack) else None
-                stack.append(_Collection(event, path in self.long_lists, self.long_lists_text))
-                if event.anchor is not None:
-                    self.open_anchors.add(event.anchor)
-                continue
-            elif kind is yaml.AliasEvent:
-                if event.anchor in self.open_anchors:
-                    raise _Refused(event, f"alias *{excerpt(event.anchor)} refers to a list or mapping that contains it")
-                if event.anchor not in self.anchors:
-                    raise _Refused(event, f"alias *{excerpt(event.anchor)} has no anchor &{excerpt(event.anchor)} before it")
-                value, nodes = self.anchors[event.anchor]
-                self.aliased = True
-                self.nodes += nodes
-            else:  # the end of a list or mapping
-                done = stack.pop()
-                value, nodes, event = done.value(), done.nodes, done.event
-            if self.nodes > self.max_nodes:
-                raise self._too_big(event)
-            if kind is not yaml.AliasEvent and event.anchor is not None:
-                self.anchors[event.anchor] = (value, nodes)
-                self.open_anchors.discard(event.anchor)
-            if not stack:
-                return value
-            stack[-1].add(value, nodes, event, merge_key)
-
-    def _scalar(self, event: yaml.ScalarEvent) -> Any:
-        """The scalar's value under YAML 1.1 rules, as ``yaml.safe_load`` reads it (plain numbers on a fast path)."""
-        value = event.value
-        if event.tag is None and event.implicit[0]:
-            if value and self.resolved_first is not None and value[0] not in self.resolved_first:
-                return value
-            if _PLAIN_INT.match(value):
-                return int(value)
-            if _PLAIN_FLOAT.match(value):
-                return float(value)
-        tag = self.loader.resolve(yaml.ScalarNode, value, event.implicit) if event.tag in (None, "!") else event.tag
-        construct = type(self.loader).yaml_constructors.get(tag)
-        if construct is None:
-            raise _Refused(event, f"tag '{excerpt(tag)}' is not supported in a {self.kind}")
-        try:
-            return construct(self.loader, yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style))
-        except (ValueError, OverflowError, yaml.YAMLError) as exc:
-            raise _Refused(event, f"cannot read '{excerpt(value)}' as {tag.rsplit(':', 1)[-1]}: {excerpt(str(exc), 80)}") from None

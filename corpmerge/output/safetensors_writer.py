@@ -16,9 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from corpmerge.errors import CorpmergeError, first_line
-from corpmerge.model_io import TORCH_DTYPES
-from corpmerge.recipe import excerpt
+from corpmerge.dtypes import TORCH_DTYPES
+from corpmerge.errors import CorpmergeError, excerpt, first_line
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ import os
 import struct
 from pathlib import Path
 
-from corpmerge.errors import CorpmergeError
-from corpmerge.model_io import TORCH_DTYPES, BaseRef, resolve_base
-from corpmerge.recipe import Recipe, SampledPopulation, excerpt
+from corpmerge.dtypes import TORCH_DTYPES
+from corpmerge.errors import CorpmergeError, excerpt
+from corpmerge.model_io import BaseRef, resolve_base
+from corpmerge.recipe import Recipe, SampledPopulation
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def _checkpoint_tensors(ref: BaseRef, itemsize: int) -> tuple[int, int, int] | N
     if not bins:
         return None
     config = json.loads((folder / "config.json").read_text())
-    stored = {"float16": 2, "bfloat16": 2}.get(str(config.get("torch_dtype") or config.get("dtype")), 4)
+    name = str(config.get("torch_dtype") or config.get("dtype"))
+    stored = TORCH_DTYPES[name].itemsize if name in TORCH_DTYPES else 4
     return sum(b.stat().st_size for b in bins) * itemsize // stored, 0, extra
 
 

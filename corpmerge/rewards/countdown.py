@@ -63,6 +63,12 @@ def extract_answer(completion: str) -> str | None:
     return completion[start : completion.index(CLOSE, start)].strip()
 
 
+def vote_answer(completion: str) -> str | None:
+    """The answer expression without white space, as the RandOpt vote counts it."""
+    answer = extract_answer(completion)
+    return None if answer is None else "".join(answer.split())
+
+
 def solves(answer: str, numbers: list[int], target: int) -> bool:
     """The expression before any `=` uses exactly ``numbers`` and equals ``target``, as does every
     expression after one; False for anything that is not such an expression or too long."""

@@ -52,6 +52,12 @@ def strict_answer(text: str) -> float | None:
     return None if value is None else float(value)
 
 
+def vote_answer(text: str) -> str | None:
+    """The strict answer as the RandOpt vote counts it: '18' for both '#### 18.0' and '#### 18'."""
+    value = strict_answer(text)
+    return None if value is None else f"{value:.9g}"
+
+
 def same(a: Fraction | None, b: Fraction | None) -> bool:
     """Both are numbers and exactly equal."""
     return a is not None and b is not None and a == b

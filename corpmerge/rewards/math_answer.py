@@ -80,6 +80,12 @@ def normalise(answer: str) -> str:
     return s.rstrip(".")
 
 
+def vote_answer(text: str) -> str | None:
+    """The extracted answer, normalised, as the RandOpt vote counts it."""
+    answer = extract(text)
+    return None if answer is None else normalise(answer)
+
+
 def _decimal(s: str) -> Fraction | None:
     """'12', '1.5', '.5', '2e-3' exactly; None for anything else or beyond the digit/exponent caps."""
     m = _DECIMAL.fullmatch(s)

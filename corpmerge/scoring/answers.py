@@ -3,45 +3,50 @@
 Multiple-choice tasks vote on the option that the reward metric picks (lm-eval's rule for that
 metric, e.g. the length-normalised choice under ``acc_norm``); generation tasks on the answer
 their extractor takes from the completion (normalised where the task compares normalised
-answers), the one a task names in its YAML (``metadata.answer``, see
-``corpmerge.scoring.declarations``), else the stripped completion. ``None`` means no answer was
-given, and such votes are dropped.
+answers), the one a task declares in its YAML (``metadata.answer``: ``!function module.fn``, or
+the name of one in ``ANSWERS``, imported only when named; see ``corpmerge.scoring.declarations``),
+else the stripped completion. ``None`` means no answer was given, and such votes are dropped.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from corpmerge.rewards import arith, countdown, gsm8k, math_answer, mbpp, rocstories
-
-
-def _number(value: float | None) -> str | None:
-    return None if value is None else f"{value:.9g}"
-
-
-def _math(text: str) -> str | None:
-    answer = math_answer.extract(text)
-    return None if answer is None else math_answer.normalise(answer)
-
-
-def _expression(text: str) -> str | None:
-    answer = countdown.extract_answer(text)
-    return None if answer is None else "".join(answer.split())
-
-
 Extractor = Callable[[str], str | None]
 
-# the extractors a task YAML can name in ``metadata.answer``
-ANSWERS: dict[str, Extractor] = {
-    "first_number": arith.first_answer,
-    "gsm8k_strict": lambda text: _number(gsm8k.strict_answer(text)),
-    "countdown_expression": _expression,
-    "boxed_math": _math,
-    "story_order": rocstories.parse_order,
-    "python_code": mbpp.extract_code,
-}
+
+class NamedExtractors(Mapping[str, Extractor]):
+    """Extractors by name, each imported from its ``module:function`` path when it is looked up."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self.paths = paths
+
+    def __getitem__(self, name: str) -> Extractor:
+        module, _, function = self.paths[name].partition(":")
+        return getattr(importlib.import_module(module), function)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+# the extractors a task YAML may name in ``metadata.answer`` instead of giving ``!function module.fn``
+ANSWERS: Mapping[str, Extractor] = NamedExtractors(
+    {
+        "first_number": "corpmerge.rewards.arith:first_answer",
+        "gsm8k_strict": "corpmerge.rewards.gsm8k:vote_answer",
+        "countdown_expression": "corpmerge.rewards.countdown:vote_answer",
+        "boxed_math": "corpmerge.rewards.math_answer:vote_answer",
+        "story_order": "corpmerge.rewards.rocstories:parse_order",
+        "python_code": "corpmerge.rewards.mbpp:extract_code",
+    }
+)
 
 
 def choice_prediction(logliks: Sequence[float], metric: str = "acc", choices: Sequence[str] | None = None) -> str:

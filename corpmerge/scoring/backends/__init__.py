@@ -11,13 +11,15 @@ from __future__ import annotations
 import importlib
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol, get_args
 
 import torch
 
 from corpmerge.errors import CorpmergeError
+from corpmerge.recipe import BackendName
 
-BACKENDS = {"hf": "corpmerge.scoring.backends.hf:HFBackend", "vllm": "corpmerge.scoring.backends.vllm:VLLMBackend"}
+# a backend's name is the recipe's choice; its class, ``<NAME>Backend`` in ``corpmerge.scoring.backends.<name>``
+BACKENDS = {name: f"{__name__}.{name}:{name.upper()}Backend" for name in get_args(BackendName)}
 
 
 class Backend(Protocol):

@@ -9,11 +9,11 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from corpmerge.dtypes import DTYPE_NAMES
 from corpmerge.model_io import BaseRef, load_base
 from corpmerge.scoring.lmeval import make_lm
 
 log = logging.getLogger(__name__)
-_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 class HFBackend:
@@ -25,7 +25,7 @@ class HFBackend:
         self.dtype, self.device = dtype, torch.device(device)
         self.device_type = self.device.type
         self.tokenizer, self.batch_size, self.model_args = tokenizer, batch_size, model_args
-        self.model = load_base(BaseRef(str(checkpoint)), _NAMES[dtype], device, **model_args)
+        self.model = load_base(BaseRef(str(checkpoint)), DTYPE_NAMES[dtype], device, **model_args)
         self.params = dict(self.model.named_parameters())
         self._lm = make_lm(self.model, tokenizer, batch_size)
 

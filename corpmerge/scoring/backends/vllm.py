@@ -32,12 +32,12 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from corpmerge.dtypes import DTYPE_NAMES
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.model_io import Checkpoint
 
 log = logging.getLogger(__name__)
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 RESERVED_ARGS = ("model", "tokenizer", "dtype")  # corpmerge sets these from base_model and scoring.dtype
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves most of the machine's memory
 

@@ -55,3 +55,6 @@ def build_dataset(train_size: int = 1000, test_size: int = 500, seed: int = 0, *
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     return arith.score(results[0], doc["answer"])
+
+
+vote_answer = arith.first_answer  # metadata.answer: the answer the RandOpt vote counts

@@ -22,3 +22,6 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
         completion += "</answer>"  # generation stops at the closing tag, which lm-eval strips
     reward, correct = countdown.score(completion, doc["numbers"], doc["target"])
     return {"reward": reward, "correct": float(correct)}
+
+
+vote_answer = countdown.vote_answer  # metadata.answer: the answer the RandOpt vote counts

@@ -17,3 +17,6 @@ def build_dataset(**metadata: object):
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     return gsm8k.score(results[0], doc["answer"])
+
+
+vote_answer = gsm8k.vote_answer  # metadata.answer: the answer the RandOpt vote counts

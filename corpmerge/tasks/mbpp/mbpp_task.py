@@ -26,3 +26,6 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
         completion += "</answer>"
     reward, correct = mbpp.score(completion, doc.get("test_setup_code") or "", list(doc["test_list"]))
     return {"reward": reward, "correct": float(correct)}
+
+
+vote_answer = mbpp.extract_code  # metadata.answer: the answer the RandOpt vote counts

@@ -26,3 +26,6 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     answers = doc["final_answer"] if isinstance(doc["final_answer"], list) else [doc["final_answer"]]
     reward, correct = math_answer.score(results[0], [str(a) for a in answers])
     return {"reward": reward, "correct": float(correct)}
+
+
+vote_answer = math_answer.vote_answer  # metadata.answer: the answer the RandOpt vote counts

@@ -36,3 +36,6 @@ def process_results(doc: dict, results: list[str]) -> dict[str, float]:
         completion += "</answer>"
     reward, correct = rocstories.score(completion, doc["gold"])
     return {"reward": reward, "correct": float(correct)}
+
+
+vote_answer = rocstories.parse_order  # metadata.answer: the answer the RandOpt vote counts
