@@ -82,7 +82,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/merge.py
 	$(BIN)/python bench/distributed.py
 
-# The device machine (README "What is scored is what ships") reaches no package index and has torch, transformers,
+# The device machine (docs/what-ships.md) reaches no package index and has torch, transformers,
 # numba and most of the rest; what corpmerge needs beyond that travels as wheels in .whl/ (carry it in the device call),
 # for its Python (3.12). Then one device call: bash bench/device_check.sh
 DEVICE_PYTHON ?= 3.12

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check: one call on a lent GPU machine, ≤ 9 minutes (README, "What is scored is what ships").
+# The device check: one call on a lent GPU machine, ≤ 9 minutes (docs/what-ships.md).
 #   here:   make device-wheels                      (what that machine lacks, as wheels in .whl/, ≈ 16 MiB)
 #   there:  bash bench/device_check.sh               (device tool: carry [".whl"], timeout_s 560)
 # Writes into $OUT (or ./device-check-out): gpu.txt, weight_change.json, gpu_check.json and each step's log.

@@ -159,7 +159,8 @@ class ScoringSpec(_Strict):
     prefetch: bool | None = Field(
         default=None,
         description="draw the next entry's noise while the current one evaluates (needs 2 × model in memory_budget); "
-        "default: on unless the scoring device is the CPU, where both compete for the same cores",
+        "default: on only where the legacy scheme draws on the host for an accelerator (off on the CPU, where both compete "
+        "for the same cores, and where the noise is drawn on the scoring device)",
     )
     allow_unsandboxed_code: bool = Field(default=False, description="run code rewards (MBPP) without OS isolation where it cannot be set up; unsafe")
     unit_timeout: float = Field(
@@ -357,7 +358,7 @@ def _format_error(err: dict[str, Any]) -> str:
     kind = err["type"]
     msg = err["msg"]
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key; remove it or check the spelling (see `corpmerge validate --help` and the README's recipe reference)"
+        return f"{loc}: unknown key; remove it or check the spelling (see `corpmerge validate --help` and docs/recipe.md)"
     if kind == "missing":
         return f"{loc}: required field is missing"
     if kind == "literal_error" and loc == "dtype":

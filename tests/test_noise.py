@@ -17,7 +17,7 @@ from corpmerge.noise.sfc64 import BLOCK
 BOTH = pytest.mark.parametrize("scheme", SCHEMES)
 
 
-# ---- an independent reference of philox4x32-10-icdf-v1: NumPy uint64, element by element (README "The noise contract")
+# ---- an independent reference of philox4x32-10-icdf-v1: NumPy uint64, element by element (docs/noise.md)
 def _philox_words(counter: int, seed: int, h: int) -> list[int]:
     """Random123's Philox4x32-10, in Python integers."""
     m = 0xFFFFFFFF

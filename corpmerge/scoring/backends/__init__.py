@@ -59,5 +59,5 @@ def make_backend(
     try:
         cls = getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        raise CorpmergeError(f"scoring.backend: '{kind}' needs a package that is not installed ({exc.name}); see the README's \"Backends\" section") from None
+        raise CorpmergeError(f"scoring.backend: '{kind}' needs a package that is not installed ({exc.name}); see docs/backends.md") from None
     return cls(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, model_args=model_args, batch_size=batch_size)
