@@ -20,14 +20,14 @@ from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, RunReport
 from corpmerge.plan import Checked, check_recipe
-from corpmerge.population import Entry, mirror_groups
+from corpmerge.population import Entry
 from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.folds import count
-from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing, together
-from corpmerge.scoring.scorer import as_docs, entry_update, in_order
+from corpmerge.scoring.racing import entries_to_keep, race_population, score_population
+from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
 from corpmerge.scoring.subjects import entry_subject, update_subject
@@ -48,59 +48,6 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
-
-
-def score_population(session: Session, entries: list[Entry], keep: int = 1) -> list[Entry]:
-    """Give every entry its fold-A reward (mean reward metric), racing the ones not given in the recipe."""
-    return race_population(session, entries, keep)[0]
-
-
-def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tuple[list[Entry], dict[str, Any]]:
-    """Entries with fold-A rewards, and the race's summary (stages, entries stopped, example-evaluations).
-
-    Racing (``scoring.racing``, see ``corpmerge.scoring.racing``) scores the unrewarded entries on
-    growing slices of fold A and stops those that, with the stated confidence, cannot be among the
-    ``keep`` best; a mirrored pair (s, ±σ) is kept or stopped together, so both members are scored on
-    the same examples. With racing off every entry is scored on the whole fold. Each stage is one
-    batch of evaluations, spread over the Ray workers when there are any.
-    """
-    spec = session.recipe.scoring.racing
-    docs = session.folds["A"]
-    order = race_order(docs, session.recipe.scoring.support.split_seed)
-    n = len(order)
-    todo = [i for i, e in enumerate(entries) if e.reward is None]
-    groups = mirror_groups(entries)
-    base = in_order(session.scores(Request("base", "A", docs), "the base"), order, "value") if todo else None
-    sizes = stage_sizes(n, spec)
-    alive, standings, stopped_at = list(todo), {}, {}
-    for stage, m in enumerate(sizes, 1):
-        prefix = as_docs(order[:m])
-        requests = [
-            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma}) for i in alive
-        ]
-        results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
-        values = np.array([in_order(scores, order[:m], "value") for scores in results]).reshape(len(alive), m)
-        for i, row in zip(alive, values):
-            standings[i] = standing(row, base, spec.z)
-        if m < n and alive:
-            cut = together(race_cut(values, n, spec.z, keep, [standings[i] for i in alive]), [groups[i] for i in alive])
-            stopped_at.update({i: m for i, stop in zip(alive, cut) if stop})
-            alive = [i for i, stop in zip(alive, cut) if not stop]
-            log.info("racing stage %d: %d of %d examples; %d entries continue, %d stopped", stage, m, n, len(alive), len(stopped_at))
-    out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
-    examples = {i: stopped_at.get(i, n) for i in todo}
-    summary = {
-        "enabled": spec.enabled,
-        "stages": sizes,
-        "z": spec.z,
-        "keep": keep,
-        "scored": len(todo),
-        "stopped": len(stopped_at),
-        "example_evaluations": int(sum(examples.values())),
-        "example_evaluations_without_racing": len(todo) * n,
-        "examples": [examples.get(i, n) for i in range(len(entries))],
-    }
-    return out, summary
 
 
 def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = None) -> Checked:
@@ -133,8 +80,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
     checked = prepare(recipe, needs_rewards=False)
-    session = open_session(recipe)
-    try:
+    with open_session(recipe) as session:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
         subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
@@ -142,19 +88,14 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
         if amps is not None:
             subjects["merged"] = (update_subject(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
-    finally:
-        session.close()
 
 
 def score_recipe(recipe: Recipe) -> dict[str, Any]:
     """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
     checked = prepare(recipe, needs_rewards=False)
-    session = open_session(recipe)
-    try:
+    with open_session(recipe) as session:
         entries = score_population(session, checked.entries, keep_for(checked))
         base = accuracy(session.scores(Request("base", "A", session.folds["A"]), "the base"), session.folds["A"])
-    finally:
-        session.close()
     path = recipe.output.work_path / "rewards.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
@@ -171,7 +112,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
     out = Path(recipe.output.path)
     with timer("load"):
         session = open_session(recipe)
-    try:
+    with session:
         with timer("score"):
             entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
         cloud = Cloud.from_entries(entries)
@@ -243,8 +184,6 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         path = final_report.write((out if written else recipe.output.work_path) / REPORT_FILE)
         write_report_png(final_report, recipe.output.work_path / "report.png")
         return {**final_report.as_json(), "report_path": str(path)}
-    finally:
-        session.close()
 
 
 def _report(session: Session, entries: list[Entry], checked: Checked, decision: GateDecision) -> dict[str, Any]:

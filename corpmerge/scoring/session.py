@@ -79,7 +79,14 @@ class Session:
         """The live HF module when the backend has one (tests and diagnostics; the writer never reads it)."""
         return getattr(self.backend, "model", None)
 
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Stop the workers, close the store, free the scorer, the backend and θ₀: the end of ``with open_session(…)``."""
         if self.evaluator is not None:
             self.evaluator.close()
         if self.store is not None:
@@ -145,7 +152,8 @@ def scoring_device() -> torch.device:
 
 def open_session(recipe: Recipe) -> Session:
     """The driver's session: load the base once, build the support tasks and folds, open (or resume) the store, and
-    start the Ray workers when ``scoring.workers`` asks for them (a cluster too small stops the run before any loading)."""
+    start the Ray workers when ``scoring.workers`` asks for them (a cluster too small stops the run before any loading). Use it as
+    ``with open_session(recipe) as session:``."""
     if recipe.scoring is None:
         raise CorpmergeError("scoring: this command needs a `scoring:` section (lm-eval tasks to score the population on)")
     prepare_scoring(recipe)
