@@ -80,7 +80,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
     checked = prepare(recipe, needs_rewards=False)
-    with open_session(recipe) as session:
+    with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
         subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
@@ -93,7 +93,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
 def score_recipe(recipe: Recipe) -> dict[str, Any]:
     """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
     checked = prepare(recipe, needs_rewards=False)
-    with open_session(recipe) as session:
+    with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep_for(checked))
         base = accuracy(session.scores(Request("base", "A", session.folds["A"]), "the base"), session.folds["A"])
     path = recipe.output.work_path / "rewards.yaml"
@@ -111,7 +111,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
     checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
     out = Path(recipe.output.path)
     with timer("load"):
-        session = open_session(recipe)
+        session = open_session(recipe, checked.base)
     with session:
         with timer("score"):
             entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
