@@ -40,11 +40,12 @@ import yaml  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from corpmerge.amplitudes import Amplitudes  # noqa: E402
-from corpmerge.pipeline import run_recipe, score_population  # noqa: E402
+from corpmerge.pipeline import run_recipe  # noqa: E402
 from corpmerge.population import Entry  # noqa: E402
 from corpmerge.recipe import parse_recipe  # noqa: E402
 from corpmerge.scoring import session as session_module  # noqa: E402
 from corpmerge.scoring.evaluator import Request  # noqa: E402
+from corpmerge.scoring.racing import score_population  # noqa: E402
 from corpmerge.scoring.scorer import entry_update, ordered  # noqa: E402
 from corpmerge.scoring.session import open_session  # noqa: E402
 from corpmerge.scoring.subjects import entry_subject  # noqa: E402

@@ -26,10 +26,10 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before lm-eval is imported
 
-from corpmerge.pipeline import score_population
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
 from corpmerge.scoring.folds import count
+from corpmerge.scoring.racing import score_population
 from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import open_session
 

@@ -286,9 +286,9 @@ def run(
 
     parsed = load_recipe(recipe).with_output(output)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
-    report = run_recipe(parsed, None, overwrite)
-    render_report(out, *load_report(report["report_path"]))  # what the file holds, read as any reader reads it
-    if report["gate"]["enabled"] and not report["gate"]["accepted"]:
+    report, path = load_report(run_recipe(parsed, None, overwrite)["report_path"])  # what the file holds, read as any reader reads it
+    render_report(out, report, path)
+    if report.gate.enabled and not report.gate.accepted:
         out.print(f"[yellow]abstained[/]: {escape(ABSTAIN_ADVICE)}", highlight=False)
         if strict:
             raise typer.Exit(ABSTAINED_EXIT)

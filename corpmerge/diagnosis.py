@@ -8,12 +8,13 @@ import numpy as np
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods.weights import elite_indices
-from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names, resolve_base
-from corpmerge.pipeline import keep_for, prepare, score_population
+from corpmerge.model_io import ensure_checkpoint, model_skeleton, perturbed_names
+from corpmerge.pipeline import keep_for, prepare
 from corpmerge.plan import Checked
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe
 from corpmerge.report.diagnose import plot, sketch, split_half
+from corpmerge.scoring.racing import score_population
 from corpmerge.scoring.session import open_session
 
 
@@ -31,15 +32,12 @@ def diagnosed_elites(checked: Checked, entries: list[Entry], top: int) -> tuple[
 def _rewarded(recipe: Recipe, checked: Checked, top: int) -> tuple[list[Entry], dict[str, int]]:
     """Every entry with its fold-A reward, and the element count of every perturbed tensor."""
     if recipe.scoring is None:
-        model = model_skeleton(ensure_checkpoint(resolve_base(recipe.base_model)))
+        model = model_skeleton(ensure_checkpoint(checked.base))
         params = dict(model.named_parameters())
         return checked.entries, {name: params[name].numel() for name in perturbed_names(model, recipe.perturb)}
-    session = open_session(recipe)
-    try:
+    with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
         return entries, {name: t.numel() for name, t in session.scorer.theta0.items()}
-    finally:
-        session.close()
 
 
 def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:

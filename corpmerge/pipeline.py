@@ -13,21 +13,23 @@ import numpy as np
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
-from corpmerge.gate.procedure import Candidate, GateDecision, candidate_record, run_gate
+from corpmerge.gate.procedure import Candidate, GateDecision, run_gate
 from corpmerge.gate.stage2 import iterate
-from corpmerge.output.folder import population_summary, shipped_update, write_output
+from corpmerge.methods import MergeResult
+from corpmerge.output.folder import shipped_update, write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
-from corpmerge.output.report_schema import REPORT_FILE, RunReport
+from corpmerge.output.report_schema import REPORT_FILE, HeldOut, Racing, RunReport, Stage2
 from corpmerge.plan import Checked, check_recipe
-from corpmerge.population import Entry, mirror_groups
+from corpmerge.population import Entry
 from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
+from corpmerge.report.sections import candidates_section, gate_section, population_section, stage2_section
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.folds import count
-from corpmerge.scoring.racing import entries_to_keep, race_cut, race_order, rewarded, stage_sizes, standing, together
-from corpmerge.scoring.scorer import as_docs, entry_update, in_order
+from corpmerge.scoring.racing import entries_to_keep, race_population, score_population
+from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
 from corpmerge.scoring.subjects import entry_subject, update_subject
@@ -48,59 +50,6 @@ class PhaseTimer:
             yield
         finally:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - start, 3)
-
-
-def score_population(session: Session, entries: list[Entry], keep: int = 1) -> list[Entry]:
-    """Give every entry its fold-A reward (mean reward metric), racing the ones not given in the recipe."""
-    return race_population(session, entries, keep)[0]
-
-
-def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tuple[list[Entry], dict[str, Any]]:
-    """Entries with fold-A rewards, and the race's summary (stages, entries stopped, example-evaluations).
-
-    Racing (``scoring.racing``, see ``corpmerge.scoring.racing``) scores the unrewarded entries on
-    growing slices of fold A and stops those that, with the stated confidence, cannot be among the
-    ``keep`` best; a mirrored pair (s, ±σ) is kept or stopped together, so both members are scored on
-    the same examples. With racing off every entry is scored on the whole fold. Each stage is one
-    batch of evaluations, spread over the Ray workers when there are any.
-    """
-    spec = session.recipe.scoring.racing
-    docs = session.folds["A"]
-    order = race_order(docs, session.recipe.scoring.support.split_seed)
-    n = len(order)
-    todo = [i for i, e in enumerate(entries) if e.reward is None]
-    groups = mirror_groups(entries)
-    base = in_order(session.scores(Request("base", "A", docs), "the base"), order, "value") if todo else None
-    sizes = stage_sizes(n, spec)
-    alive, standings, stopped_at = list(todo), {}, {}
-    for stage, m in enumerate(sizes, 1):
-        prefix = as_docs(order[:m])
-        requests = [
-            Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma}) for i in alive
-        ]
-        results = session.evaluate(requests, f"scoring population: stage {stage}/{len(sizes)} ({m} of {n} examples)")
-        values = np.array([in_order(scores, order[:m], "value") for scores in results]).reshape(len(alive), m)
-        for i, row in zip(alive, values):
-            standings[i] = standing(row, base, spec.z)
-        if m < n and alive:
-            cut = together(race_cut(values, n, spec.z, keep, [standings[i] for i in alive]), [groups[i] for i in alive])
-            stopped_at.update({i: m for i, stop in zip(alive, cut) if stop})
-            alive = [i for i, stop in zip(alive, cut) if not stop]
-            log.info("racing stage %d: %d of %d examples; %d entries continue, %d stopped", stage, m, n, len(alive), len(stopped_at))
-    out = [rewarded(e, standings[i]) if i in standings else e for i, e in enumerate(entries)]
-    examples = {i: stopped_at.get(i, n) for i in todo}
-    summary = {
-        "enabled": spec.enabled,
-        "stages": sizes,
-        "z": spec.z,
-        "keep": keep,
-        "scored": len(todo),
-        "stopped": len(stopped_at),
-        "example_evaluations": int(sum(examples.values())),
-        "example_evaluations_without_racing": len(todo) * n,
-        "examples": [examples.get(i, n) for i in range(len(entries))],
-    }
-    return out, summary
 
 
 def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = None) -> Checked:
@@ -133,8 +82,7 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
     checked = prepare(recipe, needs_rewards=False)
-    session = open_session(recipe)
-    try:
+    with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
         subjects: dict[str, tuple[str, Any]] = {"base": ("base", None)}
@@ -142,19 +90,14 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
         if amps is not None:
             subjects["merged"] = (update_subject(amps), amps)
         return {"base_model": recipe.base_model, "method": recipe.merge_method, "evaluation": evaluate_held_out(session, subjects, ranked, top_k)}
-    finally:
-        session.close()
 
 
 def score_recipe(recipe: Recipe) -> dict[str, Any]:
     """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
     checked = prepare(recipe, needs_rewards=False)
-    session = open_session(recipe)
-    try:
+    with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep_for(checked))
         base = accuracy(session.scores(Request("base", "A", session.folds["A"]), "the base"), session.folds["A"])
-    finally:
-        session.close()
     path = recipe.output.work_path / "rewards.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
@@ -163,132 +106,118 @@ def score_recipe(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """The whole job. Returns the report as report.json holds it (``corpmerge.output.report_schema``),
-    plus ``report_path``."""
+    """The whole job, phase by phase: load → score → gate → stage 2 → fold accuracies → evaluate → write → push.
+
+    The phases' typed sections are assembled once into the report (``corpmerge.output.report_schema.RunReport``).
+    Returns the report as report.json holds it, plus ``report_path``.
+    """
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
     checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
     out = Path(recipe.output.path)
     with timer("load"):
-        session = open_session(recipe)
-    try:
+        session = open_session(recipe, checked.base)
+    with session:
         with timer("score"):
             entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
         cloud = Cloud.from_entries(entries)
         with timer("gate"):
-            if recipe.gate.enabled:
-                decision = run_gate(session, checked, cloud)
-            else:
-                result = checked.method(cloud, checked.grid[0])
-                decision = GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, update_subject(result)), 1.0, [], "gate disabled")
-        final = decision.result
-        stage2 = None
+            decision = gate_phase(session, checked, cloud)
+        final, stage2 = decision.result, None
         if final is not None and recipe.iterate is not None:
             with timer("stage2"):
-                final, stage2 = iterate(session, checked, cloud, decision)
-        report = _report(session, entries, checked, decision)
-        report["racing"] = race
-        if stage2 is not None:
-            report["stage2"] = {
-                "rounds": stage2,
-                "accepted": sum(r["accepted"] for r in stage2),
-                "rejected": sum(not r["accepted"] for r in stage2),
-                "sigma_schedule": recipe.iterate.sigma_schedule,
-            }
-            subject = update_subject(final)
-            report["chosen"] = fold_accuracies(session, subject, final, list(report["chosen"]))
-        best_index = int(np.argmax([e.reward for e in entries]))
+                final, rounds = iterate(session, checked, cloud, decision)
+                stage2 = stage2_section(recipe.iterate, rounds)
+        base, chosen = fold_phase(session, decision, final if stage2 is not None else None)
+        evaluation = None
         if recipe.evaluate is not None:
             with timer("evaluate"):
-                subjects = {"base": ("base", None), "best_entry": (entry_subject(entries[best_index]), entry_update(entries[best_index]))}
-                if final is not None:
-                    subjects["merged"] = (update_subject(final), final)
-                pairs: tuple[tuple[str, str], ...] = ()
-                if stage2 is not None and report["stage2"]["accepted"]:  # what stage 2 added, paired on the same examples
-                    subjects["stage1"] = (update_subject(decision.result), decision.result)
-                    pairs = (("merged", "stage1"),)
-                ranked = sorted(entries, key=lambda e: -e.reward)
-                report["evaluation"] = evaluate_held_out(session, subjects, ranked, recipe.evaluate.ensemble_k, pairs)
-        report["evaluations"] = session.scorer.evaluations
-        report["example_evaluations"] = session.scorer.examples_evaluated
-        datasets = {**session.suite.datasets, **(session.suites("evaluate").datasets if recipe.evaluate else {})}
-        if datasets:
-            report["datasets"] = datasets  # the model card's `datasets`
+                evaluation = evaluate_phase(session, entries, decision, final, stage2)
         written = final is not None or recipe.output.write_on_abstain
-        report["output"] = str(out) if written else None
+        report = RunReport.assemble(
+            base_model=recipe.base_model,
+            method=checked.method.name,
+            population=population_section(entries, checked.method, decision),
+            folds={f: count(d) for f, d in session.folds.items()},
+            base=base,
+            chosen=chosen,
+            candidates_tried=len(decision.candidates),
+            gate=gate_section(recipe.gate, decision),
+            candidates=candidates_section(decision),
+            racing=Racing(**race),
+            stage2=stage2,
+            evaluation=evaluation,
+            evaluations=session.scorer.evaluations,
+            example_evaluations=session.scorer.examples_evaluated,
+            output=str(out) if written else None,
+            datasets={**session.suite.datasets, **(session.suites("evaluate").datasets if recipe.evaluate else {})},  # the card's `datasets`
+        )
         with timer("write"):
             if written:
-                subject = update_subject(final) if final is not None else "base"
-                verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
-                shipped = RunReport.of_run(report)  # the folder's copy, as the card describes it
-                write_output(
-                    out,
-                    recipe=recipe,
-                    entries=entries,
-                    result=final,
-                    tokenizer=session.tokenizer,
-                    ref=session.ref,
-                    report=shipped,
-                    overwrite=overwrite,
-                    picture=lambda path: write_report_png(shipped, path),
-                    verify=verify,
-                )
-                if shipped.shipped_check is not None:
-                    report["shipped_check"] = shipped.shipped_check.model_dump()
+                write_phase(session, out, entries, final, report, overwrite)
         if final is not None and recipe.output.push_to_hub:
             with timer("push"):
-                report["pushed"] = push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
-        report["timings_s"] = timer.seconds
-        final_report = RunReport.of_run(report)
-        path = final_report.write((out if written else recipe.output.work_path) / REPORT_FILE)
-        write_report_png(final_report, recipe.output.work_path / "report.png")
-        return {**final_report.as_json(), "report_path": str(path)}
-    finally:
-        session.close()
+                report.pushed = push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
+        report.timings_s = timer.seconds
+        path = report.write((out if written else recipe.output.work_path) / REPORT_FILE)
+        write_report_png(report, recipe.output.work_path / "report.png")
+        return {**report.as_json(), "report_path": str(path)}
 
 
-def _report(session: Session, entries: list[Entry], checked: Checked, decision: GateDecision) -> dict[str, Any]:
-    """Base vs chosen on the folds, the gate's numbers and every candidate tried."""
-    folds = session.folds
+def gate_phase(session: Session, checked: Checked, cloud: Cloud) -> GateDecision:
+    """The gate's decision over the grid; with the gate off, the first grid point's update, taken as it is."""
+    if session.recipe.gate.enabled:
+        return run_gate(session, checked, cloud)
+    result = checked.method(cloud, checked.grid[0])
+    return GateDecision(Candidate(checked.grid[0].model_dump(by_alias=True), result, update_subject(result)), 1.0, [], "gate disabled")
+
+
+def fold_phase(session: Session, decision: GateDecision, stage2: MergeResult | None) -> tuple[dict[str, float], dict[str, float]]:
+    """The base's and the chosen model's accuracy on the support folds the run used (A; B and C with the gate);
+    the stage-1 model first, then, when stage 2 ran, the model it ended with."""
     used = ("A", "B", "C") if session.recipe.gate.enabled else ("A",)
-    report: dict[str, Any] = {
-        "base_model": session.recipe.base_model,
-        "method": checked.method.name,
-        "population": population_summary(entries),
-        "folds": {f: count(d) for f, d in folds.items()},
-        "base": fold_accuracies(session, "base", None, used),
-        "candidates_tried": len(decision.candidates),
-        "gate": {
-            "enabled": session.recipe.gate.enabled,
-            "accepted": decision.accepted is not None,
-            "reason": decision.reason,
-            "candidates_probed": decision.probed,
-            "fallback": session.recipe.gate.fallback,
-        },
-    }
-    report["population"]["rewards"] = [e.reward for e in entries]
-    if decision.candidates:
-        report["candidates"] = [candidate_record(c) for c in decision.candidates]
-    final, cand = decision.result, decision.accepted
-    if final is None:
-        return report
-    report["gate"].update(params=cand.params, multiplier=decision.multiplier, ess=cand.result.ess, step_rms=final.step_rms)
-    quantile = checked.method.elite_quantile(cand.params)
-    if quantile is not None:
-        report["population"]["elite_threshold"] = float(np.quantile([e.reward for e in entries], quantile))
-    if cand.validate is not None:
-        probe = cand.probe[decision.multiplier]
-        report["gate"].update(
-            fixes=cand.validate.fixes,
-            regressions=cand.validate.regressions,
-            constructive_score=cand.validate.constructive_score,
-            lcb=cand.validate.lcb,
-            probe_lcb=probe.lcb,
-            probe={str(m): s.as_dict() for m, s in cand.probe.items()},
-        )
-    subject = update_subject(final)
-    report["chosen"] = fold_accuracies(session, subject, final, used)
-    return report
+    base = fold_accuracies(session, "base", None, used)
+    if decision.result is None:
+        return base, {}
+    chosen = fold_accuracies(session, update_subject(decision.result), decision.result, used)
+    if stage2 is not None:
+        chosen = fold_accuracies(session, update_subject(stage2), stage2, used)
+    return base, chosen
+
+
+def evaluate_phase(session: Session, entries: list[Entry], decision: GateDecision, final: MergeResult | None, stage2: Stage2 | None) -> HeldOut:
+    """Held-out accuracy of the base, the best entry (RandOpt K=1), the top-K votes and the merged model; when stage 2
+    moved the model, merged vs the stage-1 model paired on the same examples."""
+    best = entries[int(np.argmax([e.reward for e in entries]))]
+    subjects = {"base": ("base", None), "best_entry": (entry_subject(best), entry_update(best))}
+    if final is not None:
+        subjects["merged"] = (update_subject(final), final)
+    pairs: tuple[tuple[str, str], ...] = ()
+    if stage2 is not None and stage2.accepted:
+        subjects["stage1"] = (update_subject(decision.result), decision.result)
+        pairs = (("merged", "stage1"),)
+    ranked = sorted(entries, key=lambda e: -e.reward)
+    return HeldOut.model_validate(evaluate_held_out(session, subjects, ranked, session.recipe.evaluate.ensemble_k, pairs))
+
+
+def write_phase(session: Session, out: Path, entries: list[Entry], final: MergeResult | None, report: RunReport, overwrite: bool) -> None:
+    """The model folder, with ``report`` as its report.json, card and report.png; with ``output.verify`` the folder is
+    re-scored and ``report.shipped_check`` set."""
+    recipe = session.recipe
+    subject = update_subject(final) if final is not None else "base"
+    verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
+    write_output(
+        out,
+        recipe=recipe,
+        entries=entries,
+        result=final,
+        tokenizer=session.tokenizer,
+        ref=session.ref,
+        report=report,
+        overwrite=overwrite,
+        picture=lambda path: write_report_png(report, path),
+        verify=verify,
+    )
 
 
 def verify_shipped(session: Session, folder: Path, subject: str, update: Any) -> dict[str, Any]:

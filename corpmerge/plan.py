@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.methods import MergeMethod, MethodParams, get_method, method_names
-from corpmerge.model_io import resolve_base
+from corpmerge.model_io import BaseRef, resolve_base
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
@@ -33,12 +33,13 @@ class Checked:
     grid: list[MethodParams]
     entries: list[Entry]
     notes: tuple[str, ...] = ()  # what a user should know about how the recipe will be read (validate prints them)
+    base: BaseRef | None = None  # ``base_model`` resolved, once per command
 
 
 def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
     """Cross-field checks shared by validate/merge/run (no weights are touched)."""
     check_scheme(recipe.noise)
-    resolve_base(recipe.base_model)
+    base = resolve_base(recipe.base_model)
     if recipe.scoring is not None:
         check_task_names(recipe)
         check_store(recipe)
@@ -90,7 +91,7 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
         notes.append(dtype_mismatch_note(recipe))
     for note in notes:
         log.warning("%s", note)
-    return Checked(recipe, method, grid, entries, tuple(notes))
+    return Checked(recipe, method, grid, entries, tuple(notes), base)
 
 
 def check_task_names(recipe: Recipe) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
+
 from corpmerge.amplitudes import Amplitudes, Cloud
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
 from corpmerge.methods import MergeMethod, MergeResult, MethodParams
 from corpmerge.plan import Checked
 from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.folds import Docs
-from corpmerge.scoring.racing import race_order, stage_sizes, wilson_upper
-from corpmerge.scoring.scorer import as_docs, in_order, ordered
+from corpmerge.scoring.racing import race_order, stage_sizes, staged_race, wilson_upper
+from corpmerge.scoring.scorer import in_order, ordered
 from corpmerge.scoring.session import Session
 from corpmerge.scoring.subjects import update_subject
 
@@ -194,28 +196,27 @@ def race_candidates(
     racing = session.recipe.scoring.racing
     order = race_order(docs, session.recipe.scoring.support.split_seed + 1)
     n = len(order)
-    spec = racing if gate.racing else racing.model_copy(update={"enabled": False})
     ref = in_order(
         session.scores(Request(reference.subject, label, docs, reference.update), "the reference" if reference.update is not None else "the base"), order
     )
-    alive = sorted(candidates, key=lambda c: c.family)  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
-    sizes = stage_sizes(n, spec)
-    for m in sizes:
-        prefix = as_docs(order[:m])
-        requests = [Request(c.subject, label, prefix, c.result, {"params": c.params}) for c in alive]
-        for cand, scores in zip(alive, session.evaluate(requests, f"gate: candidates on fold {label} ({m} of {n} examples)")):
-            values = in_order(scores, order[:m])
-            cand.validate = paired_stats(ref[:m], values, gate.z, gate.regression_penalty)
-        if m < n:
-            bounds = {id(c): _s_bounds(c.validate, n, gate.regression_penalty, racing.z) for c in alive}
-            best_lower = max(lo for lo, _ in bounds.values())
-            for cand in alive:
-                lo, hi = bounds[id(cand)]
-                if hi <= 0 or hi < best_lower:
-                    cand.stopped_at = m
-            alive = [c for c in alive if c.stopped_at is None]
-            if not alive:
-                break
+    field = sorted(candidates, key=lambda c: c.family)  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
+
+    def stats(values: np.ndarray) -> PairedStats:
+        return paired_stats(ref[: values.size], values, gate.z, gate.regression_penalty)
+
+    def request(i: int, prefix: Docs) -> Request:
+        return Request(field[i].subject, label, prefix, field[i].result, {"params": field[i].params})
+
+    def cut(alive: list[int], values: np.ndarray) -> np.ndarray:
+        bounds = [_s_bounds(stats(row), n, gate.regression_penalty, racing.z) for row in values]
+        best_lower = max(lo for lo, _ in bounds)
+        return np.array([hi <= 0 or hi < best_lower for _, hi in bounds])
+
+    sizes = stage_sizes(n, racing) if gate.racing else [n]
+    reached = staged_race(session, order, sizes, list(range(len(field))), request, cut, f"gate: candidates on fold {label}")
+    for i, cand in enumerate(field):
+        cand.validate = stats(reached[i])
+        cand.stopped_at = reached[i].size if reached[i].size < n else None
     finished = sorted([c for c in candidates if c.stopped_at is None], key=rank_key)
     stopped = sorted([c for c in candidates if c.stopped_at is not None], key=rank_key)
     return finished + stopped

@@ -3,11 +3,11 @@ card, the terminal tables, ``report.png`` and ``corpmerge report``.
 
 The report is versioned (``schema_version``): a reader refuses, in one line, a file without the
 version (an older corpmerge, or not a corpmerge report) or with another one, and a file that
-does not match the schema, instead of guessing. Fields appear in the JSON only when the run
-set them (an abstained run has no ``chosen``, a run without ``evaluate:`` no ``evaluation``), as
-before the schema existed; only ``schema_version`` is new. It lives beside the writer of the
-output folder so that both the folder (``output/``) and the report's readers (``report/``, the
-CLI) can import it.
+does not match the schema, instead of guessing. ``corpmerge run`` builds it once (``RunReport.assemble``)
+from the sections its phases return; fields appear in the JSON only when the run set them (an
+abstained run has no ``chosen``, a run without ``evaluate:`` no ``evaluation``). It lives beside the
+writer of the output folder so that both the folder (``output/``) and the report's readers
+(``report/``, the CLI) can import it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from corpmerge.errors import CorpmergeError, first_line
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
+OPTIONAL = frozenset({"chosen", "candidates", "stage2", "evaluation", "datasets", "pushed", "shipped_check"})  # left out when a run has none
 
 
 class _Part(BaseModel):
@@ -180,6 +181,11 @@ class RunReport(_Part):
     timings_s: dict[str, float] = {}
     datasets: dict[str, str] = {}  # task → the Hub dataset its YAML declares (metadata.dataset)
     shipped_check: ShippedCheck | None = None
+
+    @classmethod
+    def assemble(cls, **sections: Any) -> "RunReport":
+        """A run's report from its phases' sections; an ``OPTIONAL`` one the run did not produce (None or empty) stays out of the JSON."""
+        return cls(**{k: v for k, v in sections.items() if k not in OPTIONAL or v not in (None, [], {})})
 
     @classmethod
     def of_run(cls, report: dict[str, Any]) -> "RunReport":

@@ -1,4 +1,9 @@
-"""Racing over the population: score entries on growing slices of fold A, stop those that cannot become elites.
+"""Racing: score on growing prefixes of a fold, one batch of evaluations a stage, and stop what cannot win.
+
+``staged_race`` is the loop (order → stage sizes → evaluate → cut) for the population here and for the
+gate's candidates (``corpmerge.gate.procedure.race_candidates``, whose cut is on the constructive score).
+
+The population races on fold A and stops entries that cannot become elites.
 
 Every entry is compared with the base on the same examples (paired), and the base is scored
 on the whole fold once. After m of the fold's n examples an entry's full-fold reward is
@@ -20,14 +25,22 @@ Survivors are scored on the whole fold, so elites and their weights use full-fol
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from corpmerge.population import Entry
+from corpmerge.population import Entry, mirror_groups
 from corpmerge.recipe import RacingSpec
+from corpmerge.scoring.evaluator import Request
 from corpmerge.scoring.folds import Docs
+from corpmerge.scoring.scorer import as_docs, entry_update, in_order
+from corpmerge.scoring.session import Session
+from corpmerge.scoring.subjects import entry_subject
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
 
@@ -134,3 +147,78 @@ def entries_to_keep(size: int, quantile: float | None, top_k: int) -> int:
 
 def rewarded(entry: Entry, s: Standing) -> Entry:
     return Entry(entry.seed, entry.sigma, s.estimate)
+
+
+def staged_race(
+    session: Session,
+    order: list[Key],
+    sizes: list[int],
+    racers: list[int],
+    request: Callable[[int, Docs], Request],
+    cut: Callable[[list[int], np.ndarray], np.ndarray],
+    what: str,
+    field: str = "correct",
+) -> dict[int, np.ndarray]:
+    """Score ``racers`` on the prefixes ``order[:m]`` for m in ``sizes`` (the last: the whole fold), one batch a stage.
+
+    After a stage short of the whole fold, ``cut(alive, values)`` (``values[k]``: alive racer k's scores on the
+    prefix) says which stop. Returns each racer's scores on the prefix it reached: their length is the examples it rests on.
+    """
+    n = len(order)
+    reached: dict[int, np.ndarray] = {}
+    alive = list(racers)
+    for stage, m in enumerate(sizes, 1):
+        if not alive:
+            break
+        prefix = as_docs(order[:m])
+        results = session.evaluate([request(i, prefix) for i in alive], f"{what}: stage {stage}/{len(sizes)} ({m} of {n} examples)")
+        values = np.array([in_order(scores, order[:m], field) for scores in results]).reshape(len(alive), m)
+        reached.update(zip(alive, values))
+        if m < n:
+            alive = [i for i, stop in zip(alive, cut(alive, values)) if not stop]
+            log.info("%s: stage %d, %d of %d examples; %d continue, %d stopped", what, stage, m, n, len(alive), len(racers) - len(alive))
+    return reached
+
+
+def score_population(session: Session, entries: list[Entry], keep: int = 1) -> list[Entry]:
+    """Every entry with its fold-A reward (mean reward metric), racing the ones not given in the recipe."""
+    return race_population(session, entries, keep)[0]
+
+
+def race_population(session: Session, entries: list[Entry], keep: int = 1) -> tuple[list[Entry], dict[str, Any]]:
+    """Entries with fold-A rewards, and the race's summary (stages, entries stopped, example-evaluations).
+
+    The unrewarded entries race on fold A against the ``keep`` best (``race_cut``); a mirrored pair (s, ±σ) is
+    kept or stopped together (``together``). With racing off every entry is scored on the whole fold.
+    """
+    spec = session.recipe.scoring.racing
+    docs = session.folds["A"]
+    order = race_order(docs, session.recipe.scoring.support.split_seed)
+    n = len(order)
+    todo = [i for i, e in enumerate(entries) if e.reward is None]
+    groups = mirror_groups(entries)
+    base = in_order(session.scores(Request("base", "A", docs), "the base"), order, "value") if todo else None
+
+    def request(i: int, prefix: Docs) -> Request:
+        return Request(entry_subject(entries[i]), "A", prefix, entry_update(entries[i]), {"seed": entries[i].seed, "sigma": entries[i].sigma})
+
+    def cut(alive: list[int], values: np.ndarray) -> np.ndarray:
+        standings = [standing(row, base, spec.z) for row in values]
+        return together(race_cut(values, n, spec.z, keep, standings), [groups[i] for i in alive])
+
+    sizes = stage_sizes(n, spec)
+    reached = staged_race(session, order, sizes, todo, request, cut, "scoring population", "value")
+    out = [rewarded(e, standing(reached[i], base, spec.z)) if i in reached else e for i, e in enumerate(entries)]
+    examples = {i: len(values) for i, values in reached.items()}
+    summary = {
+        "enabled": spec.enabled,
+        "stages": sizes,
+        "z": spec.z,
+        "keep": keep,
+        "scored": len(todo),
+        "stopped": sum(m < n for m in examples.values()),
+        "example_evaluations": int(sum(examples.values())),
+        "example_evaluations_without_racing": len(todo) * n,
+        "examples": [examples.get(i, n) for i in range(len(entries))],
+    }
+    return out, summary

@@ -79,7 +79,14 @@ class Session:
         """The live HF module when the backend has one (tests and diagnostics; the writer never reads it)."""
         return getattr(self.backend, "model", None)
 
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Stop the workers, close the store, free the scorer, the backend and θ₀: the end of ``with open_session(…)``."""
         if self.evaluator is not None:
             self.evaluator.close()
         if self.store is not None:
@@ -143,15 +150,18 @@ def scoring_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def open_session(recipe: Recipe) -> Session:
+def open_session(recipe: Recipe, base: BaseRef | None = None) -> Session:
     """The driver's session: load the base once, build the support tasks and folds, open (or resume) the store, and
-    start the Ray workers when ``scoring.workers`` asks for them (a cluster too small stops the run before any loading)."""
+    start the Ray workers when ``scoring.workers`` asks for them (a cluster too small stops the run before any loading).
+
+    ``base``: ``recipe.base_model`` as the command resolved it (None: resolved here). Use it as ``with open_session(…) as session:``.
+    """
     if recipe.scoring is None:
         raise CorpmergeError("scoring: this command needs a `scoring:` section (lm-eval tasks to score the population on)")
     prepare_scoring(recipe)
     cluster = connect_for(recipe) if recipe.scoring.workers else None
     try:
-        return _load(recipe, driver_device(scoring_device()) if cluster else scoring_device(), cluster, driver=True)
+        return _load(recipe, base, driver_device(scoring_device()) if cluster else scoring_device(), cluster, driver=True)
     except BaseException:
         if cluster is not None:
             cluster.close()
@@ -161,7 +171,7 @@ def open_session(recipe: Recipe) -> Session:
 def open_worker_session(recipe: Recipe) -> Session:
     """A Ray worker's session: the base on this actor's device (the GPU Ray assigns it, else the CPU), no store."""
     prepare_scoring(recipe)
-    return _load(recipe, scoring_device(), None, driver=False)
+    return _load(recipe, None, scoring_device(), None, driver=False)
 
 
 def prepare_scoring(recipe: Recipe) -> None:
@@ -170,8 +180,8 @@ def prepare_scoring(recipe: Recipe) -> None:
     check_code_isolation(recipe)
 
 
-def _load(recipe: Recipe, device: torch.device, cluster: Cluster | None, driver: bool) -> Session:
-    ref = ensure_checkpoint(resolve_base(recipe.base_model))
+def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: Cluster | None, driver: bool) -> Session:
+    ref = ensure_checkpoint(base or resolve_base(recipe.base_model))
     folder = checkpoint_folder(ref)
     tokenizer = load_tokenizer(ref)
     if tokenizer is None:

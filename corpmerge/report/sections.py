@@ -1,0 +1,64 @@
+"""A run's report, section by section: each built from what one phase of ``corpmerge.pipeline.run_recipe`` returned,
+typed by ``corpmerge.output.report_schema``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from corpmerge.gate.procedure import GateDecision, candidate_record
+from corpmerge.methods import MergeMethod
+from corpmerge.output.folder import population_summary
+from corpmerge.output.report_schema import Candidate, Gate, Population, Stage2, Stage2Round
+from corpmerge.population import Entry
+from corpmerge.recipe import GateSpec, IterateSpec
+
+
+def population_section(entries: list[Entry], method: MergeMethod, decision: GateDecision) -> Population:
+    """Size, σ levels and fold-A rewards; with an accepted candidate, its elite threshold quantile_q(r)."""
+    rewards = [e.reward for e in entries]
+    fields: dict[str, Any] = {**population_summary(entries), "rewards": rewards}
+    quantile = method.elite_quantile(decision.accepted.params) if decision.accepted is not None else None
+    if quantile is not None:
+        fields["elite_threshold"] = float(np.quantile(rewards, quantile))
+    return Population(**fields)
+
+
+def gate_section(spec: GateSpec, decision: GateDecision) -> Gate:
+    """The gate's outcome; when it accepted, the candidate's grid point, step and validate/probe statistics."""
+    fields: dict[str, Any] = {
+        "enabled": spec.enabled,
+        "accepted": decision.accepted is not None,
+        "reason": decision.reason,
+        "candidates_probed": decision.probed,
+        "fallback": spec.fallback,
+    }
+    cand = decision.accepted
+    if cand is not None:
+        fields.update(params=cand.params, multiplier=decision.multiplier, ess=cand.result.ess, step_rms=decision.result.step_rms)
+    if cand is not None and cand.validate is not None:
+        fields.update(
+            fixes=cand.validate.fixes,
+            regressions=cand.validate.regressions,
+            constructive_score=cand.validate.constructive_score,
+            lcb=cand.validate.lcb,
+            probe_lcb=cand.probe[decision.multiplier].lcb,
+            probe={str(m): s.as_dict() for m, s in cand.probe.items()},
+        )
+    return Gate(**fields)
+
+
+def candidates_section(decision: GateDecision) -> list[Candidate]:
+    """Every candidate the gate tried, as ``candidate_record`` writes it."""
+    return [Candidate.model_validate(candidate_record(c)) for c in decision.candidates]
+
+
+def stage2_section(spec: IterateSpec, rounds: list[dict[str, Any]]) -> Stage2:
+    """Stage 2's rounds (``corpmerge.gate.stage2.iterate``) and how many were accepted and rejected."""
+    return Stage2(
+        rounds=[Stage2Round.model_validate(r) for r in rounds],
+        accepted=sum(r["accepted"] for r in rounds),
+        rejected=sum(not r["accepted"] for r in rounds),
+        sigma_schedule=spec.sigma_schedule,
+    )
