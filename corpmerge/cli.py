@@ -265,7 +265,7 @@ ABSTAINED_EXIT = 3
 ABSTAIN_ADVICE = (
     "what to try next: more support examples (scoring.support.limit) so the gate can tell a gain from noise; "
     "a larger population (population.size); σ nearer the best-rewarded level in the report's reward-by-σ panel; "
-    "`corpmerge diagnose` to see whether the elites share structure at all (README: Sizing a run)"
+    "`corpmerge diagnose` to see whether the elites share structure at all (docs/sizing.md: Sizing a run)"
 )
 
 

@@ -22,7 +22,7 @@ from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, HeldOut, Racing, RunReport, Stage2
 from corpmerge.plan import Checked, check_recipe
 from corpmerge.population import Entry
-from corpmerge.recipe import EvaluateSpec, Recipe, dump_yaml
+from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.report.heldout import accuracy, evaluate_held_out
 from corpmerge.report.plots import write_report_png
 from corpmerge.report.sections import candidates_section, gate_section, population_section, stage2_section
@@ -33,6 +33,7 @@ from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
 from corpmerge.scoring.subjects import entry_subject, update_subject
+from corpmerge.yaml_io import dump_yaml
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def refuse_launcher() -> None:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise CorpmergeError(
             "WORLD_SIZE: this process is one of several started by a launcher (torchrun, accelerate launch), and corpmerge "
-            "runs as one process; start it once and scale out with scoring.workers (Ray workers, see the README)"
+            "runs as one process; start it once and scale out with scoring.workers (Ray workers, docs/scale-out.md)"
         )
 
 

@@ -19,7 +19,6 @@ from corpmerge.noise import DEFAULT_SCHEME, SCHEMES
 from corpmerge.population import MAX_SEED, Entry, check_listed_population, sample_population
 from corpmerge.sizes import parse_size
 from corpmerge.yaml_io import MAX_RECIPE_BYTES, read_text_bounded, read_yaml
-from corpmerge.yaml_io import dump_yaml as dump_yaml  # temporary re-export: pipeline.py imports it from here
 
 MAX_POPULATION = 1_000_000  # entries of a sampled population
 MAX_GRID = 10_000

@@ -8,32 +8,11 @@ LCB = mean(d) − z·sd(d)/√n (one-sided, sample sd). A candidate passes when 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PairedStats:
-    """Paired candidate-vs-base statistics on one fold."""
-
-    n: int
-    fixes: int
-    regressions: int
-    constructive_score: float
-    mean_diff: float
-    sd: float
-    lcb: float
-    base_accuracy: float
-    accuracy: float
-
-    @property
-    def passes(self) -> bool:
-        return self.constructive_score > 0 and self.lcb > 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from corpmerge.comparison import PairedStats
 
 
 def paired_stats(base: Sequence[bool], candidate: Sequence[bool], z: float, regression_penalty: float) -> PairedStats:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from corpmerge.comparison import PairedStats
 from corpmerge.errors import CorpmergeError, first_line
 
 SCHEMA_VERSION = 1
@@ -30,18 +31,9 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class Paired(_Part):
-    """Candidate vs reference on one fold (``corpmerge.gate.paired.PairedStats``)."""
-
-    n: int
-    fixes: int
-    regressions: int
-    constructive_score: float
-    mean_diff: float
-    sd: float
-    lcb: float
-    base_accuracy: float
-    accuracy: float
+Paired = create_model(  # candidate vs reference on one fold: the fields of the gate's record, declared there once
+    "Paired", __base__=_Part, __doc__=PairedStats.__doc__, **{name: (hint, ...) for name, hint in get_type_hints(PairedStats).items()}
+)
 
 
 class Population(_Part):

@@ -34,15 +34,13 @@ import numpy as np
 
 from corpmerge.population import Entry, mirror_groups
 from corpmerge.recipe import RacingSpec
-from corpmerge.scoring.evaluator import Request
+from corpmerge.scoring.evaluator import Key, Request
 from corpmerge.scoring.folds import Docs
 from corpmerge.scoring.scorer import as_docs, entry_update, in_order
 from corpmerge.scoring.session import Session
 from corpmerge.scoring.subjects import entry_subject
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, int]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import torch
 
+from corpmerge.dtypes import TORCH_DTYPES
 from corpmerge.errors import CorpmergeError
 from corpmerge.model_io import (
-    TORCH_DTYPES,
     BaseRef,
     Checkpoint,
     checkpoint_folder,
