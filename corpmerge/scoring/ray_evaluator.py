@@ -31,7 +31,7 @@ from corpmerge.scoring.evaluator import Request, Unit, collect, plan_units, unit
 from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.scorer import Scorer
 from corpmerge.scoring.store import Scores, ScoreStore
-from corpmerge.scoring.workers import Cluster, worker_failure
+from corpmerge.scoring.workers import Cluster, stop_workers, worker_failure
 
 log = logging.getLogger(__name__)
 WAIT_S = 1.0  # longest wait for an answer before deadlines and restarts are looked at again
@@ -248,13 +248,9 @@ class RayEvaluator:
         self._cost[unit.suite] = max(self._cost.get(unit.suite, 0.0), per_example)
 
     def close(self) -> None:
-        import ray
-
         self._thread.shutdown(wait=True)
         for worker in self.workers:
             log.info("worker %d: %d units, busy %.1f s, %d deaths, %d stalls", worker.number, worker.units, worker.busy_s, worker.deaths, worker.stalls)
         log.info("driver: %d units, busy %.1f s", self._driver[0], self._driver[1])
-        if ray.is_initialized():
-            for worker in self.workers:
-                ray.kill(worker.actor, no_restart=True)
+        stop_workers([worker.actor for worker in self.workers])
         self.cluster.close()

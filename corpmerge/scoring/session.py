@@ -34,7 +34,7 @@ from corpmerge.scoring.ray_evaluator import Deadlines, RayEvaluator
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
 from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore
 from corpmerge.scoring.theta0 import Theta0, free_device_bytes, place
-from corpmerge.scoring.workers import Cluster, check_capacity, connect, driver_device, resources_per_worker, start_workers
+from corpmerge.scoring.workers import Cluster, check_capacity, connect, driver_device, resources_per_worker, start_workers, stop_workers
 from corpmerge.sizes import parse_size
 
 log = logging.getLogger(__name__)
@@ -253,10 +253,7 @@ class Pool:
     identity: dict[str, str]
 
     def close(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+        stop_workers(self.actors)
         self.cluster.close()
 
 
@@ -283,8 +280,7 @@ def start_pool(recipe: Recipe, identity: dict[str, str], cluster: Cluster) -> Po
         if differing or other["scoring"] != theirs[0]["scoring"]:
             key = differing[0] if differing else "scoring"
             mine = identity[key] if differing else theirs[0]["scoring"]
-            for actor in pool.actors:
-                ray.kill(actor, no_restart=True)
+            stop_workers(pool.actors)
             raise CorpmergeError(
                 f"scoring.workers: worker {k + 1} sees a different {IDENTITY_LABELS.get(key, key)} than this process "
                 f"({other.get(key)} ≠ {mine}); every node needs the same base model, tasks and corpmerge"

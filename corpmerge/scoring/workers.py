@@ -153,10 +153,18 @@ def start_workers(recipe: Recipe, count: int) -> list[Any]:
         try:
             ray.get(worker.pid.remote())
         except Exception as exc:
-            for w in workers:
-                ray.kill(w, no_restart=True)
+            stop_workers(workers)
             raise CorpmergeError(f"scoring.workers: worker {k + 1} could not start ({worker_failure(exc)})") from None
     return workers
+
+
+def stop_workers(actors: list[Any]) -> None:
+    """End ``actors`` for good (no restart), while this process is still connected to their cluster."""
+    import ray
+
+    if ray.is_initialized():
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
 
 
 def worker_failure(exc: BaseException) -> str:
