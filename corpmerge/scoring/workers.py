@@ -68,8 +68,7 @@ class Cluster:
 
 def undo_ray_niceness() -> None:
     """Ray starts its workers at niceness 15 (``RAY_worker_niceness``), below the driver, which evaluates too: on a
-    loaded host a worker then gets a few percent of a core (measured here: a 0.5 s unit took 23–36 s while the driver and
-    a second test ran). Every thread of this worker goes back to niceness 0 where the OS permits it (root, CAP_SYS_NICE);
+    loaded host a worker then gets a small share of a core (CFS weight 36 against 1024 for niceness 0). Every thread of this worker goes back to niceness 0 where the OS permits it (root, CAP_SYS_NICE);
     otherwise one warning says how to start Ray."""
     current = os.getpriority(os.PRIO_PROCESS, 0)
     if current <= 0:
