@@ -16,7 +16,7 @@ each, one after the other), everything else as shipped:
   α 1–4; centred ranks (sd ≈ 0.29) take 0.29× that step.
 
 The variants of a pair share one work folder (the base's scores on folds B, C and test are computed once).
-Each run's shipped model is read back from the score store on the test split, so every paired interval is
+Each run's shipped model (its lineage's update) is read back from the score store on the test split, so every paired interval is
 on the same examples: vs the base, vs ``corp`` of the same pair, and pooled over the pairs (the mean over pairs
 of each example's difference; an abstention ships the base, a difference of 0). For ``corpmerge_arith``,
 whose test questions repeat (about 250 distinct questions with different choices), the pooled row also gives
@@ -40,6 +40,8 @@ import numpy as np
 import yaml
 
 from corpmerge.gate.paired import paired_interval
+from corpmerge.output.folder import shipped_update
+from corpmerge.scoring.subjects import update_subject
 
 VARIANTS = ("corp", "corp_mirrored", "es_mirrored")
 ES_GRID = {"shaping": ["zscore", "rank"], "alpha": [3, 6, 12]}
@@ -61,59 +63,51 @@ def variant_recipe(base: dict[str, Any], variant: str, pop_seed: int, split_seed
     return r
 
 
-def test_subjects(store: Path) -> set[str]:
-    """Subjects with scores on a test-split fold (``T:…``)."""
-    if not store.exists():
-        return set()
-    with sqlite3.connect(store) as db:
-        return {s for (s,) in db.execute("SELECT DISTINCT subject FROM units WHERE fold LIKE 'T:%'")}
-
-
-def correct_vector(store: Path, subject: str, fold: str) -> tuple[list[tuple[str, int]], np.ndarray]:
-    """(task, doc_id) keys and 0/1 correctness of ``subject`` on ``fold``, in key order."""
-    with sqlite3.connect(store) as db:
-        rows = db.execute("SELECT task, doc_id, correct FROM scores WHERE subject = ? AND fold = ? ORDER BY task, doc_id", (subject, fold)).fetchall()
+def test_vector(store: Path, subject: str) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """(task, doc_id) keys and 0/1 correctness of ``subject`` on the store's test fold (``T:…``), in key order."""
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM units WHERE fold LIKE 'T:%' AND subject = 'base'")}
+        if len(folds) != 1:
+            raise SystemExit(f"{store}: expected one test fold for the base, found {sorted(folds)}")
+        rows = db.execute("SELECT task, doc_id, correct FROM scores WHERE subject = ? AND fold = ? ORDER BY task, doc_id", (subject, folds.pop())).fetchall()
     return [(t, d) for t, d, _ in rows], np.array([c for _, _, c in rows], dtype=float)
 
 
-def test_fold(store: Path) -> str:
-    with sqlite3.connect(store) as db:
-        folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM units WHERE fold LIKE 'T:%' AND subject = 'base'")}
-    if len(folds) != 1:
-        raise SystemExit(f"{store}: expected one test fold for the base, found {sorted(folds)}")
-    return folds.pop()
+def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished run's report and its shipped model's test vector (an abstention ships the base); None if not run.
+
+    The shipped model's subject is its lineage's update (what the output folder holds), so its per-example
+    scores are read from the store the run wrote them to."""
+    out, work = Path(recipe["output"]["path"]), Path(recipe["output"]["work_dir"])
+    paths = [p for p in (out / "report.json", work / "report.json") if p.is_file()]
+    if not paths:
+        return None
+    report = json.loads(max(paths, key=lambda p: p.stat().st_mtime).read_text())
+    store = work / "scores.sqlite"
+    keys, base = test_vector(store, "base")
+    amps = shipped_update(out) if report["gate"]["accepted"] else None
+    shipped = base if amps is None else test_vector(store, update_subject(amps))[1]
+    if shipped.size != base.size:
+        raise SystemExit(f"{store}: the shipped model has {shipped.size} test scores, the base {base.size}")
+    return {"report": report, "keys": keys, "base": base, "shipped": shipped}
 
 
 def run_one(recipe: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Run ``corpmerge run`` on ``recipe``; return its report, wall time and the shipped model's test vector."""
+    """Run ``corpmerge run`` on ``recipe`` (its log next to it); return :func:`read_run` and the wall time."""
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    work = Path(recipe["output"]["work_dir"])
-    store = work / "scores.sqlite"
-    before = test_subjects(store)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "corpmerge", "run", str(path), "--overwrite"], capture_output=True, text=True)
     wall = time.perf_counter() - start
-    (path.with_suffix(".log")).write_text(done.stdout + done.stderr)
-    if done.returncode not in (0, 3):
-        return {"failed": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}", "wall": wall}
-    out = Path(recipe["output"]["path"])
-    report_path = out / "report.json" if (out / "report.json").exists() else work / "report.json"
-    report = json.loads(report_path.read_text())
-    fold = test_fold(store)
-    keys, base = correct_vector(store, "base", fold)
-    new = sorted(s for s in test_subjects(store) - before if not s.startswith("entry:") and s != "base")
-    accepted = report["gate"]["accepted"]
-    if accepted:
-        merged_acc = report["evaluation"]["rows"]["merged"]["accuracy"]
-        matches = [s for s in new if abs(correct_vector(store, s, fold)[1].mean() - merged_acc) < 1e-12]
-        if not matches and not new:  # the same update as an earlier run of this pair: read it by accuracy
-            matches = [s for s in test_subjects(store) if not s.startswith("entry:") and s != "base" and abs(correct_vector(store, s, fold)[1].mean() - merged_acc) < 1e-12]
-        if len(matches) != 1:
-            raise SystemExit(f"{store}: cannot tell the shipped model's test scores apart ({len(matches)} candidates)")
-        shipped = correct_vector(store, matches[0], fold)[1]
-    else:
-        shipped = base.copy()
-    return {"report": report, "wall": wall, "keys": keys, "base": base, "shipped": shipped}
+    path.with_suffix(".log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        return {"failed": f"exit {done.returncode}: {last}", "wall": wall}
+    got = read_run(recipe)
+    return {**got, "wall": wall} if got else {"failed": "exit 0 but no report.json", "wall": wall}
+
+
+def wall_text(seconds: float) -> str:
+    return "—" if math.isnan(seconds) else f"{seconds:.0f} s"
 
 
 def fmt(diff: float, low: float, high: float) -> str:
@@ -161,6 +155,7 @@ def main() -> None:
     ap.add_argument("--es-size", type=int, default=32)
     ap.add_argument("--work", default="demo-seeds.work")
     ap.add_argument("--out", default="demo-seeds.md")
+    ap.add_argument("--table-only", action="store_true", help="build the tables from the finished runs in --work; run nothing")
     args = ap.parse_args()
     base_recipe = yaml.safe_load(Path(args.recipe).read_text())
     work = Path(args.work).resolve()
@@ -178,8 +173,14 @@ def main() -> None:
         corp_vec = None
         for variant in args.variants:
             recipe = variant_recipe(base_recipe, variant, s, t, work, args.es_size)
-            print(f"[{time.strftime('%H:%M:%S')}] {pair} {variant} …", flush=True)
-            got = run_one(recipe, work / f"{s}-{t}-{variant}.yaml")
+            if args.table_only:
+                got = read_run(recipe)
+                if got is None:
+                    continue
+                got["wall"] = float("nan")
+            else:
+                print(f"[{time.strftime('%H:%M:%S')}] {pair} {variant} …", flush=True)
+                got = run_one(recipe, work / f"{s}-{t}-{variant}.yaml")
             if "failed" in got:
                 lines.append(f"| {pair} | {variant} | failed: {got['failed']} | | | | | {got['wall']:.0f} s |")
                 print(lines[-1], flush=True)
@@ -198,7 +199,7 @@ def main() -> None:
             acc = shipped.mean()
             lines.append(
                 f"| {pair} | {variant} | {gate_text(rep)} | {100 * acc:.1f}% ({fmt(*paired_interval(base, shipped))}) | {vs_corp} | {k1_text} "
-                f"| {rep.get('example_evaluations', 0):,} | {got['wall']:.0f} s |"
+                f"| {rep.get('example_evaluations', 0):,} | {wall_text(got['wall'])} |"
             )
             print(lines[-1], flush=True)
     lines += ["", f"Pooled over the pairs (each test example's mean difference over {len(args.pairs)} pairs; n = {len(keys0 or [])}):", ""]

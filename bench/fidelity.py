@@ -16,7 +16,10 @@ examples:
   separates "fewer effective elites" from "the right elites"; and `corp_placebo`, a bench-only
   method (registered below): CoRP whose compatibility logits γ·z(a) − λ·z(d) are permuted across
   the elites, so the weights keep their spread but lose their link to alignment and dispersion;
-- topk_subspace and ties.
+- topk_subspace and ties;
+- es (the whole population's z-scored or ranked estimator) on the same population, and on a mirrored
+  population of the same size ((s, ±σ) pairs, scored in the same store: es uses every entry, so racing
+  stops none of either).
 
 Every β grid includes the paper's small values (0.5, 1, 2). A rerun reuses every stored score (it
 costs nothing). Rows: accuracy, Δ vs the base and Δ vs K = 1 with paired 95% intervals, the chosen
@@ -75,6 +78,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "reward_avg at CoRP's ESS": {"merge_method": "reward_avg", "iterate": None, "match_ess_of": "CoRP stage 1"},
     "topk_subspace": {"merge_method": "topk_subspace", "iterate": None},
     "ties": {"merge_method": "ties", "iterate": None},
+    "es": {"merge_method": "es", "iterate": None},
+    "es mirrored": {"merge_method": "es", "iterate": None, "antithetic": True},
 }
 GRIDS = {  # each method's own grid over what it has (the gate chooses)
     "corp": BETA_GRID,
@@ -82,6 +87,7 @@ GRIDS = {  # each method's own grid over what it has (the gate chooses)
     "reward_avg": BETA_GRID,
     "topk_subspace": {**BETA_GRID, "k": [4]},
     "ties": {"quantile": [0.7], "density": [0.2, 0.5]},
+    "es": {"shaping": ["zscore", "rank"], "alpha": [3, 6, 12]},  # spans CoRP's step at α 1–4 (bench/demo_seeds.py)
 }
 
 
@@ -120,7 +126,7 @@ def variant(
         "scoring": scoring,
         "evaluate": evaluate,
         "merge_method": change["merge_method"],
-        "population": recipe.population.model_copy(update={"seed": seed}),
+        "population": recipe.population.model_copy(update={"seed": seed, "antithetic": bool(change.get("antithetic"))}),
         "parameters": grid,
         "iterate": stage2 if change["iterate"] == "stage2" else None,
     }

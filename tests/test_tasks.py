@@ -54,3 +54,24 @@ def test_support_suite_refuses_the_test_split():
     spec = ScoringSpec(tasks=["corpmerge_countdown"], support={"split": "test"})
     with pytest.raises(CorpmergeError, match="must not use it"):
         TaskSuite(spec)
+
+
+def test_arith_test_split_grew_to_1600_keeping_its_first_500_and_the_train_split():
+    """Version 1.1 draws 1,600 test rows in sequence from the split's seed: the 500 of 1.0 come first, train is unchanged."""
+    import hashlib
+    import json
+    import sys
+
+    sys.path.insert(0, str(tasks_dir() / "arith"))
+    try:
+        from arith_data import build_dataset
+    finally:
+        sys.path.pop(0)
+
+    def digest(rows: list[dict]) -> str:
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    data = build_dataset()
+    assert len(data["test"]) == 1600 and len(data["train"]) == 1000
+    assert digest(data["test"].to_list()[:500]) == "074caa2d532b2da6"  # task version 1.0's test split
+    assert digest(data["train"].to_list()) == "a9248b24369fe53d"
