@@ -193,7 +193,7 @@ def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrit
 
     parsed = load_recipe(recipe).with_output(output)
     checked = check_recipe(parsed, needs_rewards=parsed.scoring is None)
-    check_output_location(parsed, overwrite)
+    check_output_location(parsed, checked.base, overwrite)
     out.print(
         f"[green]ok[/]: {escape(str(recipe))} — base {escape(parsed.base_model)}, {len(checked.entries)} entries, "
         f"method {checked.method.name}, {len(checked.grid)} grid point(s), gate {'on' if parsed.gate.enabled else 'off'}, "

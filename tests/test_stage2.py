@@ -160,6 +160,7 @@ from dataclasses import replace as _replace  # noqa: E402
 from corpmerge.amplitudes import Amplitudes  # noqa: E402
 from corpmerge.gate.stage2 import local_sigma  # noqa: E402
 from corpmerge.methods import MergeResult, get_method  # noqa: E402
+from corpmerge.model_io import BaseRef  # noqa: E402
 from corpmerge.plan import Checked  # noqa: E402
 from corpmerge.scoring.lmeval import ExampleScore  # noqa: E402
 
@@ -251,7 +252,7 @@ def planted(iterate_spec: dict, parameters: dict, z: float = 1.645):
     scale = 0.01 * np.sqrt((1 - spec.isotropic_floor) * share)  # sd of a proposal's component along u₁
     target = {int(s): float(v) for s, v in zip(directions.seeds, directions.vectors[0]) if v != 0}
     world = PlantedWorld(stage1.result.final_amplitudes(), target, scale)
-    checked = Checked(recipe, method, method.grid(recipe.parameters), entries)
+    checked = Checked(recipe, method, method.grid(recipe.parameters), entries, BaseRef("unused"))
     return FakeSession(recipe, world), checked, cloud, stage1
 
 
