@@ -228,9 +228,12 @@ def rebuild(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write a model again from its lineage and its base, and say whether the weights equal the shipped ones bit for bit."""
+    from corpmerge.model_io import resolve_base
+    from corpmerge.rebuild import open_lineage
     from corpmerge.rebuild import rebuild as rebuild_model
 
-    path, comparison = rebuild_model(lineage, output, overwrite)
+    read = open_lineage(lineage)
+    path, comparison = rebuild_model(read, resolve_base(read.recipe.base_model), output, overwrite)
     if comparison.equal:
         out.print(f"[green]rebuilt[/] → {escape(str(path))}: all {comparison.tensors} tensors equal the shipped ones bit for bit", highlight=False)
         return
