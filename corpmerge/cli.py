@@ -193,7 +193,7 @@ def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrit
 
     parsed = load_recipe(recipe).with_output(output)
     checked = check_recipe(parsed, needs_rewards=parsed.scoring is None)
-    check_output_location(parsed, overwrite)
+    check_output_location(parsed, checked.base, overwrite)
     out.print(
         f"[green]ok[/]: {escape(str(recipe))} — base {escape(parsed.base_model)}, {len(checked.entries)} entries, "
         f"method {checked.method.name}, {len(checked.grid)} grid point(s), gate {'on' if parsed.gate.enabled else 'off'}, "
@@ -228,9 +228,12 @@ def rebuild(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write a model again from its lineage and its base, and say whether the weights equal the shipped ones bit for bit."""
+    from corpmerge.model_io import resolve_base
+    from corpmerge.rebuild import open_lineage
     from corpmerge.rebuild import rebuild as rebuild_model
 
-    path, comparison = rebuild_model(lineage, output, overwrite)
+    read = open_lineage(lineage)
+    path, comparison = rebuild_model(read, resolve_base(read.recipe.base_model), output, overwrite)
     if comparison.equal:
         out.print(f"[green]rebuilt[/] → {escape(str(path))}: all {comparison.tensors} tensors equal the shipped ones bit for bit", highlight=False)
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from corpmerge.amplitudes import Cloud
 from corpmerge.methods import MergeResult
-from corpmerge.model_io import ensure_checkpoint, load_tokenizer, resolve_base
+from corpmerge.model_io import ensure_checkpoint, load_tokenizer
 from corpmerge.output.folder import write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location
@@ -24,12 +24,12 @@ def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: b
     """
     recipe = recipe.with_output(out_dir)
     checked = check_recipe(recipe, needs_rewards=True)
-    check_output_location(recipe, overwrite)
+    check_output_location(recipe, checked.base, overwrite)
     result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
-    ref = ensure_checkpoint(resolve_base(recipe.base_model))
+    ref = ensure_checkpoint(checked.base)
     tokenizer = load_tokenizer(ref)
     out = Path(recipe.output.path)
-    write_output(out, recipe=recipe, entries=checked.entries, result=result, tokenizer=tokenizer, ref=ref, overwrite=overwrite)
+    write_output(out, recipe=recipe, entries=checked.entries, result=result, tokenizer=tokenizer, base=checked.base, ref=ref, overwrite=overwrite)
     if recipe.output.push_to_hub:
         push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
     return out, result

@@ -16,6 +16,7 @@ from corpmerge.errors import CorpmergeError
 from corpmerge.gate.procedure import Candidate, GateDecision, run_gate
 from corpmerge.gate.stage2 import iterate
 from corpmerge.methods import MergeResult
+from corpmerge.model_io import BaseRef, resolve_base
 from corpmerge.output.folder import shipped_update, write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
@@ -56,11 +57,13 @@ class PhaseTimer:
 def prepare(recipe: Recipe, *, needs_rewards: bool, overwrite: bool | None = None) -> Checked:
     """Check the recipe and the output/work location before anything is written.
 
-    ``overwrite=None``: only the work folder is written (score, ensemble, diagnose).
+    ``overwrite=None``: only the work folder is written (score, ensemble, diagnose). The base is resolved here, once,
+    and carried as ``Checked.base``.
     """
     refuse_launcher()
-    check_work_location(recipe) if overwrite is None else check_output_location(recipe, overwrite)
-    return check_recipe(recipe, needs_rewards=needs_rewards)
+    base = resolve_base(recipe.base_model)
+    check_work_location(recipe, base) if overwrite is None else check_output_location(recipe, base, overwrite)
+    return check_recipe(recipe, needs_rewards=needs_rewards, base=base)
 
 
 def refuse_launcher() -> None:
@@ -155,7 +158,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         )
         with timer("write"):
             if written:
-                write_phase(session, out, entries, final, report, overwrite)
+                write_phase(session, checked.base, out, entries, final, report, overwrite)
         if final is not None and recipe.output.push_to_hub:
             with timer("push"):
                 report.pushed = push_folder(out, recipe.output.push_to_hub, private=recipe.output.private)
@@ -201,9 +204,9 @@ def evaluate_phase(session: Session, entries: list[Entry], decision: GateDecisio
     return HeldOut.model_validate(evaluate_held_out(session, subjects, ranked, session.recipe.evaluate.ensemble_k, pairs))
 
 
-def write_phase(session: Session, out: Path, entries: list[Entry], final: MergeResult | None, report: RunReport, overwrite: bool) -> None:
+def write_phase(session: Session, base: BaseRef, out: Path, entries: list[Entry], final: MergeResult | None, report: RunReport, overwrite: bool) -> None:
     """The model folder, with ``report`` as its report.json, card and report.png; with ``output.verify`` the folder is
-    re-scored and ``report.shipped_check`` set."""
+    re-scored and ``report.shipped_check`` set. ``base``: the recipe's base as the command resolved it."""
     recipe = session.recipe
     subject = update_subject(final) if final is not None else "base"
     verify = (lambda folder: verify_shipped(session, folder, subject, final)) if recipe.output.verify else None
@@ -213,6 +216,7 @@ def write_phase(session: Session, out: Path, entries: list[Entry], final: MergeR
         entries=entries,
         result=final,
         tokenizer=session.tokenizer,
+        base=base,
         ref=session.ref,
         report=report,
         overwrite=overwrite,

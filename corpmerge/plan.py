@@ -32,14 +32,17 @@ class Checked:
     method: MergeMethod
     grid: list[MethodParams]
     entries: list[Entry]
+    base: BaseRef  # ``base_model`` resolved, once per command
     notes: tuple[str, ...] = ()  # what a user should know about how the recipe will be read (validate prints them)
-    base: BaseRef | None = None  # ``base_model`` resolved, once per command
 
 
-def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
-    """Cross-field checks shared by validate/merge/run (no weights are touched)."""
+def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = None) -> Checked:
+    """Cross-field checks shared by validate/merge/run (no weights are touched).
+
+    ``base``: ``recipe.base_model`` as the command already resolved it (None: resolved here); carried as ``Checked.base``.
+    """
     check_scheme(recipe.noise)
-    base = resolve_base(recipe.base_model)
+    base = base or resolve_base(recipe.base_model)
     if recipe.scoring is not None:
         check_task_names(recipe)
         check_store(recipe)
@@ -91,7 +94,7 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool) -> Checked:
         notes.append(dtype_mismatch_note(recipe))
     for note in notes:
         log.warning("%s", note)
-    return Checked(recipe, method, grid, entries, tuple(notes), base)
+    return Checked(recipe, method, grid, entries, base, tuple(notes))
 
 
 def check_task_names(recipe: Recipe) -> None:

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from corpmerge.amplitudes import Cloud
 from corpmerge.errors import CorpmergeError
 from corpmerge.methods import MergeResult, get_method
-from corpmerge.model_io import ensure_checkpoint, load_tokenizer, resolve_base
+from corpmerge.model_io import BaseRef, ensure_checkpoint, load_tokenizer
 from corpmerge.output.folder import LINEAGE_TOO_BIG, MAX_LINEAGE_BYTES, read_lineage_text, shipped_update, write_output
 from corpmerge.output.location import LINEAGE_FILE
 from corpmerge.recipe import Recipe, parse_recipe
@@ -38,6 +38,21 @@ class Comparison:
     @property
     def equal(self) -> bool:
         return not self.differing
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """An output folder's lineage, read: the folder, its lineage document and the recipe in it."""
+
+    folder: Path
+    document: dict[str, Any]
+    recipe: Recipe
+
+
+def open_lineage(path: Path) -> Lineage:
+    """The lineage of an output folder (or of its ``corpmerge.yaml``) with its recipe, so that the command can resolve the base."""
+    document = read_lineage(path)
+    return Lineage(path if path.is_dir() else path.parent, document, lineage_recipe(document, path))
 
 
 def read_lineage(path: Path) -> dict[str, Any]:
@@ -102,12 +117,10 @@ def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
     return torch.equal(x.contiguous().view(kind), y.contiguous().view(kind))
 
 
-def rebuild(lineage: Path, out_dir: Path, overwrite: bool = False) -> tuple[Path, Comparison]:
-    """Write the model of ``lineage`` (an output folder or its corpmerge.yaml) to ``out_dir``; compare with the shipped weights."""
-    folder = lineage if lineage.is_dir() else lineage.parent
-    document = read_lineage(lineage)
-    recipe = lineage_recipe(document, lineage).with_output(out_dir)
-    result = lineage_result(document, recipe, folder)
-    ref = ensure_checkpoint(resolve_base(recipe.base_model))
-    write_output(out_dir, recipe=recipe, entries=recipe.entries(), result=result, tokenizer=load_tokenizer(ref), ref=ref, overwrite=overwrite)
-    return out_dir, compare_weights(folder, out_dir)
+def rebuild(lineage: Lineage, base: BaseRef, out_dir: Path, overwrite: bool = False) -> tuple[Path, Comparison]:
+    """Write the model of ``lineage`` on ``base`` (its recipe's ``base_model``, resolved) to ``out_dir``; compare with the shipped weights."""
+    recipe = lineage.recipe.with_output(out_dir)
+    result = lineage_result(lineage.document, recipe, lineage.folder)
+    ref = ensure_checkpoint(base)
+    write_output(out_dir, recipe=recipe, entries=recipe.entries(), result=result, tokenizer=load_tokenizer(ref), base=base, ref=ref, overwrite=overwrite)
+    return out_dir, compare_weights(lineage.folder, out_dir)

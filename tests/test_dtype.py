@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.methods import MergeResult
+from corpmerge.model_io import resolve_base
 from corpmerge.output.folder import write_output
 from corpmerge.population import Entry
 from corpmerge.recipe import parse_recipe
@@ -128,7 +129,9 @@ def test_the_writer_never_reads_the_scorers_state(bf16_run, tmp_path):
     try:
 
         def write(target: Path) -> bytes:
-            write_output(target, recipe=recipe, entries=entries, result=update, tokenizer=session.tokenizer, ref=session.ref)
+            write_output(
+                target, recipe=recipe, entries=entries, result=update, tokenizer=session.tokenizer, base=resolve_base(recipe.base_model), ref=session.ref
+            )
             return (target / "model.safetensors").read_bytes()
 
         before = write(tmp_path / "one")

@@ -69,7 +69,7 @@ def test_a_gguf_base_pins_the_file_and_its_conversion(tmp_path, tiny_model):
     writer.add_embedding_length(8), writer.add_block_count(1), writer.add_head_count(1), writer.add_vocab_size(4)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))  # a GGUF without tensors or config is refused
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
-    pin = pin_base(str(gguf), BaseRef(str(tiny_model)))  # BaseRef: the converted checkpoint it loaded
+    pin = pin_base(str(gguf), resolve_base(str(gguf)), BaseRef(str(tiny_model)))  # BaseRef: the converted checkpoint it loaded
     assert pin == {
         "model": str(gguf),
         "hub_id": "org/source",
@@ -77,8 +77,8 @@ def test_a_gguf_base_pins_the_file_and_its_conversion(tmp_path, tiny_model):
         "weights": {"model.safetensors": sha256(tiny_model / "model.safetensors")},
         "license": "apache-2.0",
     }
-    embedded = pin_base("embedded:smollm2-135m-instruct", BaseRef(str(tiny_model)))
     packaged = resolve_base("embedded:smollm2-135m-instruct")
+    embedded = pin_base("embedded:smollm2-135m-instruct", packaged, BaseRef(str(tiny_model)))
     assert embedded["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and embedded["license"] == "apache-2.0"
     assert embedded["gguf"]["sha256"] == sha256(tmp_path.joinpath(packaged.source, packaged.gguf_file))
 

@@ -59,7 +59,7 @@ def test_rejected_rounds_leave_the_centre_unchanged(tmp_path, tiny_model, tiny_t
     try:
         checked, cloud, decision = _stage1(session, recipe)
         final, rounds = iterate(session, checked, cloud, decision)
-        assert len(rounds) == 1 and not rounds[0]["accepted"]  # paper §4.3: stops at the first rejected round
+        assert len(rounds) == 1 and not rounds[0].accepted  # paper §4.3: stops at the first rejected round
         before, after = decision.result.final_amplitudes(), final.final_amplitudes()
         assert np.array_equal(before.seeds, after.seeds) and np.array_equal(before.values, after.values)
         assert session.store.subjects("A1") and not session.store.subjects("A2")
@@ -81,7 +81,7 @@ def test_patience_allows_that_many_more_rejected_rounds(tmp_path, tiny_model, ti
     try:
         checked, cloud, decision = _stage1(session, recipe)
         _, rounds = iterate(session, checked, cloud, decision)
-        assert [r["accepted"] for r in rounds] == [False, False]
+        assert [r.accepted for r in rounds] == [False, False]
         assert session.store.subjects("A1") and session.store.subjects("A2")  # each round on fresh folds
     finally:
         session.close()
@@ -100,8 +100,8 @@ def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_mo
     try:
         checked, cloud, decision = _stage1(session, recipe)
         final, rounds = iterate(session, checked, cloud, decision)
-        assert [r["accepted"] for r in rounds] == [True, True, True]  # up to `rounds` accepted steps
-        assert all(r["multiplier"] == 4.0 for r in rounds)  # the largest probe multiplier passes
+        assert [r.accepted for r in rounds] == [True, True, True]  # up to `rounds` accepted steps
+        assert all(r.multiplier == 4.0 for r in rounds)  # the largest probe multiplier passes
         amps = final.final_amplitudes()
         new_seeds = set(amps.nonzero().seeds.tolist()) - set(cloud.seeds.tolist())
         assert new_seeds  # fresh local seeds are in the lineage: θ = θ₀ + Σ aₛ ε(s) still
@@ -160,6 +160,7 @@ from dataclasses import replace as _replace  # noqa: E402
 from corpmerge.amplitudes import Amplitudes  # noqa: E402
 from corpmerge.gate.stage2 import local_sigma  # noqa: E402
 from corpmerge.methods import MergeResult, get_method  # noqa: E402
+from corpmerge.model_io import BaseRef  # noqa: E402
 from corpmerge.plan import Checked  # noqa: E402
 from corpmerge.scoring.lmeval import ExampleScore  # noqa: E402
 
@@ -251,7 +252,7 @@ def planted(iterate_spec: dict, parameters: dict, z: float = 1.645):
     scale = 0.01 * np.sqrt((1 - spec.isotropic_floor) * share)  # sd of a proposal's component along u₁
     target = {int(s): float(v) for s, v in zip(directions.seeds, directions.vectors[0]) if v != 0}
     world = PlantedWorld(stage1.result.final_amplitudes(), target, scale)
-    checked = Checked(recipe, method, method.grid(recipe.parameters), entries)
+    checked = Checked(recipe, method, method.grid(recipe.parameters), entries, BaseRef("unused"))
     return FakeSession(recipe, world), checked, cloud, stage1
 
 
@@ -262,13 +263,13 @@ def test_stage2_searches_the_grid_again_and_finds_a_step_stage1s_point_cannot():
     session, checked, cloud, stage1 = planted({"rounds": 3, "local_size": 40, "rank": 4}, GRID)
     final, rounds = iterate(session, checked, cloud, stage1)
     first = rounds[0]
-    assert first["accepted"] and len(first["candidates"]) == 12  # every grid point is a candidate
-    assert first["params"]["alpha"] == 4.0 and first["params"] != STAGE1
+    assert first.accepted and len(first.candidates) == 12  # every grid point is a candidate
+    assert first.params["alpha"] == 4.0 and first.params != STAGE1
     # the old procedure built only stage 1's point on the local population: here it fixes nothing on fold B1
-    old = next(c for c in first["candidates"] if c["params"]["beta"] == 20.0 and c["params"]["alpha"] == 1.0)
-    assert old["validate"]["fixes"] == 0 and not (old["validate"]["constructive_score"] > 0)
+    old = next(c for c in first.candidates if c.params["beta"] == 20.0 and c.params["alpha"] == 1.0)
+    assert old.validated.fixes == 0 and not (old.validated.constructive_score > 0)
     # round 2 starts from the new centre, which already fixes every fixable example: rejected, and the iteration stops
-    assert [r["accepted"] for r in rounds] == [True, False]
+    assert [r.accepted for r in rounds] == [True, False]
     assert session.world.projection(final) > 6 * session.world.scale
     assert final.offset is not None and final.params["alpha"] == 4.0
 
@@ -305,8 +306,8 @@ def test_a_round_whose_top_candidate_fails_the_probe_is_rejected_and_stops_the_i
     session, checked, cloud, stage1 = planted({"rounds": 3, "local_size": 40, "rank": 4}, GRID)
     monkeypatch.setattr(gating, "pick_multiplier", lambda lcbs: None)  # fold C never confirms a step
     final, rounds = iterate(session, checked, cloud, stage1)
-    assert len(rounds) == 1 and not rounds[0]["accepted"] and rounds[0]["candidates_probed"] == 1
-    assert "no probe multiplier" in rounds[0]["reason"]  # the top one passed fold B1; the round abstains, the iteration stops
+    assert len(rounds) == 1 and not rounds[0].accepted and rounds[0].candidates_probed == 1
+    assert "no probe multiplier" in rounds[0].reason  # the top one passed fold B1; the round abstains, the iteration stops
     before, after = stage1.result.final_amplitudes(), final.final_amplitudes()
     assert np.array_equal(before.seeds, after.seeds) and np.array_equal(before.values, after.values)  # the centre did not move
 
@@ -314,10 +315,10 @@ def test_a_round_whose_top_candidate_fails_the_probe_is_rejected_and_stops_the_i
 def test_sigma_is_fixed_by_default_and_the_reference_schedule_halves_it_after_each_rejection():
     session, checked, cloud, stage1 = planted({"rounds": 2, "local_size": 12, "rank": 4, "patience": 2}, GRID, z=100.0)
     _, rounds = iterate(session, checked, cloud, stage1)
-    assert [r["sigma"] for r in rounds] == [0.01] * 3 and not any(r["accepted"] for r in rounds)
+    assert [r.sigma for r in rounds] == [0.01] * 3 and not any(r.accepted for r in rounds)
     session, checked, cloud, stage1 = planted({"rounds": 2, "local_size": 12, "rank": 4, "patience": 2, "sigma_schedule": "halve"}, GRID, z=100.0)
     _, rounds = iterate(session, checked, cloud, stage1)
-    assert [r["sigma"] for r in rounds] == [0.01, 0.005, 0.0025]
+    assert [r.sigma for r in rounds] == [0.01, 0.005, 0.0025]
     spec = parse_recipe({"base_model": "x", "population": [{"seed": 1, "sigma": 1}], "iterate": {"sigma_schedule": "halve"}}).iterate
     sigmas, rewards = np.array([1e-3, 1e-3, 3e-3, 3e-3, 5e-3]), np.array([0.2, 0.4, 0.5, 0.45, 0.1])
     assert local_sigma(spec, sigmas, rewards) == 3e-3  # the σ level with the best mean reward (0.475)
@@ -338,8 +339,8 @@ def test_ess_and_step_rms_in_the_candidate_record_match_a_hand_computation():
     result = method(cloud, method.point({"quantile": 0.0, "beta": 1.0, "alpha": 2.0}))
     assert np.allclose(result.weights, [0.0024368, 0.0411708, 0.9563924], atol=1e-6)
     record = candidate_record(Candidate({}, result.scaled(0.5), "x"))
-    assert record["ess"] == pytest.approx(1.0912416, abs=1e-6)
-    assert record["ess_without_compatibility"] == pytest.approx(36 / 14)
-    assert record["elites"] == 3 and record["step_rms"] == pytest.approx(0.5 * 2 * 0.01 * 0.9572812, rel=1e-6)  # probe m = 0.5 included
+    assert record.ess == pytest.approx(1.0912416, abs=1e-6)
+    assert record.ess_without_compatibility == pytest.approx(36 / 14)
+    assert record.elites == 3 and record.step_rms == pytest.approx(0.5 * 2 * 0.01 * 0.9572812, rel=1e-6)  # probe m = 0.5 included
     reward_only = get_method("reward_avg")(cloud, get_method("reward_avg").point({"quantile": 0.0, "beta": 1.0}))
     assert reward_only.ess == pytest.approx(36 / 14)  # = CoRP with γ = λ = 0

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from corpmerge.amplitudes import Amplitudes, Cloud
+from corpmerge.comparison import CandidateRecord
 from corpmerge.gate.paired import PairedStats, paired_stats, pick_multiplier
 from corpmerge.methods import MergeMethod, MergeResult, MethodParams
 from corpmerge.plan import Checked
@@ -97,14 +98,20 @@ def step_size(cand: Candidate) -> float:
     return rms if rms is not None else cand.result.multiplier
 
 
-def candidate_record(cand: Candidate) -> dict[str, Any]:
+def candidate_record(cand: Candidate) -> CandidateRecord:
     """A candidate as the report shows it: parameters, validate-fold statistics, and what its weights did
     (ESS = 1/Σw², the step's RMS, the method's own diagnostics)."""
-    result = cand.result
-    record: dict[str, Any] = {"params": cand.params, "validate": None, "stopped": cand.stopped_at is not None, "validate_examples": None}
-    if cand.validate is not None:
-        record.update(validate=cand.validate.as_dict(), validate_examples=cand.validate.n)
-    return {**record, "ess": result.ess, "elites": int(result.elites.size), "step_rms": result.step_rms, **result.diagnostics}
+    result, stats = cand.result, cand.validate
+    return CandidateRecord(
+        params=cand.params,
+        validate=stats.as_dict() if stats is not None else None,
+        stopped=cand.stopped_at is not None,
+        validate_examples=stats.n if stats is not None else None,
+        ess=result.ess,
+        elites=int(result.elites.size),
+        step_rms=result.step_rms,
+        **result.diagnostics,
+    )
 
 
 def rank_key(cand: Candidate) -> tuple[float, float, float]:

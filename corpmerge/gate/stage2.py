@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
 from corpmerge.amplitudes import Cloud
+from corpmerge.comparison import RoundRecord
 from corpmerge.gate.procedure import GateDecision, Reference, candidate_record, run_gate
 from corpmerge.gate.proposals import principal_directions, propose, shifted
 from corpmerge.methods import MergeResult
@@ -44,7 +44,7 @@ def local_sigma(spec: IterateSpec, sigmas: np.ndarray, rewards: np.ndarray) -> f
     return float(np.median(sigmas))
 
 
-def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[dict[str, Any]]]:
+def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecision) -> tuple[MergeResult, list[RoundRecord]]:
     """Stage-2 rounds around the accepted stage-1 update; returns the final result and a per-round report.
 
     Up to ``iterate.rounds`` accepted rounds; the iteration stops at the first rejected round (paper §4.3), or
@@ -58,7 +58,7 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
     used = {int(s) for s in cloud.seeds}
     source = (cloud, stage1.accepted.result.elites, stage1.accepted.result.weights)
     accepted = rejected = 0
-    rounds: list[dict[str, Any]] = []
+    rounds: list[RoundRecord] = []
     counts = suite_counts(session.suite)
     for r in range(1, spec.rounds + spec.patience + 1):
         folds = round_folds(counts, support, r)
@@ -76,22 +76,22 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
         )
         top = decision.accepted or decision.candidates[0]
         rounds.append(
-            {
-                "round": r,
-                "sigma": sigma,
-                "local_size": spec.local_size,
-                "accepted": decision.accepted is not None,
-                "params": decision.accepted.params if decision.accepted else None,
-                "multiplier": decision.multiplier,
-                "reason": decision.reason,
-                "candidates_probed": decision.probed,
-                "local_reward_max": float(local.rewards.max()),
-                "local_reward_mean": float(local.rewards.mean()),
-                "validate": top.validate.as_dict(),
-                "ess": top.result.ess,
-                "step_rms": top.result.step_rms,
-                "candidates": [candidate_record(c) for c in decision.candidates],
-            }
+            RoundRecord(
+                round=r,
+                sigma=sigma,
+                local_size=spec.local_size,
+                accepted=decision.accepted is not None,
+                params=decision.accepted.params if decision.accepted else None,
+                multiplier=decision.multiplier,
+                reason=decision.reason,
+                candidates_probed=decision.probed,
+                local_reward_max=float(local.rewards.max()),
+                local_reward_mean=float(local.rewards.mean()),
+                validate=top.validate.as_dict(),
+                ess=top.result.ess,
+                step_rms=top.result.step_rms,
+                candidates=[candidate_record(c) for c in decision.candidates],
+            )
         )
         log.info("stage 2 round %d (σ %.3g): %s", r, sigma, "accepted" if decision.accepted else decision.reason)
         if decision.accepted is None:

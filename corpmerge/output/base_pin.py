@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from corpmerge.model_io import EMBEDDED, BaseRef, resolve_base
+from corpmerge.model_io import EMBEDDED, BaseRef
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,9 @@ _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE = ("model.safetensors", "pytorch_model.bin")
 
 
-def pin_base(base_model: str, loaded: BaseRef) -> dict[str, Any]:
-    """The ``base`` section of the lineage for ``base_model``, whose weights were loaded from ``loaded``."""
+def pin_base(base_model: str, origin: BaseRef, loaded: BaseRef) -> dict[str, Any]:
+    """The ``base`` section of the lineage for ``base_model`` (resolved: ``origin``), whose weights were loaded from ``loaded``."""
     pin: dict[str, Any] = {"model": base_model}
-    origin = resolve_base(base_model)
     folder = Path(loaded.source) if loaded.is_local else _hub_snapshot(loaded.source)
     card = _card_metadata(folder / "README.md") if folder is not None else {}
     if base_model in EMBEDDED:

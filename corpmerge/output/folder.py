@@ -96,6 +96,7 @@ def write_output(
     entries: list[Entry],
     result: MergeResult | None,
     tokenizer: Any,
+    base: BaseRef,
     ref: BaseRef,
     report: RunReport | None = None,
     picture: Callable[[Path], Any] | None = None,
@@ -106,13 +107,14 @@ def write_output(
 
     θ₀ is streamed from the base checkpoint's files on the host (``ref``: a folder, a Hub id, a
     converted GGUF), so the output never depends on the device scoring ran on or on the scorer's
-    state. ``verify(staged folder)`` runs once weights, config and tokenizer are staged and before
-    the card is written; its answer goes into ``report.shipped_check`` and the card.
+    state. ``base`` is ``recipe.base_model`` as the command resolved it (``ref`` is its checkpoint),
+    pinned in the lineage. ``verify(staged folder)`` runs once weights, config and tokenizer are
+    staged and before the card is written; its answer goes into ``report.shipped_check`` and the card.
     The location is checked again first (``check_output_location``): never onto or around the base,
     ``overwrite`` replaces only a previous corpmerge output.
     """
     out_dir = Path(out_dir)
-    check_output_location(recipe.with_output(out_dir), overwrite)
+    check_output_location(recipe.with_output(out_dir), base, overwrite)
     folder = checkpoint_folder(ref)
     source = Checkpoint(folder)
     skeleton = model_skeleton(BaseRef(str(folder)))
@@ -136,7 +138,7 @@ def write_output(
         if verify is not None and report is not None:
             report.shipped_check = ShippedCheck(**verify(tmp))
         lineage = lineage_document(recipe, entries, result)
-        lineage["base"] = pin_base(recipe.base_model, ref)
+        lineage["base"] = pin_base(recipe.base_model, base, ref)
         (tmp / LINEAGE_FILE).write_text(dump_yaml(lineage))
         shown = None
         if report is not None and picture is not None:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from corpmerge.errors import CorpmergeError, excerpt
-from corpmerge.model_io import resolve_base
+from corpmerge.model_io import BaseRef
 from corpmerge.output.space import check_free_space
 from corpmerge.recipe import Recipe
 
@@ -28,25 +28,28 @@ LINEAGE_FILE = "corpmerge.yaml"
 LINEAGE_HEAD = b"corpmerge_version:"
 
 
-def check_output_location(recipe: Recipe, overwrite: bool) -> None:
-    """Refuse, in one line naming the field and the fix, an output or work location that could destroy data or cannot be written."""
+def check_output_location(recipe: Recipe, base: BaseRef, overwrite: bool) -> None:
+    """Refuse, in one line naming the field and the fix, an output or work location that could destroy data or cannot be written.
+
+    ``base``: ``recipe.base_model`` as the command resolved it.
+    """
     out = Path(recipe.output.path)
-    _check_not_base(recipe, "output.path", out)
+    _check_not_base(recipe.base_model, base, "output.path", out)
     _check_replaceable(out, overwrite)
     _check_creatable("output.path", out, out.parent)
-    check_work_location(recipe)
-    check_free_space(recipe, overwrite)
+    check_work_location(recipe, base)
+    check_free_space(recipe, base, overwrite)
 
 
-def check_work_location(recipe: Recipe) -> None:
-    """The work folder (and a custom score store) alone: outside the base model and the output, creatable."""
+def check_work_location(recipe: Recipe, base: BaseRef) -> None:
+    """The work folder (and a custom score store) alone: outside the base model (``base``, as resolved) and the output, creatable."""
     out = Path(recipe.output.path)
     work_field = "output.work_dir" if recipe.output.work_dir else f"output.work_dir (default {excerpt(str(out), 120)}.work)"
     places = [(work_field, recipe.output.work_path)]
     if recipe.scoring is not None and recipe.scoring.store:
         places.append(("scoring.store", Path(recipe.scoring.store)))
     for field, path in places:
-        _check_not_base(recipe, field, path)
+        _check_not_base(recipe.base_model, base, field, path)
         if _within(path, out):
             raise CorpmergeError(
                 f"{field}: '{_show(path)}' lies inside output.path '{_show(out)}', which is replaced when the model is written; put it beside the output folder"
@@ -67,9 +70,9 @@ def is_corpmerge_output(folder: Path) -> bool:
         return False
 
 
-def base_locations(base_model: str) -> list[Path]:
-    """The files and folders that hold the base model (a folder, a .gguf file, an embedded package, a Hub cache entry)."""
-    ref = resolve_base(base_model)
+def base_locations(base_model: str, ref: BaseRef) -> list[Path]:
+    """The files and folders that hold the base model (a folder, a .gguf file, an embedded package, a Hub cache entry);
+    ``ref``: ``base_model`` resolved."""
     if ref.gguf_file is not None:
         return [Path(ref.source) if base_model.startswith("embedded:") else Path(ref.source) / ref.gguf_file]
     if ref.is_local:
@@ -80,8 +83,8 @@ def base_locations(base_model: str) -> list[Path]:
     return [cached] if cached.exists() else []
 
 
-def _check_not_base(recipe: Recipe, field: str, path: Path) -> None:
-    for base in base_locations(recipe.base_model):
+def _check_not_base(base_model: str, ref: BaseRef, field: str, path: Path) -> None:
+    for base in base_locations(base_model, ref):
         what = f"the base model's {'folder' if base.is_dir() else 'file'} '{_show(base)}'"
         if _within(path, base):
             relation = "is" if _same(path, base) else "lies inside"

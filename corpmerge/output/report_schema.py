@@ -7,7 +7,8 @@ does not match the schema, instead of guessing. ``corpmerge run`` builds it once
 from the sections its phases return; fields appear in the JSON only when the run set them (an
 abstained run has no ``chosen``, a run without ``evaluate:`` no ``evaluation``). It lives beside the
 writer of the output folder so that both the folder (``output/``) and the report's readers
-(``report/``, the CLI) can import it.
+(``report/``, the CLI) can import it. The records the gate builds (``Paired``, a candidate, a
+stage-2 round) are declared once in ``corpmerge.comparison`` and reused here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ValidationError
 
-from corpmerge.comparison import PairedStats
+from corpmerge.comparison import CandidateRecord, Paired, Part, RoundRecord
 from corpmerge.errors import CorpmergeError, first_line
 
 SCHEMA_VERSION = 1
@@ -27,16 +28,7 @@ REPORT_FILE = "report.json"
 OPTIONAL = frozenset({"chosen", "candidates", "stage2", "evaluation", "datasets", "pushed", "shipped_check"})  # left out when a run has none
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-Paired = create_model(  # candidate vs reference on one fold: the fields of the gate's record, declared there once
-    "Paired", __base__=_Part, __doc__=PairedStats.__doc__, **{name: (hint, ...) for name, hint in get_type_hints(PairedStats).items()}
-)
-
-
-class Population(_Part):
+class Population(Part):
     size: int
     sigmas: dict[float, int]  # σ → number of entries
     reward_min: float
@@ -46,7 +38,7 @@ class Population(_Part):
     elite_threshold: float | None = None  # the accepted candidate's reward quantile
 
 
-class Gate(_Part):
+class Gate(Part):
     enabled: bool
     accepted: bool
     reason: str
@@ -64,18 +56,7 @@ class Gate(_Part):
     step_rms: float | None = None
 
 
-class Candidate(_Part):
-    params: dict[str, Any]
-    validated: Paired | None = Field(default=None, alias="validate")  # on fold B (partial when racing stopped it)
-    stopped: bool = False
-    validate_examples: int | None = None
-    ess: float | None = None  # effective number of elites 1/Σw²
-    elites: int | None = None
-    step_rms: float | None = None  # per-coordinate RMS of the step (None when tensor-wise)
-    ess_without_compatibility: float | None = None  # CoRP: the ESS of softmax(β·r) alone
-
-
-class Racing(_Part):
+class Racing(Part):
     enabled: bool
     stages: list[int]
     z: float
@@ -87,31 +68,14 @@ class Racing(_Part):
     examples: list[int]  # fold-A examples each entry was scored on
 
 
-class Stage2Round(_Part):
-    round: int
-    sigma: float | None = None  # the round's local σ
-    local_size: int
-    accepted: bool
-    params: dict[str, Any] | None = None  # the accepted grid point of the round
-    multiplier: float | None = None
-    reason: str
-    candidates_probed: int = 0
-    local_reward_max: float
-    local_reward_mean: float
-    validated: Paired | None = Field(default=None, alias="validate")  # the round's top candidate on its fold B
-    ess: float | None = None
-    step_rms: float | None = None
-    candidates: list[Candidate] = []
-
-
-class Stage2(_Part):
-    rounds: list[Stage2Round]
+class Stage2(Part):
+    rounds: list[RoundRecord]
     accepted: int
     rejected: int = 0
     sigma_schedule: str | None = None
 
 
-class ShippedCheck(_Part):
+class ShippedCheck(Part):
     """The written folder, loaded as a user would, re-scored on fold B against what the gate scored."""
 
     fold: str
@@ -123,13 +87,13 @@ class ShippedCheck(_Part):
     backend: str
 
 
-class Interval(_Part):
+class Interval(Part):
     diff: float
     ci_low: float
     ci_high: float
 
 
-class HeldOutRow(_Part):
+class HeldOutRow(Part):
     accuracy: float
     n: int
     diff: float | None = None  # vs the base, with its paired 95% interval
@@ -140,7 +104,7 @@ class HeldOutRow(_Part):
     by_task: dict[str, float] = {}  # accuracy on each task's examples
 
 
-class HeldOut(_Part):
+class HeldOut(Part):
     """The held-out evaluation: accuracy of each model (base, best_entry, randopt_topK, merged) on the evaluate split."""
 
     split: str
@@ -152,7 +116,7 @@ class HeldOut(_Part):
     recovered_fraction: float | None = None  # merged gain ÷ the largest vote's gain
 
 
-class RunReport(_Part):
+class RunReport(Part):
     schema_version: Literal[1] = SCHEMA_VERSION
     base_model: str
     method: str
@@ -162,7 +126,7 @@ class RunReport(_Part):
     chosen: dict[str, float] = {}  # the chosen model's accuracy per fold
     candidates_tried: int
     gate: Gate
-    candidates: list[Candidate] = []
+    candidates: list[CandidateRecord] = []
     racing: Racing | None = None
     stage2: Stage2 | None = None
     evaluation: HeldOut | None = None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from corpmerge.dtypes import TORCH_DTYPES
 from corpmerge.errors import CorpmergeError, excerpt
-from corpmerge.model_io import BaseRef, resolve_base
+from corpmerge.model_io import BaseRef
 from corpmerge.recipe import Recipe, SampledPopulation
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ PER_ENTRY = 256  # population and lineage rows in corpmerge.yaml, rewards in rep
 FIXED = 2 * 2**20  # model card, report.png, report.json
 
 
-def check_free_space(recipe: Recipe, overwrite: bool) -> None:
-    """Refuse in one line, with both numbers, an output that does not fit in the free space where it will be written."""
+def check_free_space(recipe: Recipe, base: BaseRef, overwrite: bool) -> None:
+    """Refuse in one line, with both numbers, an output that does not fit in the free space where it will be written
+    (``base``: ``recipe.base_model`` resolved)."""
     out = Path(recipe.output.path).expanduser()
-    need = output_bytes(recipe)
+    need = output_bytes(recipe, base)
     if need is None:
         return
     where = next(p for p in [out.parent.absolute(), *out.parent.absolute().parents] if p.exists())
@@ -75,9 +76,9 @@ def show_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def output_bytes(recipe: Recipe) -> int | None:
-    """Bytes of the output folder (see the module docstring); None when the base cannot be sized without downloading it."""
-    ref = resolve_base(recipe.base_model)
+def output_bytes(recipe: Recipe, ref: BaseRef) -> int | None:
+    """Bytes of the output folder (see the module docstring) on ``ref`` (``recipe.base_model`` resolved); None when the
+    base cannot be sized without downloading it."""
     itemsize = TORCH_DTYPES[recipe.dtype].itemsize
     try:
         sized = _gguf_tensors(ref, itemsize) if ref.gguf_file else _checkpoint_tensors(ref, itemsize)

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from corpmerge.comparison import CandidateRecord, RoundRecord
 from corpmerge.gate.procedure import GateDecision, candidate_record
 from corpmerge.methods import MergeMethod
 from corpmerge.output.folder import population_summary
-from corpmerge.output.report_schema import Candidate, Gate, Population, Stage2, Stage2Round
+from corpmerge.output.report_schema import Gate, Population, Stage2
 from corpmerge.population import Entry
 from corpmerge.recipe import GateSpec, IterateSpec
 
@@ -49,16 +50,16 @@ def gate_section(spec: GateSpec, decision: GateDecision) -> Gate:
     return Gate(**fields)
 
 
-def candidates_section(decision: GateDecision) -> list[Candidate]:
+def candidates_section(decision: GateDecision) -> list[CandidateRecord]:
     """Every candidate the gate tried, as ``candidate_record`` writes it."""
-    return [Candidate.model_validate(candidate_record(c)) for c in decision.candidates]
+    return [candidate_record(c) for c in decision.candidates]
 
 
-def stage2_section(spec: IterateSpec, rounds: list[dict[str, Any]]) -> Stage2:
+def stage2_section(spec: IterateSpec, rounds: list[RoundRecord]) -> Stage2:
     """Stage 2's rounds (``corpmerge.gate.stage2.iterate``) and how many were accepted and rejected."""
     return Stage2(
-        rounds=[Stage2Round.model_validate(r) for r in rounds],
-        accepted=sum(r["accepted"] for r in rounds),
-        rejected=sum(not r["accepted"] for r in rounds),
+        rounds=rounds,
+        accepted=sum(r.accepted for r in rounds),
+        rejected=sum(not r.accepted for r in rounds),
         sigma_schedule=spec.sigma_schedule,
     )
