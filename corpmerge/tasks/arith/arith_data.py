@@ -9,6 +9,7 @@ they use disjoint seeds.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 
 def successor(rng: random.Random) -> tuple[str, int]:
@@ -34,8 +35,9 @@ def small_difference(rng: random.Random) -> tuple[str, int]:
 KINDS = (successor, minus_one, digit_sum, small_difference)
 
 
-def _question(rng: random.Random) -> tuple[str, int]:
-    return KINDS[rng.randrange(len(KINDS))](rng)
+def question(rng: random.Random, kinds: tuple[Callable[[random.Random], tuple[str, int]], ...] = KINDS) -> tuple[str, int]:
+    """One question of a kind drawn uniformly from ``kinds``, and its answer."""
+    return kinds[rng.randrange(len(kinds))](rng)
 
 
 def make_rows(n: int, seed: int) -> list[dict]:
@@ -43,13 +45,25 @@ def make_rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        question, right = _question(rng)
+        text, right = question(rng)
         options = {right}
         while len(options) < 4:
             options.add(max(0, right + rng.choice([-3, -2, -1, 1, 2, 3, 10])))
         choices = sorted(options, key=lambda _: rng.random())
-        rows.append({"question": question, "choices": [str(c) for c in choices], "answer": choices.index(right)})
+        rows.append({"question": text, "choices": [str(c) for c in choices], "answer": choices.index(right)})
     return rows
+
+
+def seeded_splits(make_rows: Callable[[int, int], list[dict]], train_size: int, test_size: int, seed: int):
+    """A DatasetDict of ``make_rows`` train and test splits, from the disjoint seeds 2·seed + 1 and 2·seed + 2."""
+    import datasets
+
+    return datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
+            "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
+        }
+    )
 
 
 def build_dataset(train_size: int = 1000, test_size: int = 1600, seed: int = 0, **_: object):
@@ -60,11 +74,4 @@ def build_dataset(train_size: int = 1000, test_size: int = 1600, seed: int = 0, 
     n ≥ ((1.96 + 0.84)·0.56/0.04)² ≈ 1,540.
     The first 500 are the 500 of task version 1.0 (rows are drawn in sequence from the split's seed).
     """
-    import datasets
-
-    return datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
-            "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
-        }
-    )
+    return seeded_splits(make_rows, train_size, test_size, seed)

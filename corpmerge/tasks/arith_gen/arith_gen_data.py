@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from corpmerge.rewards import arith
-from corpmerge.tasks.arith.arith_data import digit_sum, minus_one, small_difference
+from corpmerge.tasks.arith.arith_data import digit_sum, minus_one, question, seeded_splits, small_difference
 
 
 def two_digit_sum(rng: random.Random) -> tuple[str, int]:
@@ -28,29 +28,15 @@ def digit_product(rng: random.Random) -> tuple[str, int]:
 KINDS = (minus_one, digit_sum, small_difference, two_digit_sum, digit_product)
 
 
-def _question(rng: random.Random) -> tuple[str, int]:
-    return KINDS[rng.randrange(len(KINDS))](rng)
-
-
 def make_rows(n: int, seed: int) -> list[dict]:
+    """``n`` questions with their numeric answers."""
     rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        question, answer = _question(rng)
-        rows.append({"question": question, "answer": answer})
-    return rows
+    return [dict(zip(("question", "answer"), question(rng, KINDS))) for _ in range(n)]
 
 
 def build_dataset(train_size: int = 1000, test_size: int = 500, seed: int = 0, **_: object):
     """lm-eval ``custom_dataset`` hook: a DatasetDict with train and test splits."""
-    import datasets
-
-    return datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_list(make_rows(train_size, seed * 2 + 1)),
-            "test": datasets.Dataset.from_list(make_rows(test_size, seed * 2 + 2)),
-        }
-    )
+    return seeded_splits(make_rows, train_size, test_size, seed)
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
