@@ -18,9 +18,10 @@ each, one after the other), everything else as shipped:
 The variants of a pair share one work folder (the base's scores on folds B, C and test are computed once).
 Each run's shipped model (its lineage's update) is read back from the score store on the test split, so every paired interval is
 on the same examples: vs the base, vs ``corp`` of the same pair, and pooled over the pairs (the mean over pairs
-of each example's difference; an abstention ships the base, a difference of 0). For ``corpmerge_arith``,
-whose test questions repeat (about 250 distinct questions with different choices), the pooled row also gives
-the interval clustered by question text. Prints a markdown table and writes it, with the command, to --out.
+of each example's difference; an abstention ships the base, a difference of 0). Where the task declares
+``metadata.cluster_by`` (``corpmerge_arith``: its 1,600 test examples ask 247 distinct questions, with other
+choices), the intervals in the table are clustered by it, as corpmerge's report gives them, and the pooled row
+gives both. Prints a markdown table and writes it, with the command, to --out.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from corpmerge.gate.paired import paired_interval
+from corpmerge.gate.paired import clustered_interval, paired_interval
 from corpmerge.output.folder import shipped_update
+from corpmerge.recipe import ScoringSpec
+from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.subjects import update_subject
 
 VARIANTS = ("corp", "corp_mirrored", "es_mirrored")
@@ -79,10 +82,11 @@ def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
     The shipped model's subject is its lineage's update (what the output folder holds), so its per-example
     scores are read from the store the run wrote them to."""
     out, work = Path(recipe["output"]["path"]), Path(recipe["output"]["work_dir"])
-    paths = [p for p in (out / "report.json", work / "report.json") if p.is_file()]
-    if not paths:
+    reports = [json.loads(p.read_text()) for p in (out / "report.json", work / "report.json") if p.is_file()]
+    reports = [r for r in reports if is_run_of(r, recipe)]  # the shared work folder holds the last abstention of any variant
+    if not reports:
         return None
-    report = json.loads(max(paths, key=lambda p: p.stat().st_mtime).read_text())
+    report = reports[0]
     store = work / "scores.sqlite"
     keys, base = test_vector(store, "base")
     amps = shipped_update(out) if report["gate"]["accepted"] else None
@@ -90,6 +94,17 @@ def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
     if shipped.size != base.size:
         raise SystemExit(f"{store}: the shipped model has {shipped.size} test scores, the base {base.size}")
     return {"report": report, "keys": keys, "base": base, "shipped": shipped}
+
+
+def is_run_of(report: dict[str, Any], recipe: dict[str, Any]) -> bool:
+    """Whether ``report`` is a run of ``recipe``'s variant: its method, population size and mirrored σ (< 0) agree."""
+    population = report["population"]
+    mirrored = min(float(s) for s in population["sigmas"]) < 0
+    return (
+        report["method"] == recipe["merge_method"]
+        and population["size"] == recipe["population"]["size"]
+        and mirrored == bool(recipe["population"].get("antithetic"))
+    )
 
 
 def run_one(recipe: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -114,29 +129,10 @@ def fmt(diff: float, low: float, high: float) -> str:
     return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
-def clustered(d: np.ndarray, clusters: list[str], z: float = 1.96) -> tuple[float, float, float]:
-    """Mean of ``d`` with a cluster-robust (by ``clusters``) normal interval."""
-    mean = float(d.mean())
-    sums: dict[str, float] = {}
-    for value, c in zip(d - mean, clusters):
-        sums[c] = sums.get(c, 0.0) + float(value)
-    g = len(sums)
-    var = g / (g - 1) * sum(s * s for s in sums.values()) / d.size**2
-    half = z * math.sqrt(var)
-    return mean, mean - half, mean + half
-
-
 def question_clusters(keys: list[tuple[str, int]], recipe: dict[str, Any]) -> list[str] | None:
-    """The question text of each test example when the task is corpmerge_arith (its split is generated), else None."""
-    if recipe["scoring"]["tasks"] != ["corpmerge_arith"]:
-        return None
-    from corpmerge.tasks import tasks_dir
-
-    sys.path.insert(0, str(tasks_dir() / "arith"))
-    from arith_data import build_dataset  # type: ignore[import-not-found]
-
-    test = build_dataset()["test"]
-    return [test[d]["question"] for _, d in keys]
+    """Each test example's cluster as its task declares it (``metadata.cluster_by``), None when none declares one."""
+    suite = TaskSuite(ScoringSpec(tasks=recipe["scoring"]["tasks"]), split=recipe["evaluate"]["split"])
+    return suite.clusters(keys)
 
 
 def gate_text(report: dict[str, Any]) -> str:
@@ -163,11 +159,12 @@ def main() -> None:
     lines = [
         f"`python bench/demo_seeds.py {shlex.join(sys.argv[1:])}`",
         "",
-        "| seed | variant | gate (fold B → fold C) | shipped on test (Δ vs base) | vs corp | RandOpt K=1 | example evaluations | wall |",
+        "| seed | variant | gate (fold B → fold C) | shipped on test (Δ vs base) | vs corp | RandOpt K=1 (per-example interval) | example evaluations | wall |",
         "|---|---|---|---|---|---|---|---|",
     ]
     diffs: dict[str, list[np.ndarray]] = {v: [] for v in args.variants}
     keys0: list[tuple[str, int]] | None = None
+    clusters: list[str] | None = None
     for pair in args.pairs:
         s, t = (int(x) for x in pair.split("/"))
         corp_vec = None
@@ -186,32 +183,32 @@ def main() -> None:
                 print(lines[-1], flush=True)
                 continue
             rep, base, shipped = got["report"], got["base"], got["shipped"]
-            keys0 = keys0 or got["keys"]
+            if keys0 is None:
+                keys0, clusters = got["keys"], question_clusters(got["keys"], base_recipe)
             if got["keys"] != keys0:
                 raise SystemExit("the test examples differ between runs; the pooled estimate needs the same ones")
             d = shipped - base
             diffs[variant].append(d)
-            vs_corp = fmt(*paired_interval(corp_vec, shipped)) if corp_vec is not None and variant != "corp" else ""
+            vs_corp = fmt(*clustered_interval(corp_vec, shipped, clusters)) if corp_vec is not None and variant != "corp" else ""
             if variant == "corp":
                 corp_vec = shipped
             k1 = rep["evaluation"]["rows"].get("best_entry", {})
             k1_text = fmt(k1["diff"], k1["ci_low"], k1["ci_high"]) if k1 else ""
             acc = shipped.mean()
             lines.append(
-                f"| {pair} | {variant} | {gate_text(rep)} | {100 * acc:.1f}% ({fmt(*paired_interval(base, shipped))}) | {vs_corp} | {k1_text} "
+                f"| {pair} | {variant} | {gate_text(rep)} | {100 * acc:.1f}% ({fmt(*clustered_interval(base, shipped, clusters))}) | {vs_corp} | {k1_text} "
                 f"| {rep.get('example_evaluations', 0):,} | {wall_text(got['wall'])} |"
             )
             print(lines[-1], flush=True)
-    lines += ["", f"Pooled over the pairs (each test example's mean difference over {len(args.pairs)} pairs; n = {len(keys0 or [])}):", ""]
+    lines += ["", f"Pooled over the pairs run (each test example's mean difference over them; n = {len(keys0 or [])}):", ""]
     lines += ["| variant | pairs | pooled Δ vs base (paired 95%) | clustered by question |", "|---|---|---|---|"]
-    clusters = question_clusters(keys0, base_recipe) if keys0 else None
     for variant, ds in diffs.items():
         if not ds:
             continue
         pooled = np.mean(ds, axis=0)
         zero = np.zeros_like(pooled)
         plain = fmt(*paired_interval(zero, pooled))
-        by_q = fmt(*clustered(pooled, clusters)) if clusters else "n/a"
+        by_q = fmt(*clustered_interval(zero, pooled, clusters)) if clusters else "n/a"
         lines.append(f"| {variant} | {len(ds)} | {plain} | {by_q} |")
     if keys0 and clusters:
         lines.append(f"\nTest questions: {len(set(clusters))} distinct among {len(clusters)} examples.")

@@ -48,6 +48,25 @@ def paired_interval(base: Sequence[bool], candidate: Sequence[bool], z: float = 
     return mean, mean - half, mean + half
 
 
+def clustered_interval(base: Sequence[bool], candidate: Sequence[bool], clusters: Sequence[str] | None, z: float = 1.96) -> tuple[float, float, float]:
+    """Mean paired difference d̄ with a cluster-robust two-sided normal interval.
+
+    Examples of one cluster (one question asked with other choices, say) are not independent, so the
+    variance of d̄ sums the centred differences within each cluster first: Var = G/(G − 1)·Σ_g (Σ_{j∈g} (dⱼ − d̄))²/n²
+    over G clusters. With every example its own cluster (or ``clusters`` None) this is :func:`paired_interval`.
+    """
+    if clusters is None:
+        return paired_interval(base, candidate, z)
+    d = np.asarray(candidate, dtype=float) - np.asarray(base, dtype=float)
+    _, group = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.bincount(group, weights=d - d.mean())
+    g = sums.size
+    var = g / (g - 1) * float((sums**2).sum()) / d.size**2 if g > 1 else 0.0
+    half = z * math.sqrt(var)
+    mean = float(d.mean())
+    return mean, mean - half, mean + half
+
+
 def pick_multiplier(lcbs: dict[float, float]) -> float | None:
     """The largest probe multiplier whose LCB on the probe fold is > 0, or None."""
     passing = [m for m, lcb in lcbs.items() if lcb > 0]

@@ -262,6 +262,8 @@ def _report_section(report: RunReport, picture: str | None = None) -> str:
         notes = []
         if held.ranked_on:
             notes.append(f"RandOpt rows (`best_entry`, `randopt_top*`) are ranked on {held.ranked_on} of the support set.")
+        if held.clustered_by:
+            notes.append(held.clustering_note() + ".")
         for task, n in sorted(held.excluded_support.items()):
             notes.append(f"{n} examples of `{task}` ({held.split}) are support examples and were left out.")
         lines.append(

@@ -113,7 +113,16 @@ class HeldOut(Part):
     n: int
     ranked_on: str | None = None  # what the RandOpt rows were ranked on
     excluded_support: dict[str, int] = {}  # task → support examples of this split left out
+    clustered_by: dict[str, str] = {}  # task → the document field its examples share (intervals are cluster-robust)
+    clusters: int | None = None  # distinct clusters among the n examples
     recovered_fraction: float | None = None  # merged gain ÷ the largest vote's gain
+
+    def clustering_note(self) -> str:
+        """How the intervals treat examples that share a declared field ('' when no task declares one)."""
+        if not self.clustered_by:
+            return ""
+        fields = ", ".join(f"{field} ({task})" for task, field in sorted(self.clustered_by.items()))
+        return f"95% intervals are clustered by {fields}: {self.clusters} distinct among {self.n} examples, which are not independent where they share one"
 
 
 class RunReport(Part):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.gate.paired import paired_interval
+from corpmerge.gate.paired import clustered_interval
 from corpmerge.population import Entry
 from corpmerge.report.ensemble import majority_vote, recovered_fraction
 from corpmerge.scoring.evaluator import Request
@@ -47,8 +47,9 @@ def evaluate_held_out(
     ensemble_k: list[int] | None = None,
     pairs: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base;
-    each (a, b) in ``pairs`` also gets a − b paired, as ``rows[a]["vs_" + b]``."""
+    """Accuracy on the evaluate split for each subject (and RandOpt top-K votes), with paired 95% intervals vs the base
+    (cluster-robust where a task declares ``metadata.cluster_by``); each (a, b) in ``pairs`` also gets a − b paired,
+    as ``rows[a]["vs_" + b]``."""
     spec = session.recipe.evaluate
     suite = session.suites("evaluate")
     support = support_docs(session)
@@ -74,6 +75,10 @@ def evaluate_held_out(
         vectors[f"randopt_top{k}"] = majority_vote([[m[key].prediction for key in keys] for m in members], [[m[key].correct for key in keys] for m in members])
     base = vectors["base"]
     tasks = np.array([t for t, _ in keys])
+    clusters = suite.clusters(keys)
+
+    def paired_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+        return clustered_interval(a, b, clusters)
 
     def by_task(vec: np.ndarray) -> dict[str, float]:
         return {t: float(vec[tasks == t].mean()) for t in sorted(docs) if docs[t]}
@@ -97,6 +102,9 @@ def evaluate_held_out(
         "n": int(base.size),
         "ranked_on": f"fold A ({count(session.folds['A'])} examples)",
     }
+    if clusters is not None:
+        report["clustered_by"] = dict(suite.cluster_by)
+        report["clusters"] = len(set(clusters))
     if excluded:
         report["excluded_support"] = excluded  # {task: support examples of this split left out of the evaluation}
     if ensemble_k and "merged" in rows:

@@ -127,6 +127,8 @@ def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False
             str(row.n),
         )
     parts: list[RenderableType] = [held]
+    if evaluation.clustered_by:
+        parts.append(Text(evaluation.clustering_note()))
     if evaluation.excluded_support:
         parts.append(
             Text(

@@ -77,3 +77,14 @@ def declared_dataset(metadata: Mapping[str, Any] | None) -> str | None:
     """The Hub dataset a task names in ``metadata.dataset``, if any."""
     dataset = (metadata or {}).get("dataset")
     return dataset if isinstance(dataset, str) and dataset else None
+
+
+def declared_cluster(task: str, metadata: Mapping[str, Any] | None) -> str | None:
+    """The document field a task names in ``metadata.cluster_by``: examples sharing its value are one cluster
+    (e.g. a question asked again with other choices), so held-out intervals treat them as dependent."""
+    field = (metadata or {}).get("cluster_by")
+    if field is None:
+        return None
+    if not isinstance(field, str) or not field:
+        raise CorpmergeError(f"task '{task}': metadata.cluster_by must name a field of the task's documents (got {field!r})")
+    return field

@@ -15,7 +15,7 @@ import torch
 from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.recipe import ScoringSpec
 from corpmerge.scoring.answers import prediction
-from corpmerge.scoring.declarations import answer_extractor, declared_dataset, leaf_configs, runs_code
+from corpmerge.scoring.declarations import answer_extractor, declared_cluster, declared_dataset, leaf_configs, runs_code
 from corpmerge.tasks import tasks_dir
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,13 @@ class TaskSuite:
         self.answers = {name: answer_extractor(name, task.config.metadata) for name, task in self.tasks.items()}
         declared = {name: declared_dataset(task.config.metadata) for name, task in self.tasks.items()}
         self.datasets = {name: dataset for name, dataset in declared.items() if dataset}  # {task: Hub dataset}
+        clustered = {name: declared_cluster(name, task.config.metadata) for name, task in self.tasks.items()}
+        self.cluster_by = {name: field for name, field in clustered.items() if field}  # {task: document field}
         self.split = {name: self._use_split(name, task, split) for name, task in self.tasks.items()}
+        for name, field in self.cluster_by.items():
+            docs = self.tasks[name].eval_docs
+            if len(docs) and field not in docs[0]:
+                raise CorpmergeError(f"task '{name}': metadata.cluster_by '{field}' is not a field of its documents (they have {', '.join(docs[0])})")
         if spec.num_fewshot is not None:  # once here, not on every evaluation
             for task in self.tasks.values():
                 task.set_config(key="num_fewshot", value=spec.num_fewshot)
@@ -129,6 +135,20 @@ class TaskSuite:
 
     def doc_count(self, name: str) -> int:
         return len(self.tasks[name].eval_docs)
+
+    def clusters(self, keys: list[tuple[str, int]]) -> list[str] | None:
+        """The cluster of each (task, doc_id): ``task:value`` of the task's ``cluster_by`` field, the example itself
+        for a task that declares none; None when no task declares one."""
+        if not self.cluster_by:
+            return None
+        out = []
+        for name, doc in keys:
+            field = self.cluster_by.get(name)
+            if field is None:
+                out.append(f"{name}#{doc}")
+                continue
+            out.append(f"{name}:{self.tasks[name].eval_docs[doc][field]}")
+        return out
 
     def fingerprint(self) -> str:
         """Hash of the task configs, evaluated splits and scoring options; not of where the task YAML lies
