@@ -114,6 +114,7 @@ def run_one(recipe: dict[str, Any], path: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "corpmerge", "run", str(path), "--overwrite"], capture_output=True, text=True)
     wall = time.perf_counter() - start
     path.with_suffix(".log").write_text(done.stdout + done.stderr)
+    path.with_suffix(".wall").write_text(f"{wall:.1f}\n")
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
         return {"failed": f"exit {done.returncode}: {last}", "wall": wall}
@@ -136,11 +137,13 @@ def question_clusters(keys: list[tuple[str, int]], recipe: dict[str, Any]) -> li
 
 
 def gate_text(report: dict[str, Any]) -> str:
+    """The gate's choice: grid point and step, fold-B fixes / regressions and LCB, fold-C LCB; or the abstention."""
     g = report["gate"]
     if not g["accepted"]:
-        return f"abstained ({g['reason'][:60]})"
-    params = {k: v for k, v in (g.get("params") or {}).items() if k in ("beta", "alpha", "shaping", "quantile")}
-    return f"{params} ×{g.get('multiplier')}: {g.get('fixes')}/{g.get('regressions')}, LCB {g.get('lcb', 0):+.3f}; C LCB {g.get('probe_lcb') or 0:+.3f}"
+        return f"abstained: {g['reason'][:80]}"
+    names = {"beta": "β", "alpha": "α", "shaping": "", "quantile": "q"}
+    point = ", ".join(f"{names[k]} {v:g}".strip() if isinstance(v, float) else str(v) for k, v in (g.get("params") or {}).items() if k in names and v)
+    return f"{point}, ×{g['multiplier']:g}: {g['fixes']} / {g['regressions']}, LCB {g['lcb']:+.3f}; C LCB {g['probe_lcb']:+.3f}"
 
 
 def main() -> None:
@@ -174,7 +177,8 @@ def main() -> None:
                 got = read_run(recipe)
                 if got is None:
                     continue
-                got["wall"] = float("nan")
+                wall_file = work / f"{s}-{t}-{variant}.wall"
+                got["wall"] = float(wall_file.read_text()) if wall_file.exists() else float("nan")
             else:
                 print(f"[{time.strftime('%H:%M:%S')}] {pair} {variant} …", flush=True)
                 got = run_one(recipe, work / f"{s}-{t}-{variant}.yaml")
