@@ -72,7 +72,7 @@ def build_dataset(train_size: int = 1000, test_size: int = 1600, seed: int = 0, 
     1,600 test examples (version 1.1; 1.0 had 500, the first 500 of these). They ask only 247 distinct
     questions (nearly all the ~250 the four kinds can ask; train asks them too), with other choices, and a model's paired differences correlate
     within a question (ICC 0.44 measured on the demo), so the task declares ``cluster_by: question`` and the
-    report's intervals are clustered: 1,600 examples are worth ~470 independent ones, and no test size gives
+    report's intervals are clustered: 1,600 examples are worth ~350-400 independent ones, and no test size gives
     80% power for a +4-point gain (the clustered standard error cannot fall below ≈ 2 points). That needs
     more distinct questions, not more rows.
     Rows are drawn in sequence from the split's seed.
