@@ -91,6 +91,8 @@ def test_the_store_identity_of_a_task_does_not_depend_on_where_its_yaml_lies(tmp
         (folder / "moved_arith.yaml").write_text(text)
         fingerprints.append(TaskSuite(ScoringSpec(tasks=["moved_arith"], include_path=str(folder)), split="test").fingerprint())
     assert fingerprints[0] == fingerprints[1]
+    (tmp_path / "one" / "moved_arith.yaml").write_text(text.replace("  cluster_by: question", "  cluster_by: answer"))  # reporting only
+    assert TaskSuite(ScoringSpec(tasks=["moved_arith"], include_path=str(tmp_path / "one")), split="test").fingerprint() == fingerprints[0]
     (tmp_path / "one" / "moved_arith.yaml").write_text(text.replace("Answer:", "A:"))  # what is scored changed: a new identity
     assert TaskSuite(ScoringSpec(tasks=["moved_arith"], include_path=str(tmp_path / "one")), split="test").fingerprint() != fingerprints[0]
 

@@ -152,8 +152,9 @@ class TaskSuite:
 
     def fingerprint(self) -> str:
         """Hash of the task configs, evaluated splits and scoring options; not of where the task YAML lies
-        (lm-eval's ``metadata.config_source``), so a store stays valid when corpmerge is installed elsewhere."""
-        configs = {name: without_source(task.dump_config()) for name, task in sorted(self.tasks.items())}
+        (lm-eval's ``metadata.config_source``), so a store stays valid when corpmerge is installed elsewhere,
+        nor of ``metadata.cluster_by``, which groups examples in the report and changes no score."""
+        configs = {name: scored_config(task.dump_config()) for name, task in sorted(self.tasks.items())}
         options = {
             "split": self.split,
             "chat": self.spec.apply_chat_template,
@@ -208,12 +209,15 @@ class TaskSuite:
         return ExampleScore(value, correct, vote)
 
 
-def without_source(config: dict[str, Any]) -> dict[str, Any]:
-    """A task config without the path of the YAML file it was read from."""
+UNSCORED_METADATA = ("config_source", "cluster_by")  # where the YAML lies; how the report groups examples
+
+
+def scored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A task config without the metadata that changes no score (``UNSCORED_METADATA``)."""
     metadata = config.get("metadata")
-    if not isinstance(metadata, dict) or "config_source" not in metadata:
+    if not isinstance(metadata, dict) or not any(k in metadata for k in UNSCORED_METADATA):
         return config
-    return {**config, "metadata": {k: v for k, v in metadata.items() if k != "config_source"}}
+    return {**config, "metadata": {k: v for k, v in metadata.items() if k not in UNSCORED_METADATA}}
 
 
 def _stable(value: Any) -> str:
