@@ -130,6 +130,13 @@ def fmt(diff: float, low: float, high: float) -> str:
     return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
+def width_ratio(base: np.ndarray, shipped: np.ndarray, clusters: list[str]) -> float:
+    """How much wider the clustered interval is than the per-example one on the same examples."""
+    _, low, high = clustered_interval(base, shipped, clusters)
+    _, plain_low, plain_high = paired_interval(base, shipped)
+    return (high - low) / (plain_high - plain_low)
+
+
 def question_clusters(keys: list[tuple[str, int]], recipe: dict[str, Any]) -> list[str] | None:
     """Each test example's cluster as its task declares it (``metadata.cluster_by``), None when none declares one."""
     suite = TaskSuite(ScoringSpec(tasks=recipe["scoring"]["tasks"]), split=recipe["evaluate"]["split"])
@@ -166,6 +173,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     diffs: dict[str, list[np.ndarray]] = {v: [] for v in args.variants}
+    widths: list[str] = []
     keys0: list[tuple[str, int]] | None = None
     clusters: list[str] | None = None
     for pair in args.pairs:
@@ -193,6 +201,10 @@ def main() -> None:
                 raise SystemExit("the test examples differ between runs; the pooled estimate needs the same ones")
             d = shipped - base
             diffs[variant].append(d)
+            if clusters is not None:
+                widths.append(
+                    f"| {pair} | {variant} | {width_ratio(base, shipped, clusters):.2f} | {width_ratio(base[:500], shipped[:500], clusters[:500]):.2f} |"
+                )
             vs_corp = fmt(*clustered_interval(corp_vec, shipped, clusters)) if corp_vec is not None and variant != "corp" else ""
             if variant == "corp":
                 corp_vec = shipped
@@ -216,6 +228,8 @@ def main() -> None:
         lines.append(f"| {variant} | {len(ds)} | {plain} | {by_q} |")
     if keys0 and clusters:
         lines.append(f"\nTest questions: {len(set(clusters))} distinct among {len(clusters)} examples.")
+        lines += ["", "Clustered ÷ per-example interval width (its square is the design effect):", ""]
+        lines += [f"| seed | variant | all {len(clusters)} | first 500 |", "|---|---|---|---|", *widths]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

@@ -77,7 +77,7 @@ def evaluate_held_out(
     tasks = np.array([t for t, _ in keys])
     clusters = suite.clusters(keys)
 
-    def paired_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    def interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
         return clustered_interval(a, b, clusters)
 
     def by_task(vec: np.ndarray) -> dict[str, float]:
@@ -86,14 +86,14 @@ def evaluate_held_out(
     rows: dict[str, Any] = {"base": {"accuracy": float(base.mean()), "n": int(base.size), "by_task": by_task(base)}}
     for label, vec in vectors.items():
         if label != "base":
-            diff, low, high = paired_interval(base, vec)
+            diff, low, high = interval(base, vec)
             rows[label] = {"accuracy": float(vec.mean()), "n": int(vec.size), "diff": diff, "ci_low": low, "ci_high": high, "by_task": by_task(vec)}
             if "best_entry" in vectors and label != "best_entry":  # paired against RandOpt K=1 too
-                d1, lo1, hi1 = paired_interval(vectors["best_entry"], vec)
+                d1, lo1, hi1 = interval(vectors["best_entry"], vec)
                 rows[label]["vs_k1"] = {"diff": d1, "ci_low": lo1, "ci_high": hi1}
     for a, b in pairs:
         if a in rows and b in vectors:
-            d, lo, hi = paired_interval(vectors[b], vectors[a])
+            d, lo, hi = interval(vectors[b], vectors[a])
             rows[a][f"vs_{b}"] = {"diff": d, "ci_low": lo, "ci_high": hi}
     report: dict[str, Any] = {
         "split": spec.split,

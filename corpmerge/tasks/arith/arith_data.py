@@ -70,11 +70,11 @@ def build_dataset(train_size: int = 1000, test_size: int = 1600, seed: int = 0, 
     """lm-eval ``custom_dataset`` hook: a DatasetDict with train and test splits.
 
     1,600 test examples (version 1.1; 1.0 had 500, the first 500 of these). They ask only 247 distinct
-    questions (nearly all the ~250 the four kinds can ask; train asks them too), with other choices, and a model's paired differences correlate
-    within a question (ICC 0.44 measured on the demo), so the task declares ``cluster_by: question`` and the
-    report's intervals are clustered: 1,600 examples are worth ~350-400 independent ones, and no test size gives
-    80% power for a +4-point gain (the clustered standard error cannot fall below ≈ 2 points). That needs
-    more distinct questions, not more rows.
+    questions (nearly all the ~250 the four kinds can ask; train asks them too), with other choices, and a
+    model's results on one question go together, so the task declares ``cluster_by: question`` and the
+    report's intervals are clustered: on the demo they are 2.0-2.15x the per-example ones (BENCHMARKS.md,
+    bench/demo_seeds.py), so 1,600 examples are worth ~350-400 independent ones. More distinct questions,
+    not more rows, is what a sharper test needs.
     Rows are drawn in sequence from the split's seed.
     """
     return seeded_splits(make_rows, train_size, test_size, seed)
