@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import shlex
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,12 +38,9 @@ from typing import Any
 
 import numpy as np
 import yaml
+from held_out import question_clusters, shipped_subject, test_vector
 
 from corpmerge.gate.paired import clustered_interval, paired_interval
-from corpmerge.output.folder import shipped_update
-from corpmerge.recipe import ScoringSpec
-from corpmerge.scoring.lmeval import TaskSuite
-from corpmerge.scoring.subjects import update_subject
 
 VARIANTS = ("corp", "corp_mirrored", "es_mirrored")
 ES_GRID = {"shaping": ["zscore", "rank"], "alpha": [3, 6, 12]}
@@ -66,16 +62,6 @@ def variant_recipe(base: dict[str, Any], variant: str, pop_seed: int, split_seed
     return r
 
 
-def test_vector(store: Path, subject: str) -> tuple[list[tuple[str, int]], np.ndarray]:
-    """(task, doc_id) keys and 0/1 correctness of ``subject`` on the store's test fold (``T:…``), in key order."""
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM units WHERE fold LIKE 'T:%' AND subject = 'base'")}
-        if len(folds) != 1:
-            raise SystemExit(f"{store}: expected one test fold for the base, found {sorted(folds)}")
-        rows = db.execute("SELECT task, doc_id, correct FROM scores WHERE subject = ? AND fold = ? ORDER BY task, doc_id", (subject, folds.pop())).fetchall()
-    return [(t, d) for t, d, _ in rows], np.array([c for _, _, c in rows], dtype=float)
-
-
 def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
     """A finished run's report and its shipped model's test vector (an abstention ships the base); None if not run.
 
@@ -89,8 +75,8 @@ def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
     report = reports[0]
     store = work / "scores.sqlite"
     keys, base = test_vector(store, "base")
-    amps = shipped_update(out) if report["gate"]["accepted"] else None
-    shipped = base if amps is None else test_vector(store, update_subject(amps))[1]
+    subject = shipped_subject(out, report["gate"]["accepted"])
+    shipped = base if subject == "base" else test_vector(store, subject)[1]
     if shipped.size != base.size:
         raise SystemExit(f"{store}: the shipped model has {shipped.size} test scores, the base {base.size}")
     return {"report": report, "keys": keys, "base": base, "shipped": shipped}
@@ -135,12 +121,6 @@ def width_ratio(base: np.ndarray, shipped: np.ndarray, clusters: list[str]) -> f
     _, low, high = clustered_interval(base, shipped, clusters)
     _, plain_low, plain_high = paired_interval(base, shipped)
     return (high - low) / (plain_high - plain_low)
-
-
-def question_clusters(keys: list[tuple[str, int]], recipe: dict[str, Any]) -> list[str] | None:
-    """Each test example's cluster as its task declares it (``metadata.cluster_by``), None when none declares one."""
-    suite = TaskSuite(ScoringSpec(tasks=recipe["scoring"]["tasks"]), split=recipe["evaluate"]["split"])
-    return suite.clusters(keys)
 
 
 def gate_text(report: dict[str, Any]) -> str:
@@ -196,7 +176,7 @@ def main() -> None:
                 continue
             rep, base, shipped = got["report"], got["base"], got["shipped"]
             if keys0 is None:
-                keys0, clusters = got["keys"], question_clusters(got["keys"], base_recipe)
+                keys0, clusters = got["keys"], question_clusters(got["keys"], base_recipe["scoring"]["tasks"], base_recipe["evaluate"]["split"])
             if got["keys"] != keys0:
                 raise SystemExit("the test examples differ between runs; the pooled estimate needs the same ones")
             d = shipped - base

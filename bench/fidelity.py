@@ -34,26 +34,24 @@ import argparse
 import json
 import logging
 import shlex
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from held_out import question_clusters, shipped_subject, test_vector
 from pydantic import Field
 
 from corpmerge.amplitudes import Cloud
-from corpmerge.gate.paired import paired_interval
+from corpmerge.gate.paired import clustered_interval
 from corpmerge.methods import MergeResult, merge_method
 from corpmerge.methods.corp import CorpParams, compatibility_logits, corp_result
 from corpmerge.methods.weights import effective_size, elite_indices, softmax
-from corpmerge.output.folder import shipped_update
 from corpmerge.pipeline import run_recipe
 from corpmerge.progress import log_reporter, set_reporter
 from corpmerge.recipe import EvaluateSpec, IterateSpec, Recipe, load_recipe
 from corpmerge.report.plots import write_summary_png
-from corpmerge.scoring.subjects import update_subject
 
 
 class PlaceboParams(CorpParams):
@@ -199,24 +197,21 @@ def stage2_lines(task: str, seed: int, report: dict[str, Any]) -> list[str]:
     return out
 
 
-def test_vector(store: Path, output: Path, report: dict[str, Any]) -> np.ndarray | None:
-    """The shipped model's per-example correctness on the test examples, read from the store (an abstention ships the base).
-
-    Its subject is the lineage's update (what the output folder holds); the store's one held-out fold ``T:…``
-    is the test examples every variant of this task × seed was evaluated on."""
-    amps = shipped_update(output) if report["gate"].get("accepted") else None
-    subject = "base" if amps is None else update_subject(amps)
-    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT correct FROM scores WHERE subject = ? AND fold LIKE 'T:%' ORDER BY fold, task, doc_id", (subject,)).fetchall()
-    return np.array([r[0] for r in rows], dtype=bool) if rows else None
+def shipped_test(store: Path, output: Path, report: dict[str, Any], split: str) -> dict[str, Any]:
+    """The shipped model's per-example correctness on the store's test examples (an abstention ships the base) and
+    their clusters (``metadata.cluster_by``; None when the task declares none): every variant of a task × seed
+    was evaluated on the same examples."""
+    keys, vector = test_vector(store, shipped_subject(output, bool(report["gate"].get("accepted"))))
+    return {"test": vector, "clusters": question_clusters(keys, sorted({t for t, _ in keys}), split)}
 
 
 def vs_stage1(table: dict[str, dict[str, Any]], name: str) -> str:
-    """Paired Δ of ``name``'s shipped model against CoRP stage 1's on the same test examples (an abstention is the base)."""
+    """Paired Δ of ``name``'s shipped model against CoRP stage 1's on the same test examples (an abstention is the
+    base), clustered as the task declares, like the report's intervals."""
     ours, ref = table[name].get("test"), table.get("CoRP stage 1", {}).get("test")
     if name in ("base", "CoRP stage 1") or ours is None or ref is None or ours.size != ref.size:
         return ""
-    diff, low, high = paired_interval(ref, ours)
+    diff, low, high = clustered_interval(ref, ours, table[name]["clusters"])
     return f"{100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
@@ -293,7 +288,7 @@ def main() -> None:
                     reports[name] = run_recipe(run, overwrite=True)
                     print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {task} seed {seed}: {name} done", flush=True)
                 table.update(rows_of(reports[name], name, args.votes))
-                table[name]["test"] = test_vector(Path(run.scoring.store), Path(run.output.path), reports[name])
+                table[name].update(shipped_test(Path(run.scoring.store), Path(run.output.path), reports[name], run.evaluate.split))
             if "CoRP + stage 2" in reports:
                 rounds += stage2_lines(task, seed, reports["CoRP + stage 2"])
             shares.append(

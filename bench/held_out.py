@@ -1,0 +1,36 @@
+"""What the benches read back from a run's score store: a shipped model's per-example test scores and the
+test examples' clusters, so that paired intervals between runs are computed on the same examples, clustered
+where the task declares ``metadata.cluster_by`` (as corpmerge's own report computes them)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from corpmerge.output.folder import shipped_update
+from corpmerge.recipe import ScoringSpec
+from corpmerge.scoring.lmeval import TaskSuite
+from corpmerge.scoring.subjects import update_subject
+
+
+def test_vector(store: Path, subject: str) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """(task, doc_id) keys and 0/1 correctness of ``subject`` on the store's test fold (``T:…``), in key order."""
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM units WHERE fold LIKE 'T:%' AND subject = 'base'")}
+        if len(folds) != 1:
+            raise SystemExit(f"{store}: expected one test fold for the base, found {sorted(folds)}")
+        rows = db.execute("SELECT task, doc_id, correct FROM scores WHERE subject = ? AND fold = ? ORDER BY task, doc_id", (subject, folds.pop())).fetchall()
+    return [(t, d) for t, d, _ in rows], np.array([c for _, _, c in rows], dtype=float)
+
+
+def shipped_subject(output: Path, accepted: bool) -> str:
+    """The store subject of what ``output`` ships: its lineage's update, or the base when the gate abstained."""
+    amps = shipped_update(output) if accepted else None
+    return "base" if amps is None else update_subject(amps)
+
+
+def question_clusters(keys: list[tuple[str, int]], tasks: list[str], split: str) -> list[str] | None:
+    """Each test example's cluster as its task declares it (``metadata.cluster_by``), None when none declares one."""
+    return TaskSuite(ScoringSpec(tasks=tasks), split=split).clusters(keys)
