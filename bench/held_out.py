@@ -34,3 +34,13 @@ def shipped_subject(output: Path, accepted: bool) -> str:
 def question_clusters(keys: list[tuple[str, int]], tasks: list[str], split: str) -> list[str] | None:
     """Each test example's cluster as its task declares it (``metadata.cluster_by``), None when none declares one."""
     return TaskSuite(ScoringSpec(tasks=tasks), split=split).clusters(keys)
+
+
+def entry_with_accuracy(store: Path, accuracy: float) -> np.ndarray | None:
+    """The test vector of the one population entry (``entry:…`` subject) whose test accuracy is ``accuracy`` — a
+    report's RandOpt K=1 row names its accuracy, not its entry; None when no entry, or more than one, has it."""
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        subjects = [s for (s,) in db.execute("SELECT DISTINCT subject FROM scores WHERE subject LIKE 'entry:%' AND fold LIKE 'T:%'")]
+    vectors = [test_vector(store, s)[1] for s in subjects]
+    found = [v for v in vectors if abs(v.mean() - accuracy) < 1e-12]
+    return found[0] if len(found) == 1 else None
