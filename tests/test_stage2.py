@@ -20,7 +20,7 @@ def test_low_rank_share_of_proposal_variance_is_one_minus_floor(floor):
     directions = principal_directions(cloud, np.arange(12), rng.uniform(0.5, 1.5, 12), rank=8)
     assert directions.vectors.shape == (8, 12)
     assert np.allclose(np.linalg.norm(directions.vectors, axis=1), 1)
-    # 20,000 proposals in 10 draws of 2,000: each draw's matrix is dense over its fresh seeds (size × (8 + size)),
+    # 20,000 proposals in 10 draws of 2,000: each draw's matrix is dense over its fresh seeds (size × (12 + size)),
     # so one draw of 20,000 would hold 3.2 GB; the estimates below pool the draws.
     used, fresh, shares, totals = set(range(12)), [], [], []
     for _ in range(10):
