@@ -5,6 +5,7 @@ where the task declares ``metadata.cluster_by`` (as corpmerge's own report compu
 from __future__ import annotations
 
 import sqlite3
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,15 @@ def shipped_subject(output: Path, accepted: bool) -> str:
     return "base" if amps is None else update_subject(amps)
 
 
+@lru_cache(maxsize=8)
+def _suite(tasks: tuple[str, ...], split: str) -> TaskSuite:
+    """The tasks loaded once per bench process (every variant of a task × seed asks for the same ones)."""
+    return TaskSuite(ScoringSpec(tasks=list(tasks)), split=split)
+
+
 def question_clusters(keys: list[tuple[str, int]], tasks: list[str], split: str) -> list[str] | None:
     """Each test example's cluster as its task declares it (``metadata.cluster_by``), None when none declares one."""
-    return TaskSuite(ScoringSpec(tasks=tasks), split=split).clusters(keys)
+    return _suite(tuple(tasks), split).clusters(keys)
 
 
 def entry_with_accuracy(store: Path, accuracy: float) -> np.ndarray | None:
