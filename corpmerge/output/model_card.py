@@ -118,7 +118,7 @@ def render_model_card(
         _front_matter(lineage, report, "merged", merged=True),
         f"# {_short_name(recipe['base_model'])} — corpmerge `{merge['method']}` merge\n",
         "This model is its base plus a weighted sum of seeded Gaussian perturbations, "
-        f"θ = θ₀ + Σₛ aₛ·ε(s), made with [corpmerge](https://pypi.org/project/corpmerge/) {__version__} "
+        f"θ = θ₀ + Σₛ aₛ·ε(s), made with corpmerge {__version__} "
         f"(noise scheme `{lineage['noise']}`). No gradient was used: the perturbations were rewarded on a task "
         "(RandOpt's population) and folded into one model with CoRP's operator (see the citations below).\n",
         _base_section(lineage),
