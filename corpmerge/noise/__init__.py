@@ -99,9 +99,9 @@ def scheme(name: str) -> Scheme:
 
 def fill_many(requests: Sequence[Request], scheme_name: str = DEFAULT_SCHEME) -> None:
     """Fill each ``out`` (1-D, contiguous float32, any device) with ε(seed)[name][offset : offset + len(out)]."""
-    for _, seed, _, offset in requests:
-        if seed < 0 or offset < 0:
-            raise ValueError("seed and offset must be non-negative")
+    for out, seed, _, offset in requests:
+        philox.key(seed)  # a ValueError outside [0, 2⁶⁴)
+        check_range(offset, out.numel())
     scheme(scheme_name).fill_many(requests)
 
 
@@ -124,6 +124,130 @@ def gaussian(
     Drawn on ``device`` (the CPU by default); the legacy scheme draws on the host and copies."""
     out = torch.empty(math.prod(shape), dtype=torch.float32, device=device)
     return fill(out, seed, name, offset, scheme).view(*shape)
+
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_INDEX = 2**63  # flat indices of a tensor's noise lie in [0, 2⁶³)
+
+
+def check_range(offset: int, count: int) -> None:
+    """A ValueError naming the limit unless elements offset … offset + count − 1 lie in [0, 2⁶³)."""
+    if offset < 0 or count < 0 or offset + count > MAX_INDEX:
+        raise ValueError(f"noise: elements [{offset}, {offset + count}) are outside the flat index range [0, 2**63)")
+
+
+def write_update(
+    dest: torch.Tensor,
+    theta0: torch.Tensor,
+    name: str,
+    seeds: Sequence[int],
+    amplitudes: Sequence[float],
+    *,
+    offset: int = 0,
+    row_stride: int | None = None,
+    scheme_name: str = DEFAULT_SCHEME,
+) -> str:
+    """dest ← round(θ₀ + Δ) over a window of tensor ``name``, Δ = Σₖ aₖ·ε(sₖ)[name] with ``Amplitudes.delta``'s arithmetic
+    (ε₁·a₁, then += εₖ·aₖ; aₖ rounded to float32 first, as torch's product with a scalar does), θ₀ + Δ in float32,
+    rounded once to dest's dtype (nearest even). No seeds: dest = θ₀ rounded to dest's dtype.
+
+    ``dest`` and ``theta0`` have one shape, 1-D or 2-D, any strides, on one device: dest[j] is element offset + j of the
+    flat tensor, dest[i, j] element offset + i·row_stride + j (row_stride: the row length by default), so a shard or
+    a slice of a fused layout is written in place. Returns the path taken: "numba", "triton" or "torch"."""
+    if dest.shape != theta0.shape or dest.dim() not in (1, 2) or dest.device != theta0.device:
+        raise ValueError(f"write_update: dest {tuple(dest.shape)} on {dest.device} and θ₀ {tuple(theta0.shape)} on {theta0.device} must match, 1-D or 2-D")
+    if dest.dtype not in FLOAT_DTYPES or theta0.dtype not in FLOAT_DTYPES or len(seeds) != len(amplitudes):
+        raise ValueError(f"write_update: dtypes {dest.dtype}/{theta0.dtype} or {len(seeds)} seeds for {len(amplitudes)} amplitudes")
+    dest2, theta2 = (dest.view(1, -1), theta0.view(1, -1)) if dest.dim() == 1 else (dest, theta0)
+    rows, width = dest2.shape
+    stride = width if row_stride is None else row_stride
+    check_range(offset, 0 if dest.numel() == 0 else (rows - 1) * stride + width)
+    keys = [philox.key(int(seed)) for seed in seeds]
+    amps32 = np.asarray(amplitudes, dtype=np.float64).astype(np.float32)
+    if scheme_name == DEFAULT_SCHEME:
+        path = _fused_path(dest2, theta2)
+        h = philox.name_hash(name)
+        words = (h & 0xFFFFFFFF, h >> 32)
+        if path == "numba":
+            bf16 = dest.dtype == torch.bfloat16
+            raw = dest2.view(torch.int16) if bf16 else dest2
+            theta_raw = theta2.view(torch.int16) if theta0.dtype == torch.bfloat16 else theta2
+            with torch.no_grad():
+                _cpu_writer()(
+                    raw.numpy(), bf16, theta_raw.numpy(), theta0.dtype == torch.bfloat16, offset, stride,
+                    np.array(keys, dtype=np.uint64).reshape(-1, 2), amps32, words, *_cpu_tables(),
+                )  # fmt: skip
+            return path
+        if path == "triton":
+            from corpmerge.noise import philox_triton
+
+            device_keys = torch.tensor(keys, dtype=torch.int64, device=dest.device).reshape(-1, 2)
+            philox_triton.write(dest2, theta2, device_keys, torch.from_numpy(amps32).to(dest.device), words, offset, stride, *philox.tables(dest.device))
+            return path
+    _write_torch(dest2, theta2, name, [int(s) for s in seeds], amps32.tolist(), offset, stride, scheme_name)
+    return "torch"
+
+
+def _fused_path(dest: torch.Tensor, theta0: torch.Tensor) -> str:
+    """Which fused kernel writes this destination: Numba on the CPU (float32/bfloat16), Triton where it runs, else torch ops."""
+    if dest.device.type == "cpu":
+        plain = (torch.float32, torch.bfloat16)
+        return "numba" if dest.dtype in plain and theta0.dtype in plain and _cpu_writer() is not None else "torch"
+    return "triton" if _triton_available(dest.device.type) else "torch"
+
+
+@lru_cache(maxsize=4)
+def _triton_available(device_type: str) -> bool:
+    if device_type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        log.warning("triton is not installed: the weight change on %s runs as torch ops (same bits, far slower)", device_type)
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _cpu_writer() -> Callable | None:
+    if _cpu_kernel() is None:
+        return None
+    from corpmerge.noise import philox_cpu
+
+    return philox_cpu.write
+
+
+_WINDOW_CHUNK = 1 << 22  # elements of a window formed at once on the torch path (≈ 16 MiB per float32 temporary)
+
+
+def _write_torch(dest: torch.Tensor, theta0: torch.Tensor, name: str, seeds: list[int], amps: list[float], offset: int, stride: int, scheme_name: str) -> None:
+    """The same update as separate torch operations, a block of rows at a time (the reference; any scheme, any device)."""
+    rows, width = dest.shape
+    accumulate = scheme(scheme_name).accumulate
+    step = max(1, _WINDOW_CHUNK // max(1, width))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        value = theta0[r0:r1].to(torch.float32)
+        acc: torch.Tensor | None = None
+        for seed, amp in zip(seeds, amps):
+            eps = _window_noise(seed, name, offset + r0 * stride, stride, r1 - r0, width, dest.device, scheme_name)
+            if acc is None:
+                acc = torch.mul(eps, amp)
+            else:
+                accumulate(acc, eps, amp)
+        if acc is not None:
+            value = torch.add(value, acc)
+        dest[r0:r1].copy_(value)
+
+
+def _window_noise(seed: int, name: str, start: int, stride: int, rows: int, width: int, device: torch.device, scheme_name: str) -> torch.Tensor:
+    """ε over ``rows`` rows of ``width`` elements, row i starting at flat element start + i·stride (float32, rows × width)."""
+    out = torch.empty(rows, width, dtype=torch.float32, device=device)
+    if stride == width:
+        fill(out.view(-1), seed, name, start, scheme_name)
+    else:
+        fill_many([(out[i], seed, name, start + i * stride) for i in range(rows)], scheme_name)
+    return out
 
 
 def reference_digest(scheme_name: str, device: torch.device | str | None = None) -> str:
