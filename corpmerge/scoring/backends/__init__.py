@@ -4,6 +4,12 @@ The scorer computes θ₀ + Δ per Hugging Face parameter name on the backend's 
 one rounding to the scoring dtype) and hands the tensors to the backend; restore hands θ₀ back. A
 backend owns the model's layout (an HF module in place, a vLLM engine with fused, sharded or
 pre-packed weights) and the lm-eval LM that evaluates it.
+
+A backend with ``in_place = True`` also writes an amplitude update itself (``InPlace``): the scorer
+calls ``track`` once with the perturbed tensors' θ₀, then ``write(seeds, amplitudes, scheme)`` per
+update and ``restore()`` for θ₀ — a few numbers per update instead of model-sized tensors; the
+written values are ``noise.write_update``'s, so the same bits as ``load`` of the scorer's θ₀ + Δ.
+Updates that are not amplitudes (a tensor-by-tensor ``ties`` update) still go through ``load``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import importlib
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Iterable, Protocol, get_args
+from typing import Any, Iterable, Mapping, Protocol, Sequence, get_args
 
 import torch
 
@@ -42,6 +48,27 @@ class Backend(Protocol):
         """An lm-eval ``LM`` for a written model folder, loaded the way a user of this backend loads it."""
 
     def close(self) -> None: ...
+
+
+class InPlace(Protocol):
+    """What a backend with ``in_place = True`` adds: amplitude updates written where the model holds its weights.
+
+    Backends without it have no ``in_place`` attribute (or ``in_place = False``); read it with
+    ``getattr(backend, "in_place", False)``. ``load`` keeps working beside it (the fallback path)."""
+
+    in_place: bool
+
+    def track(self, theta0: Mapping[str, torch.Tensor]) -> None:
+        """Called once, before any ``write``: these HF-named tensors (θ₀ in stored precision, the scorer's) are the
+        perturbed set. The backend keeps θ₀ of each where it writes it (it may read its own copy of the same bits
+        from the checkpoint); a model it cannot write in place is a ``CorpmergeError`` here (one line)."""
+
+    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str) -> None:
+        """Set every tracked parameter to round(θ₀ + Σₖ aₖ·ε(sₖ)) — ``noise.write_update``'s arithmetic, one rounding to
+        ``dtype`` — and every other parameter to θ₀; drop every cache that depends on the weights. No seeds: θ₀."""
+
+    def restore(self) -> None:
+        """Every tracked parameter back to θ₀, bit-exactly (``write([], [], scheme)``)."""
 
 
 def make_backend(
