@@ -4,7 +4,7 @@ the report's ``Paired`` is derived), a gate candidate (``CandidateRecord``) and 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -23,13 +23,16 @@ class PairedStats:
     lcb: float
     base_accuracy: float
     accuracy: float
+    clusters: int | None = None  # distinct clusters among the n examples when the LCB is cluster-robust (metadata.cluster_by)
+    lcb_per_example: float | None = None  # beside a clustered LCB: the one that treats the n examples as independent
 
     @property
     def passes(self) -> bool:
         return self.constructive_score > 0 and self.lcb > 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, without the clustered-only ones when the statistics are per-example (reports as before)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 class Part(BaseModel):
@@ -39,7 +42,10 @@ class Part(BaseModel):
 
 
 Paired = create_model(  # candidate vs reference on one fold: the fields of the gate's record, declared there once
-    "Paired", __base__=Part, __doc__=PairedStats.__doc__, **{name: (hint, ...) for name, hint in get_type_hints(PairedStats).items()}
+    "Paired",
+    __base__=Part,
+    __doc__=PairedStats.__doc__,
+    **{f.name: (get_type_hints(PairedStats)[f.name], ... if f.default is MISSING else f.default) for f in fields(PairedStats)},
 )
 
 

@@ -127,7 +127,7 @@ def check_store(recipe: Recipe) -> None:
     expected = {
         "noise": recipe.noise,
         "tasks": suite.fingerprint(),
-        "folds": fold_fingerprint(assign_folds(suite_counts(suite), recipe.scoring.support)),
+        "folds": fold_fingerprint(assign_folds(suite_counts(suite), recipe.scoring.support, suite.cluster_labels())),
     }
     for key, value in expected.items():
         if key in stored and stored[key] != value:

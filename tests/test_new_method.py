@@ -43,7 +43,7 @@ def test_a_new_linear_method_goes_through_racing_gate_probe_and_stage2(tmp_path,
 
     merge_method("even_mean", EvenParams, elites="top", step="scale")(even_mean)
 
-    def always_passes(base, candidate, z, penalty):
+    def always_passes(base, candidate, z, penalty, clusters=None):
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 
     monkeypatch.setattr(gating, "paired_stats", always_passes)  # the plumbing, not the statistics, is under test

@@ -98,7 +98,7 @@ def test_patience_allows_that_many_more_rejected_rounds(tmp_path, tiny_model, ti
 def test_accepted_round_moves_the_centre_and_keeps_the_lineage(tmp_path, tiny_model, tiny_task, monkeypatch):
     import corpmerge.gate.procedure as gating
 
-    def always_passes(base, candidate, z, penalty):
+    def always_passes(base, candidate, z, penalty, clusters=None):
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 
     monkeypatch.setattr(gating, "paired_stats", always_passes)
@@ -126,7 +126,7 @@ def test_run_with_iterate_end_to_end_writes_the_stage2_model(tmp_path, tiny_mode
     import corpmerge.gate.procedure as gating
     from corpmerge.pipeline import run_recipe
 
-    def always_passes(base, candidate, z, penalty):
+    def always_passes(base, candidate, z, penalty, clusters=None):
         return PairedStats(len(base), 1, 0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0)
 
     monkeypatch.setattr(gating, "paired_stats", always_passes)  # make every gate pass: this tests the plumbing
@@ -180,6 +180,12 @@ class _Suite:
 
     def doc_count(self, name):
         return 400
+
+    def cluster_labels(self):
+        return {}  # no task declares metadata.cluster_by
+
+    def clusters(self, keys):
+        return None
 
 
 class PlantedWorld:

@@ -134,6 +134,8 @@ def gate_candidates(
     3. Only that candidate sees the probe fold: the largest multiplier m with LCB(m·Δ) > 0 is the step;
        none → abstain. With ``gate.fallback`` (not the paper's procedure) the next passing candidate is
        probed instead, and ``probed`` counts how many candidates saw the probe fold.
+
+    Where a task declares ``metadata.cluster_by`` every LCB is cluster-robust (``corpmerge.gate.paired.clustered_se``).
     """
     gate = session.recipe.gate
     (vlabel, vdocs), (plabel, pdocs) = validate, probe
@@ -142,7 +144,7 @@ def gate_candidates(
     if not top.passes:
         reason = (
             f"the top candidate on fold {vlabel} did not beat {reference.name} (best of {len(ranked)} by S: fixes {top.fixes}, "
-            f"regressions {top.regressions}, S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}; both must be > 0)"
+            f"regressions {top.regressions}, S {top.constructive_score:+.4f}, LCB {top.lcb:+.4f}{_clustered(top)}; both must be > 0)"
         )
         return GateDecision(None, None, ranked, reason)
 
@@ -152,8 +154,9 @@ def gate_candidates(
             Request(update_subject(cand.result.scaled(m)), plabel, pdocs, cand.result.scaled(m), {"params": cand.params, "multiplier": m}) for m in multipliers
         ]
         ref_c, *results = session.evaluate(requests, f"probe: step multipliers on fold {plabel}")
+        clusters = session.suite.clusters(canonical_keys(pdocs))
         for m, scores in zip(multipliers, results):
-            cand.probe[m] = paired_stats(ordered(ref_c, pdocs), ordered(scores, pdocs), gate.z, gate.regression_penalty)
+            cand.probe[m] = paired_stats(ordered(ref_c, pdocs), ordered(scores, pdocs), gate.z, gate.regression_penalty, clusters)
         return pick_multiplier({m: s.lcb for m, s in cand.probe.items()})
 
     chosen, multiplier, probed = select(ranked, probe_multiplier, gate.fallback)
@@ -163,6 +166,11 @@ def gate_candidates(
     if probed > 1:
         reason = f"{probed} passing candidates were probed (gate.fallback), but none had a multiplier with LCB > 0 on fold {plabel}"
     return GateDecision(None, None, ranked, reason, probed)
+
+
+def _clustered(stats: PairedStats) -> str:
+    """How a clustered LCB was computed, for a message ('' when per-example)."""
+    return "" if stats.clusters is None else f" clustered over {stats.clusters} clusters (per-example {stats.lcb_per_example:+.4f})"
 
 
 def select(
@@ -181,6 +189,11 @@ def select(
         if multiplier is not None:
             return cand, multiplier, probed
     return None, None, len(queue)
+
+
+def canonical_keys(docs: Docs) -> list[tuple[str, int]]:
+    """The examples of ``docs`` in the order ``ordered`` gives their scores."""
+    return [(task, doc) for task in sorted(docs) for doc in docs[task]]
 
 
 def race_candidates(
@@ -207,9 +220,10 @@ def race_candidates(
         session.scores(Request(reference.subject, label, docs, reference.update), "the reference" if reference.update is not None else "the base"), order
     )
     field = sorted(candidates, key=lambda c: c.family)  # α-siblings adjacent: 2ᵏ·Δ reuses the last Δ
+    clusters = session.suite.clusters(order)  # None unless a task declares metadata.cluster_by
 
     def stats(values: np.ndarray) -> PairedStats:
-        return paired_stats(ref[: values.size], values, gate.z, gate.regression_penalty)
+        return paired_stats(ref[: values.size], values, gate.z, gate.regression_penalty, clusters[: values.size] if clusters else None)
 
     def request(i: int, prefix: Docs) -> Request:
         return Request(field[i].subject, label, prefix, field[i].result, {"params": field[i].params})

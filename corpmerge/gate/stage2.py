@@ -61,7 +61,7 @@ def iterate(session: Session, checked: Checked, cloud: Cloud, stage1: GateDecisi
     rounds: list[RoundRecord] = []
     counts = suite_counts(session.suite)
     for r in range(1, spec.rounds + spec.patience + 1):
-        folds = round_folds(counts, support, r)
+        folds = round_folds(counts, support, r, session.suite.cluster_labels())
         centre = result.final_amplitudes()
         seeds, vectors = propose(principal_directions(*source, spec.rank), spec.local_size, sigma, spec.isotropic_floor, rng, used)
         requests = [Request(update_subject(update), f"A{r}", folds["A"], update) for update in shifted(centre, seeds, vectors)]

@@ -33,7 +33,8 @@ def _stage2_folds(session: Session) -> list[dict[str, Docs]]:
     if spec is None:
         return []
     counts = suite_counts(session.suite)
-    return [round_folds(counts, support, r) for r in range(1, spec.rounds + spec.patience + 1)]
+    labels = session.suite.cluster_labels()
+    return [round_folds(counts, support, r, labels) for r in range(1, spec.rounds + spec.patience + 1)]
 
 
 def accuracy(scores: dict, docs: Docs) -> float:

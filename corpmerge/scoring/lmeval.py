@@ -150,6 +150,10 @@ class TaskSuite:
             out.append(f"{name}:{self.tasks[name].eval_docs[doc][field]}")
         return out
 
+    def cluster_labels(self) -> dict[str, list[Any]]:
+        """{task: its ``cluster_by`` value for each doc, by doc id} for the tasks that declare one (how folds are cut)."""
+        return {name: [doc[field] for doc in self.tasks[name].eval_docs] for name, field in self.cluster_by.items()}
+
     def fingerprint(self) -> str:
         """Hash of the task configs, evaluated splits and scoring options; not of where the task YAML lies
         (lm-eval's ``metadata.config_source``), so a store stays valid when corpmerge is installed elsewhere,

@@ -200,7 +200,7 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
         batch_size=spec.batch_size,
     )
     suite = TaskSuite(spec)
-    folds = assign_folds(suite_counts(suite), spec.support)
+    folds = assign_folds(suite_counts(suite), spec.support, suite.cluster_labels())
     identity = {
         "base": base_fingerprint(host),
         "tasks": suite.fingerprint(),
