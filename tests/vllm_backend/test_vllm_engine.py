@@ -110,3 +110,24 @@ def test_at_most_one_engine_is_alive_during_the_shipped_check(vllm_model, tmp_pa
         assert backend.lm.generate_until(GREEDY) == text  # the same weights, on the scoring engine started again
     finally:
         backend.close()
+
+
+def test_a_model_whose_layout_cannot_be_derived_is_refused_in_one_line(tmp_path):
+    """GPT-2 stores its projections transposed (Conv1D) and vLLM's loader transposes them: no window of
+    ``noise.write_update`` writes that, so in-place updates are refused (``load`` still works)."""
+    from tiny import VOCAB, byte_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=256, n_layer=1, n_head=4, n_positions=512, eos_token_id=256, bos_token_id=256)).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    backend = open_backend(folder, **ENGINE_ARGS)
+    try:
+        with pytest.raises(CorpmergeError) as info:
+            backend.track(checkpoint_state(folder))
+        message = str(info.value)
+        assert message.startswith("scoring.backend: vllm cannot write this model's weights in place (") and message.endswith("; use backend: hf")
+        assert "\n" not in message and "not in row-major order" in message
+    finally:
+        backend.close()

