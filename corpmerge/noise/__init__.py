@@ -154,6 +154,7 @@ def write_update(
     ``dest`` and ``theta0`` have one shape, 1-D or 2-D, any strides, on one device: dest[j] is element offset + j of the
     flat tensor, dest[i, j] element offset + i·row_stride + j (row_stride: the row length by default), so a shard or
     a slice of a fused layout is written in place. Returns the path taken: "numba", "triton" or "torch"."""
+    dest, theta0 = dest.detach(), theta0.detach()
     if dest.shape != theta0.shape or dest.dim() not in (1, 2) or dest.device != theta0.device:
         raise ValueError(f"write_update: dest {tuple(dest.shape)} on {dest.device} and θ₀ {tuple(theta0.shape)} on {theta0.device} must match, 1-D or 2-D")
     if dest.dtype not in FLOAT_DTYPES or theta0.dtype not in FLOAT_DTYPES or len(seeds) != len(amplitudes):

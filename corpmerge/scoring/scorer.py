@@ -91,7 +91,10 @@ class Scorer:
         self.scratch = torch.empty(max(numels), dtype=torch.float32, device=self.device)
         self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), noise.NOISE_BATCH)), device=self.device)
         self.model_bytes = 4 * sum(numels)
-        self.prefetch = Prefetch(theta0, scheme) if prefetch and memory_budget >= 2 * self.model_bytes else None
+        fused = scheme == noise.DEFAULT_SCHEME and hasattr(backend, "targets")
+        self.targets: dict[str, torch.Tensor] | None = backend.targets() if fused else None
+        # an entry written by the fused kernel costs one pass: nothing to draw ahead
+        self.prefetch = Prefetch(theta0, scheme) if prefetch and not fused and memory_budget >= 2 * self.model_bytes else None
         slots = 2 if self.prefetch is not None else 1
         self.noise_cache = NoiseCache(max(0, memory_budget - slots * self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
@@ -118,7 +121,27 @@ class Scorer:
     def apply(self, update: Update) -> None:
         """Set every perturbed parameter to θ₀ + Δ."""
         self._at_base = False
+        fused = self._fused(update)
+        if fused is not None:
+            self._last = None
+            for name, target in self.targets.items():
+                noise.write_update(target.view(-1), self._theta(name).view(-1), name, fused.seeds.tolist(), fused.values.tolist(), scheme_name=self.scheme)
+            return
         self.backend.load(self._values(update))
+
+    def _fused(self, update: Update) -> Amplitudes | None:
+        """The update's amplitudes when the fused kernel writes it into the backend's parameters in place (one read of θ₀,
+        one write per element): a population entry; on an accelerator also a sum of seeds that is not a 2ᵏ multiple of
+        the last one (the host keeps the noise cache, whose reuse of drawn noise pays there)."""
+        if self.targets is None:
+            return None
+        amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
+        if not isinstance(amps, Amplitudes):
+            return None
+        nz = amps.nonzero()
+        if nz.seeds.size == 1 or (self.device.type != "cpu" and self._power_of_two_multiple(nz) is None):
+            return nz
+        return None
 
     def _values(self, update: Update) -> Values:
         amps = single_seed(update)

@@ -34,6 +34,10 @@ class HFBackend:
         for name, value in tensors:
             self.params[name].copy_(value)
 
+    def targets(self) -> dict[str, torch.Tensor]:
+        """The live parameters by HF name, written in place by the scorer's fused weight change (no cache depends on them)."""
+        return self.params
+
     @property
     def lm(self) -> Any:
         return self._lm
