@@ -91,8 +91,11 @@ class Scorer:
         self.scratch = torch.empty(max(numels), dtype=torch.float32, device=self.device)
         self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), noise.NOISE_BATCH)), device=self.device)
         self.model_bytes = 4 * sum(numels)
-        fused = scheme == noise.DEFAULT_SCHEME and hasattr(backend, "targets")
-        self.targets: dict[str, torch.Tensor] | None = backend.targets() if fused else None
+        # the portable scheme is drawn where the backend holds its weights, and written there in one pass
+        fused = scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False)
+        self.in_place = fused
+        if fused:
+            backend.track(theta0)
         # an entry written by the fused kernel costs one pass: nothing to draw ahead
         self.prefetch = Prefetch(theta0, scheme) if prefetch and not fused and memory_budget >= 2 * self.model_bytes else None
         slots = 2 if self.prefetch is not None else 1
@@ -124,8 +127,7 @@ class Scorer:
         fused = self._fused(update)
         if fused is not None:
             self._last = None
-            for name, target in self.targets.items():
-                noise.write_update(target.view(-1), self._theta(name).view(-1), name, fused.seeds.tolist(), fused.values.tolist(), scheme_name=self.scheme)
+            self.backend.write(fused.seeds.tolist(), fused.values.tolist(), self.scheme)
             return
         self.backend.load(self._values(update))
 
@@ -133,7 +135,7 @@ class Scorer:
         """The update's amplitudes when the fused kernel writes it into the backend's parameters in place (one read of θ₀,
         one write per element): a population entry; on an accelerator also a sum of seeds that is not a 2ᵏ multiple of
         the last one (the host keeps the noise cache, whose reuse of drawn noise pays there)."""
-        if self.targets is None:
+        if not self.in_place:
             return None
         amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
         if not isinstance(amps, Amplitudes):
@@ -257,7 +259,10 @@ class Scorer:
     @torch.no_grad()
     def restore(self) -> None:
         """Back to θ₀, bit-exactly (θ₀ rounded once to the scoring dtype, as the writer writes an unperturbed tensor)."""
-        self.backend.load((name, self._theta(name).to(self.dtype)) for name in self.theta0)
+        if self.in_place:
+            self.backend.restore()
+        else:
+            self.backend.load((name, self._theta(name).to(self.dtype)) for name in self.theta0)
         self._at_base = True
 
     def evaluate(self, update: Update | None, docs: Docs, suite: TaskSuite | None = None, then: Update | None = None) -> Scores:
