@@ -16,38 +16,17 @@ pytest.importorskip("vllm")
 import numpy as np
 import torch
 from lm_eval.api.instance import Instance
-from tiny import VOCAB, build_tiny_model, byte_tokenizer
-from vllm_tiny import ENGINE_ARGS, checkpoint_state
+from tiny import build_tiny_model
+from vllm_tiny import ENGINE_ARGS, SPLITTABLE, checkpoint_state, tiny_qwen2
 
 from corpmerge import noise
 from corpmerge.scoring.backends.vllm import VLLMBackend
 from corpmerge.scoring.backends.vllm_worker import LayoutError, coverage_problem, rectangles
 
 CPU = torch.device("cpu")
-# head_dim 64 (vLLM's CPU attention refuses 8), 4 heads and 2 KV heads: two ranks split every projection
-SPLITTABLE = {"hidden_size": 256, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "initializer_range": 0.3}
 LL = [Instance("loglikelihood", {}, (f"{a}+{b}=", f" {a + b}"), 0) for a in range(4) for b in range(3)]
 GEN = [Instance("generate_until", {}, (f"{a}*3=", {"until": ["\n"], "do_sample": False, "max_gen_toks": 6}), 0) for a in range(4)]
 SEEDS, AMPS = [11, 12, 13], [0.02, -0.01, 0.015]
-
-
-def tiny_qwen2(folder):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        num_hidden_layers=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        eos_token_id=256,
-        pad_token_id=257,
-        bos_token_id=None,
-        **SPLITTABLE,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    return folder
 
 
 CASES = {"llama-tp1": (1, torch.bfloat16), "qwen2-tp2": (2, torch.float32)}

@@ -17,7 +17,8 @@ pytest.importorskip("vllm")
 
 from conftest import run_cli, scoring_recipe, write_recipe
 from runs import finish, spawn  # noqa: F401 (fixture)
-from vllm_tiny import ENGINE_ARGS, vllm_model, vllm_tasks  # noqa: F401 (fixtures)
+from tiny import build_tiny_model
+from vllm_tiny import ENGINE_ARGS, SPLITTABLE, vllm_model, vllm_tasks  # noqa: F401 (fixtures)
 
 
 def vllm_recipe(base: Path, tasks: Path, out: Path) -> dict:
@@ -104,3 +105,15 @@ def test_a_ray_worker_with_its_own_engine_scores_and_writes_what_one_process_doe
     assert (folder / "ray" / "model.safetensors").read_bytes() == (folder / "out" / "model.safetensors").read_bytes()
     assert json.loads((folder / "ray" / "report.json").read_text())["shipped_check"] == SHIPPED
     assert "1 Ray workers ready (vllm backend" in (folder / "ray.work" / "corpmerge.log").read_text()
+
+
+def test_score_with_two_tensor_parallel_ranks(tmp_path, vllm_tasks):
+    """`model_args: {tensor_parallel_size: 2}`: vLLM's worker processes hold half of each projection each; every entry is scored."""
+    base = build_tiny_model(tmp_path / "model", **SPLITTABLE)
+    data = scoring_recipe(base, vllm_tasks, tmp_path / "out", population={"size": 4, "sigmas": [0.05], "seed": 1})
+    data["scoring"].update(backend="vllm", model_args={**ENGINE_ARGS, "tensor_parallel_size": 2})
+    result = run_cli("-q", "score", str(write_recipe(tmp_path, data)), env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "out.work" / "scores.sqlite") as con:
+        subjects = {subject for (subject,) in con.execute("SELECT DISTINCT subject FROM units")}
+    assert len(subjects) == 5  # the base and 4 entries

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import build_tiny_model, write_mc_task
+from tiny import VOCAB, build_tiny_model, byte_tokenizer, write_mc_task
 
 from corpmerge.model_io import Checkpoint
 
 # vLLM's CPU attention needs a head size of at least 32; a larger init range keeps the argmax margins
 # wide, so greedy tokens do not hinge on the last float bit of either backend's arithmetic.
 VLLM_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1, "initializer_range": 0.3}
+# head_dim 64, 4 heads and 2 KV heads: two tensor-parallel ranks split every projection (SmolLM2's 9 heads cannot be split in two)
+SPLITTABLE = {"hidden_size": 256, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "initializer_range": 0.3}
 ENGINE_ARGS = {"max_model_len": 256, "enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
 
 
@@ -45,6 +47,26 @@ def checkpoint_state(folder: Path) -> dict[str, torch.Tensor]:
     """θ₀ as the checkpoint files hold it."""
     checkpoint = Checkpoint(folder)
     return {name: checkpoint.tensor(name) for name in checkpoint.names()}
+
+
+def tiny_qwen2(folder: Path) -> Path:
+    """A 2-layer Qwen2 (q/k/v biases, tied embeddings) two ranks can split."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        num_hidden_layers=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=256,
+        pad_token_id=257,
+        bos_token_id=None,
+        **SPLITTABLE,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
