@@ -190,8 +190,10 @@ def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrit
     from corpmerge.output.location import check_output_location
     from corpmerge.plan import check_recipe
     from corpmerge.recipe import load_recipe
+    from corpmerge.tracking import require as require_trackers
 
     parsed = load_recipe(recipe).with_output(output)
+    require_trackers(parsed.tracking)
     checked = check_recipe(parsed, needs_rewards=parsed.scoring is None)
     check_output_location(parsed, checked.base, overwrite)
     out.print(
@@ -281,13 +283,16 @@ def run(
     strict: bool = typer.Option(
         False, "--strict", help=f"Exit with code {ABSTAINED_EXIT} when the gate abstains (for scripts: `run --strict && lm_eval ...`)."
     ),
+    report_to: list[str] = typer.Option(
+        [], "--report-to", help="Log the run to a tracker as it goes: tensorboard, wandb (repeat for both; none: no tracker); replaces tracking.report_to."
+    ),
 ) -> None:
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
     from corpmerge.report.view import load_report, render_report
 
-    parsed = load_recipe(recipe).with_output(output)
+    parsed = load_recipe(recipe).with_output(output).with_report_to(report_to)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     report, path = load_report(run_recipe(parsed, None, overwrite)["report_path"])  # what the file holds, read as any reader reads it
     render_report(out, report, path)

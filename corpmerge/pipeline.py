@@ -34,6 +34,7 @@ from corpmerge.scoring.scorer import entry_update
 from corpmerge.scoring.session import Session, open_session
 from corpmerge.scoring.shipped import shipped_check
 from corpmerge.scoring.subjects import entry_subject, update_subject
+from corpmerge.tracking import open_run, require
 from corpmerge.yaml_io import dump_yaml
 
 log = logging.getLogger(__name__)
@@ -117,26 +118,32 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
     """
     timer = PhaseTimer()
     recipe = recipe.with_output(out_dir)
+    require(recipe.tracking)  # a tracker asked for and not installed: one line, before anything loads
     checked = prepare(recipe, needs_rewards=recipe.scoring is None, overwrite=overwrite)  # write_output checks again
     out = Path(recipe.output.path)
+    track = open_run(recipe)  # the trackers of recipe.tracking (none: nothing imported), with the recipe as config
     with timer("load"):
         session = open_session(recipe, checked.base)
-    with session:
+    with session, track:
         with timer("score"):
             entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
+        track.scored(entries, race)
         cloud = Cloud.from_entries(entries)
         with timer("gate"):
             decision = gate_phase(session, checked, cloud)
+        track.log(candidates=candidates_section(decision), gate=gate_section(recipe.gate, decision))
         final, stage2 = decision.result, None
         if final is not None and recipe.iterate is not None:
             with timer("stage2"):
                 final, rounds = iterate(session, checked, cloud, decision)
                 stage2 = stage2_section(recipe.iterate, rounds)
+                track.log(stage2=stage2)
         base, chosen = fold_phase(session, decision, final if stage2 is not None else None)
         evaluation = None
         if recipe.evaluate is not None:
             with timer("evaluate"):
                 evaluation = evaluate_phase(session, entries, decision, final, stage2)
+                track.log(evaluation=evaluation)
         written = final is not None or recipe.output.write_on_abstain
         report = RunReport.assemble(
             base_model=recipe.base_model,
@@ -165,6 +172,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report.timings_s = timer.seconds
         path = report.write((out if written else recipe.output.work_path) / REPORT_FILE)
         write_report_png(report, recipe.output.work_path / "report.png")
+        track.finish(report.as_json(), [path, recipe.output.work_path / "report.png", *([out / "README.md"] if written else [])])
         return {**report.as_json(), "report_path": str(path)}
 
 

@@ -9,7 +9,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -24,6 +24,7 @@ MAX_POPULATION = 1_000_000  # entries of a sampled population
 MAX_GRID = 10_000
 MAX_PATH_CHARS = 4096
 BackendName = Literal["hf", "vllm"]  # scoring.backend: corpmerge.scoring.backends.<name>, class <NAME>Backend
+TrackerName = Literal["tensorboard", "wandb"]  # tracking.report_to: corpmerge.tracking.<name>
 
 
 def _path_field(value: str | None) -> str | None:
@@ -272,6 +273,24 @@ class OutputSpec(_Strict):
         return Path(self.work_dir) if self.work_dir else Path(str(Path(self.path)) + ".work")
 
 
+class TrackingSpec(_Strict):
+    """Experiment trackers a run logs to while it goes (docs/tracking.md); without this section none is imported."""
+
+    report_to: list[TrackerName] = Field(default_factory=list, description="trackers, spelled as transformers' report_to: tensorboard, wandb")
+    project: str = Field(default="corpmerge", min_length=1, description="the W&B project")
+    run_name: str | None = Field(default=None, min_length=1, description="the run's name in every tracker; default: the output folder's name")
+    logging_dir: str | None = Field(default=None, description="TensorBoard's event folder; default: <work_dir>/runs/<run_name>")
+
+    _paths = field_validator("logging_dir")(_path_field)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """``report_to: wandb`` is a list of one, ``none`` an empty one (as transformers reads it); repeats count once."""
+        values = [value] if isinstance(value, str) else value
+        return [v for v in dict.fromkeys(values) if v != "none"] if isinstance(values, list) else values
+
+
 class Recipe(_Strict):
     """A corpmerge recipe."""
 
@@ -287,6 +306,7 @@ class Recipe(_Strict):
     iterate: IterateSpec | None = None
     evaluate: EvaluateSpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
+    tracking: TrackingSpec | None = None
 
     _base_path = field_validator("base_model")(_path_field)
 
@@ -322,6 +342,18 @@ class Recipe(_Strict):
         if path is None:
             return self
         return self.model_copy(update={"output": self.output.model_copy(update={"path": str(path)})})
+
+    def with_report_to(self, report_to: list[str] | None) -> "Recipe":
+        """The recipe with ``tracking.report_to`` replaced (``corpmerge run --report-to``); None or [] keeps the recipe's."""
+        if not report_to:
+            return self
+        try:
+            names = TrackingSpec(report_to=report_to).report_to
+        except ValidationError:
+            raise CorpmergeError(
+                f"--report-to: {', '.join(report_to)}: use {', '.join(get_args(TrackerName))} or none (repeat the option for several)"
+            ) from None
+        return self.model_copy(update={"tracking": (self.tracking or TrackingSpec()).model_copy(update={"report_to": names})})
 
     def entries(self) -> list[Entry]:
         """The population as entries (a sampled spec expanded deterministically)."""

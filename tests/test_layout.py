@@ -8,7 +8,7 @@ from pathlib import Path
 import corpmerge
 
 ROOT = Path(corpmerge.__file__).parent
-FOUNDATION = {"errors", "progress", "noise", "sizes", "population", "dtypes", "yaml_io", "recipe", "amplitudes", "model_io", "comparison"}
+FOUNDATION = {"errors", "progress", "noise", "sizes", "population", "dtypes", "yaml_io", "recipe", "amplitudes", "model_io", "comparison", "tracking"}
 # stage → what it may import (besides itself and the standard library / third parties)
 ALLOWED = {
     "foundation": FOUNDATION,

@@ -189,6 +189,14 @@ def write_update(
     return "torch"
 
 
+def fused_kernel(device_type: str) -> str:
+    """The kernel ``write_update`` uses for the portable scheme on this kind of device: "numba" (the CPU, float32 and
+    bfloat16), "triton" (CUDA with Triton installed) or "torch" (separate torch operations)."""
+    if device_type == "cpu":
+        return "numba" if _cpu_writer() is not None else "torch"
+    return "triton" if _triton_available(device_type) else "torch"
+
+
 def _fused_path(dest: torch.Tensor, theta0: torch.Tensor) -> str:
     """Which fused kernel writes this destination: Numba on the CPU (float32/bfloat16), Triton where it runs, else torch ops."""
     if dest.device.type == "cpu":

@@ -88,8 +88,8 @@ class Scorer:
         self.dtype, self.device = backend.dtype, torch.device(backend.device)
         self.scheme, self.noise = scheme, noise.scheme(scheme)
         numels = [t.numel() for t in theta0.values()]
-        self.scratch = torch.empty(max(numels), dtype=torch.float32, device=self.device)
-        self.noise_buffer = torch.empty(max(max(numels), min(sum(numels), noise.NOISE_BATCH)), device=self.device)
+        self._scratch_size, self._noise_size = max(numels), max(max(numels), min(sum(numels), noise.NOISE_BATCH))
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.model_bytes = 4 * sum(numels)
         # the portable scheme is drawn where the backend holds its weights, and written there in one pass
         fused = scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False)
@@ -110,6 +110,23 @@ class Scorer:
     @property
     def names(self) -> list[str]:
         return list(self.theta0)
+
+    @property
+    def scratch(self) -> torch.Tensor:
+        """A float32 buffer of the largest tensor on the scoring device, allocated when the path that needs it first runs
+        (the fused kernel needs none)."""
+        return self._fallback_buffers()[0]
+
+    @property
+    def noise_buffer(self) -> torch.Tensor:
+        """A noise batch (float32, ≥ the largest tensor) on the scoring device, allocated with ``scratch``."""
+        return self._fallback_buffers()[1]
+
+    def _fallback_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._buffers is None:
+            make = lambda n: torch.empty(n, dtype=torch.float32, device=self.device)  # noqa: E731
+            self._buffers = (make(self._scratch_size), make(self._noise_size))
+        return self._buffers
 
     def value(self, name: str, delta: torch.Tensor) -> torch.Tensor:
         """θ₀ + Δ for one tensor on the scoring device: a float32 sum, rounded once to the scoring dtype (the writer's arithmetic)."""
@@ -254,7 +271,7 @@ class Scorer:
             self.prefetch.wait()
             self.prefetch = None
         self.noise_cache.clear()
-        self._last = self._unscaled = None
+        self._last = self._unscaled = self._buffers = None
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -23,17 +23,18 @@ from corpmerge.model_io import (
     perturbed_names,
     resolve_base,
 )
-from corpmerge.noise import check_scheme, scheme
+from corpmerge.noise import DEFAULT_SCHEME, check_scheme, fused_kernel, scheme
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
 from corpmerge.scoring.backends import Backend, make_backend
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
+from corpmerge.scoring.memory import MemoryPlan, Shapes, plan
 from corpmerge.scoring.ray_evaluator import Deadlines, RayEvaluator
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
 from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore
-from corpmerge.scoring.theta0 import Theta0, free_device_bytes, place
+from corpmerge.scoring.theta0 import Theta0, free_device_bytes, pinned_block, place
 from corpmerge.scoring.workers import Cluster, check_capacity, connect, driver_device, resources_per_worker, start_workers, stop_workers
 from corpmerge.sizes import parse_size
 
@@ -145,6 +146,31 @@ def use_prefetch(setting: bool | None, device_type: str, noise_scheme: str) -> b
     return setting if setting is not None else device_type != "cpu" and not scheme(noise_scheme).on_device
 
 
+def memory_plan(recipe: Recipe, skeleton: torch.nn.Module, host: dict[str, torch.Tensor], device: torch.device) -> MemoryPlan:
+    """The scoring device's plan , before the backend is built: on an accelerator whose size torch
+    can tell; else (the host, a device that cannot say) θ₀ is placed as it fits."""
+    assert recipe.scoring is not None
+    spec = recipe.scoring
+    shapes = Shapes(
+        model_params=sum(p.numel() for p in skeleton.parameters()),
+        perturbed=[t.numel() for t in host.values()],
+        stored_bytes=sum(t.numel() * t.element_size() for t in host.values()),
+        stored_element=max((t.element_size() for t in host.values()), default=4),
+        scoring_element=TORCH_DTYPES[recipe.scoring_dtype].itemsize,
+    )
+    total = int(torch.cuda.mem_get_info(device)[1]) if device.type == "cuda" else None
+    share = spec.model_args.get("gpu_memory_utilization")
+    return plan(
+        shapes,
+        total=total,
+        vllm=spec.backend == "vllm",
+        fused=recipe.noise == DEFAULT_SCHEME and fused_kernel(device.type) == "triton",
+        tensor_parallel=int(spec.model_args.get("tensor_parallel_size", 1)),
+        engine_share=float(share) if share is not None else None,
+        cache_setting=parse_size(spec.memory_budget) if spec.memory_budget is not None else None,
+    )
+
+
 def scoring_device() -> torch.device:
     """This process's scoring device: its (first visible) GPU, else the CPU. A Ray worker sees only the GPUs Ray gave it."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -186,9 +212,16 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
     tokenizer = load_tokenizer(ref)
     if tokenizer is None:
         raise CorpmergeError(f"base_model: '{recipe.base_model}' has no tokenizer, which scoring needs")
-    names = perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb)
+    skeleton = model_skeleton(BaseRef(str(folder)))
+    names = perturbed_names(skeleton, recipe.perturb)
     host = read_tensors(Checkpoint(folder), names)
     spec = recipe.scoring
+    memory = memory_plan(recipe, skeleton, host, device)
+    for line in memory.lines():
+        log.info(line)
+    model_args = dict(spec.model_args)
+    if memory.engine_share is not None:
+        model_args["gpu_memory_utilization"] = memory.engine_share  # decided before the engine sizes its KV cache
     log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, device)
     backend = make_backend(
         spec.backend,
@@ -196,7 +229,7 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
         tokenizer=tokenizer,
         device=device,
         dtype=TORCH_DTYPES[recipe.scoring_dtype],
-        model_args=spec.model_args,
+        model_args=model_args,
         batch_size=spec.batch_size,
     )
     suite = TaskSuite(spec)
@@ -229,10 +262,13 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
         store.path if store is not None else "in the driver",
     )
     check_scheme(recipe.noise, backend.device.type)  # the scoring device draws the reference bits, or the run stops here
-    theta0 = place(host, backend.device, reserve=scratch_bytes(host))
+    if memory.total is not None:  # an accelerator whose size is known: the plan decides
+        theta0 = Theta0({n: t.to(backend.device) for n, t in host.items()}, "device") if memory.theta0 else pinned_block(host)
+        budget = memory.cache
+    else:
+        theta0 = place(host, backend.device, reserve=scratch_bytes(host))
+        budget = memory_budget(spec.memory_budget, 4 * sum(t.numel() for t in host.values()), 1 + spec.workers, free_device_bytes(backend.device))
     log.info("θ₀ on the %s; noise %s drawn on the %s", theta0.where, recipe.noise, backend.device if scheme(recipe.noise).on_device else "host")
-    model_bytes = 4 * sum(t.numel() for t in host.values())
-    budget = memory_budget(spec.memory_budget, model_bytes, 1 + spec.workers, free_device_bytes(backend.device))
     prefetch = use_prefetch(spec.prefetch, backend.device_type, recipe.noise)
     scorer = Scorer(backend, theta0.tensors, suite, budget, prefetch=prefetch, scheme=recipe.noise)
     session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, theta0, identity)
