@@ -13,6 +13,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TASKS = {
     "corpmerge_arith": None,
     "corpmerge_arith_gen": None,
+    "corpmerge_arith_unseen": None,
     "corpmerge_countdown": None,
     "corpmerge_gsm8k": FIXTURES / "gsm8k",
     "corpmerge_olympiadbench": FIXTURES / "olympiadbench",
