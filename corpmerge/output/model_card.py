@@ -17,7 +17,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from corpmerge import __version__
 from corpmerge.output.base_pin import front_matter_base
-from corpmerge.output.report_schema import RunReport, ShippedCheck
+from corpmerge.output.report_schema import HeldOut, RunReport, ShippedCheck
 
 TAGS = ["merge", "corpmerge", "corp"]
 CORPMERGE_TASK_PREFIX = "corpmerge_"  # the tasks shipped in corpmerge.tasks (`corpmerge tasks`)
@@ -74,7 +74,7 @@ def _eval_results(report: RunReport | None, row: str) -> list[EvalResult]:
     if held is None or row not in held.rows:
         return []
     values = held.rows[row].by_task
-    return [
+    results = [
         EvalResult(
             task_type="text-generation",
             dataset_type=report.datasets.get(task, task),
@@ -86,6 +86,20 @@ def _eval_results(report: RunReport | None, row: str) -> list[EvalResult]:
         )
         for task, value in sorted(values.items())
     ]
+    for task, other in sorted(held.other_tasks.items()):  # evaluate.tasks the support does not train
+        if row in other.rows:
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type=report.datasets.get(task, task),
+                    dataset_name=task,
+                    dataset_split=held.split if other.n == other.split_size else f"{held.split}[:{other.n}]",
+                    metric_type="accuracy",
+                    metric_value=round(other.rows[row].accuracy, 4),
+                    metric_name=f"accuracy on {other.n} of {other.split_size} {held.split} examples, a task the support does not train (corpmerge)",
+                )
+            )
+    return results
 
 
 def _short_name(base_model: str) -> str:
@@ -279,7 +293,23 @@ def _report_section(report: RunReport, picture: str | None = None) -> str:
         ]
         if per_task:
             lines.append("Per task (the `model-index` of this card):\n\n" + _table(["task", "metric", "this model", "base"], per_task) + "\n")
+        if held.other_tasks:
+            lines.append(_other_tasks_section(held))
     return "\n".join(lines)
+
+
+def _other_tasks_section(held: HeldOut) -> str:
+    """The evaluate tasks the support does not train, each on its own: accuracy and Δ vs the base (a regression shows here)."""
+    rows = []
+    for task, other in sorted(held.other_tasks.items()):
+        for key, row in other.rows.items():
+            diff = f"{100 * row.diff:+.1f} pts [{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}]" if row.diff is not None else "—"
+            rows.append([f"`{task}`", key, f"{100 * row.accuracy:.1f}%", diff, row.n])
+    return (
+        "Tasks the support does not train (`evaluate.tasks`), each on its own, on the same models:\n\n"
+        + _table(["task", "model", "accuracy", "Δ vs base (paired 95% interval)", "n"], rows)
+        + "\n"
+    )
 
 
 def _shipped_line(check: ShippedCheck) -> str:

@@ -104,6 +104,16 @@ class HeldOutRow(Part):
     by_task: dict[str, float] = {}  # accuracy on each task's examples
 
 
+class OtherTask(Part):
+    """A further task of ``evaluate.tasks`` (one the support does not train), reported on its own beside the main rows."""
+
+    n: int  # examples evaluated
+    split_size: int  # examples in its evaluate split
+    rows: dict[str, HeldOutRow]  # base, best_entry (RandOpt K=1), merged (stage1): vs the base, and vs K=1
+    clustered_by: str | None = None  # the document field its intervals are clustered by
+    clusters: int | None = None
+
+
 class HeldOut(Part):
     """The held-out evaluation: accuracy of each model (base, best_entry, randopt_topK, merged) on the evaluate split."""
 
@@ -115,6 +125,7 @@ class HeldOut(Part):
     excluded_support: dict[str, int] = {}  # task → support examples of this split left out
     clustered_by: dict[str, str] = {}  # task → the document field its examples share (intervals are cluster-robust)
     clusters: int | None = None  # distinct clusters among the n examples
+    other_tasks: dict[str, OtherTask] = {}  # task → its own rows: the evaluate tasks the support does not train
     recovered_fraction: float | None = None  # merged gain ÷ the largest vote's gain
 
     def clustering_note(self) -> str:

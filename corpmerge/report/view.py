@@ -129,6 +129,18 @@ def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False
     parts: list[RenderableType] = [held]
     if evaluation.clustered_by:
         parts.append(Text(evaluation.clustering_note()))
+    for task, other in sorted(evaluation.other_tasks.items()):  # evaluate.tasks the support does not train
+        table = Table("model", "accuracy", "Δ vs base", "95% CI", "n", title=f"held-out, not trained by the support: {task} ({evaluation.split})")
+        for key, row in other.rows.items():
+            diff, low, high = finite(row.diff), finite(row.ci_low), finite(row.ci_high)
+            table.add_row(
+                Text(model_label(key, evaluation, method, gated)),
+                _pct(row.accuracy),
+                "—" if diff is None else f"{100 * diff:+.1f} pts",
+                "—" if low is None or high is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]",
+                str(row.n),
+            )
+        parts.append(table)
     if evaluation.excluded_support:
         parts.append(
             Text(
