@@ -31,7 +31,7 @@ from corpmerge.scoring.evaluator import Request, Unit, collect, plan_units, unit
 from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.scorer import Scorer
 from corpmerge.scoring.store import Scores, ScoreStore
-from corpmerge.scoring.workers import Cluster, stop_workers, worker_failure
+from corpmerge.scoring.workers import Cluster, enter_device, stop_workers, worker_failure
 
 log = logging.getLogger(__name__)
 WAIT_S = 1.0  # longest wait for an answer before deadlines and restarts are looked at again
@@ -91,10 +91,11 @@ class RayEvaluator:
     _driver: list[float] = field(init=False, default_factory=lambda: [0, 0.0])  # units, busy seconds
     _here: tuple[Unit, Future] | None = field(init=False, default=None)  # the unit the driver evaluates now
     _remote: list[int] = field(init=False, default_factory=lambda: [0, 0])  # workers' evaluations and examples this batch
-    _thread: ThreadPoolExecutor = field(init=False, default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="corpmerge-driver"))
+    _thread: ThreadPoolExecutor = field(init=False)  # the driver's own evaluations, on the scorer's device
 
     def __post_init__(self) -> None:
         self.workers = [Worker(k + 1, actor) for k, actor in enumerate(self.actors)]
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="corpmerge-driver", initializer=enter_device, initargs=(self.scorer.device,))
 
     def run(self, requests: Sequence[Request], label: str) -> list[Scores]:
         units = deque(sorted(plan_units(self.store, requests), key=lambda u: -unit_examples(u)))

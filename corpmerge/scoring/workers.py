@@ -47,7 +47,8 @@ class ScoringWorker:
         return os.getpid()
 
     def evaluate(self, unit: Unit) -> tuple[Scores, float]:
-        """The unit's scores and the seconds it took."""
+        """The unit's scores and the seconds it took (on the thread Ray runs it on, set to this actor's device first)."""
+        enter_device(self.session.backend.device)
         start = time.perf_counter()
         scores = self.session.scorer.evaluate(unit.update, unit.docs, self.session.suites(unit.suite))
         return scores, time.perf_counter() - start
@@ -86,8 +87,9 @@ def undo_ray_niceness() -> None:
         pass
 
 
-def connect() -> Cluster:
-    """Join ``RAY_ADDRESS``'s cluster, or start a local one sized to this machine (no dashboard, bounded object store)."""
+def connect(driver_gpus: int = 1) -> Cluster:
+    """Join ``RAY_ADDRESS``'s cluster, or start a local one sized to this machine (no dashboard, bounded object store) that
+    leaves the last ``driver_gpus`` GPUs to the driver (its engine's ``tensor_parallel_size``)."""
     try:
         import ray
     except ImportError:
@@ -100,7 +102,7 @@ def connect() -> Cluster:
         if address:
             ray.init(address=address, **quiet)
             return Cluster(started=False)
-        gpus = max(0, torch.cuda.device_count() - 1)  # the last GPU stays the driver's (``driver_device``)
+        gpus = max(0, torch.cuda.device_count() - driver_gpus)  # the last GPUs stay the driver's (``driver_device``)
         os.environ.setdefault("RAY_worker_niceness", "0")  # the local cluster's workers at the driver's priority
         ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=gpus, object_store_memory=OBJECT_STORE_BYTES, _temp_dir=ray_temp_dir(), **quiet)
     except Exception as exc:  # Ray's own connection and start-up errors
@@ -116,11 +118,21 @@ def ray_temp_dir() -> str | None:
     return None if len(tempfile.gettempdir()) <= 32 or not os.path.isdir("/tmp") else "/tmp/ray"
 
 
+def enter_device(device: torch.device) -> None:
+    """The calling thread's current device ← ``device``. CUDA keeps one per thread and a new thread starts on GPU 0,
+    while a model's kernels (vLLM's Triton kernels among them) launch on the current device: every thread that
+    evaluates a model calls this first."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
 def resources_per_worker(recipe: Recipe) -> dict[str, float]:
-    """A worker's share: the GPUs of one engine (``tensor_parallel_size``) on a cluster with GPUs, else one CPU."""
+    """A worker's share: the GPUs of one engine (``tensor_parallel_size``) on a cluster with GPUs, or when this process
+    scores on a GPU (a cluster without enough of them is then refused by ``check_capacity``: workers on the CPU would
+    have another identity than the driver, and the GPU would idle); else one CPU."""
     import ray
 
-    if ray.cluster_resources().get("GPU", 0) > 0:
+    if ray.cluster_resources().get("GPU", 0) > 0 or torch.cuda.is_available():
         return {"num_gpus": float(recipe.scoring.model_args.get("tensor_parallel_size", 1)), "num_cpus": 1.0}
     return {"num_cpus": 1.0}
 
@@ -178,7 +190,8 @@ def worker_failure(exc: BaseException) -> str:
     return text.removeprefix("ray::ScoringWorker.__init__() ").strip()
 
 
-def driver_device(device: torch.device) -> torch.device:
-    """Where the driver scores when it has workers: on a GPU machine the last GPU, which a local cluster leaves out of
-    the workers' (Ray hands them GPUs 0 … n − 2); elsewhere its usual device."""
-    return torch.device(f"cuda:{torch.cuda.device_count() - 1}") if device.type == "cuda" else device
+def driver_device(device: torch.device, ranks: int = 1) -> torch.device:
+    """Where the driver scores when it has workers: on a GPU machine the first of the last ``ranks`` GPUs (an engine with
+    ``tensor_parallel_size`` = ranks takes them from there on), which a local cluster leaves out of the workers' (Ray
+    hands them GPUs 0 … n − ranks − 1); elsewhere its usual device."""
+    return torch.device(f"cuda:{max(0, torch.cuda.device_count() - ranks)}") if device.type == "cuda" else device

@@ -34,7 +34,7 @@ CASES = {"llama-tp1": (1, torch.bfloat16), "qwen2-tp2": (2, torch.float32)}
 
 @pytest.fixture(scope="module", params=list(CASES))
 def engine(request, tmp_path_factory):
-    """(backend, checkpoint θ₀, base answers) with every tensor tracked."""
+    """(backend, checkpoint θ₀, base answers, folder) with every tensor tracked."""
     from transformers import AutoTokenizer
 
     ranks, dtype = CASES[request.param]
@@ -50,13 +50,17 @@ def engine(request, tmp_path_factory):
     theta0 = checkpoint_state(folder)
     base = answers(backend)
     backend.track(theta0)
-    yield backend, theta0, base
+    yield backend, theta0, base, folder
     backend.close()
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
 
 
 def answers(backend) -> tuple:
-    return backend.lm.loglikelihood(LL), backend.lm.generate_until(GEN)
+    return answers_of(backend.lm)
+
+
+def answers_of(lm) -> tuple:
+    return lm.loglikelihood(LL), lm.generate_until(GEN)
 
 
 def expected(theta0: dict[str, torch.Tensor], dtype: torch.dtype, seeds, amps) -> dict[str, torch.Tensor]:
@@ -71,7 +75,7 @@ def expected(theta0: dict[str, torch.Tensor], dtype: torch.dtype, seeds, amps) -
 
 
 def test_every_rank_holds_what_the_writer_writes_bit_for_bit(engine):
-    backend, theta0, _ = engine
+    backend, theta0, _, _ = engine
     backend.write(SEEDS, AMPS, noise.DEFAULT_SCHEME)
     want = expected(theta0, backend.dtype, SEEDS, AMPS)
     held = backend.engine.collective_rpc("corpmerge_weights")
@@ -90,7 +94,7 @@ def test_every_rank_holds_what_the_writer_writes_bit_for_bit(engine):
 
 def test_the_engine_scores_what_was_written_and_restores_theta0_exactly(engine):
     """Written in the workers = loaded through vLLM's own reload of the same tensors (its loaders, its re-packing)."""
-    backend, theta0, base = engine
+    backend, theta0, base, _ = engine
     backend.write(SEEDS, AMPS, noise.DEFAULT_SCHEME)
     written = answers(backend)
     assert written != base
@@ -106,7 +110,7 @@ def test_the_engine_scores_what_was_written_and_restores_theta0_exactly(engine):
 
 
 def test_the_prefix_cache_is_reset_after_a_write(engine):
-    backend, _, _ = engine
+    backend, _, _, _ = engine
     shared = [Instance("generate_until", {}, ("0123456789" * 12 + f"{k}", {"until": ["\n"], "do_sample": False, "max_gen_toks": 6}), 0) for k in range(3)]
     backend.lm.generate_until(shared)  # the prefix's blocks cached under θ₀
     backend.write(SEEDS, AMPS, noise.DEFAULT_SCHEME)
@@ -128,3 +132,30 @@ def test_a_layout_that_is_not_windows_is_refused():
         rectangles("w", "p", np.array([0, 1, 7]), np.array([0, 1, 7]), shape)
     assert coverage_problem({"w": 24}, [[("w", 0, 2, 6, 6)], [("w", 12, 2, 6, 6)]]) is None
     assert coverage_problem({"w": 24}, [[("w", 0, 2, 6, 6)], [("w", 12, 2, 5, 6)]]) == "2 of 24 elements of w are held by no worker"
+
+
+def engine_processes() -> set[int]:
+    """vLLM's worker processes below this one (one per rank with tensor parallelism)."""
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::Worker") and p.status() != psutil.STATUS_ZOMBIE}
+
+
+def test_the_shipped_check_starts_its_engine_once_the_scoring_engine_is_gone(engine):
+    """At most one engine at a time: the scoring engine's worker processes have ended before the folder's engine runs;
+    afterwards the scoring engine is back at θ₀ and writes in place again (its windows derived anew)."""
+    backend, theta0, base, folder = engine
+    if backend.ranks == 1:
+        pytest.skip("one rank, no worker processes: test_vllm_engine.py covers the in-process engine")
+    scoring = engine_processes()
+    assert len(scoring) == backend.ranks
+    with backend.folder_lm(folder) as lm:
+        shipped = engine_processes()
+        assert len(shipped) == backend.ranks and not shipped & scoring
+        assert answers_of(lm) == base  # the folder is the base, in the scoring dtype (float32)
+    assert not engine_processes() & (scoring | shipped) and answers(backend) == base
+    backend.write(SEEDS, AMPS, noise.DEFAULT_SCHEME)
+    written = answers(backend)
+    backend.load((name, t.view(theta0[name].shape)) for name, t in expected(theta0, backend.dtype, SEEDS, AMPS).items())
+    assert answers(backend) == written != base
+    backend.restore()

@@ -178,19 +178,49 @@ class VLLMBackend:
         if VLLMBackend._live is not None and VLLMBackend._live() is not None:
             raise RuntimeError("one vllm engine per process: the previous engine is still referenced, so its memory was not freed")
         try:
-            with _hidden_from_vllms_kernel_scan():
+            with _hidden_from_vllms_kernel_scan(), self._ranks_gpus():
                 engine = vllm.LLM(model=str(folder), dtype=dtype, **self.args)
+        except CorpmergeError:
+            raise
         except Exception as exc:  # the engine's own validation: unknown or impossible model_args, unsupported models
             raise CorpmergeError(f"scoring.model_args: {first_line(exc)}") from None
         VLLMBackend._live = weakref.ref(engine)
         return engine
 
+    @contextmanager
+    def _ranks_gpus(self) -> Iterator[None]:
+        """With tensor parallelism on GPUs, the engine's worker processes see the ``ranks`` GPUs from the scoring device on
+        (vLLM alone takes the first ones, which may be a Ray worker's); unverified: no GPU was available."""
+        if self.device_type != "cuda" or self.ranks == 1:
+            yield
+            return
+        before = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = before.split(",") if before else [str(k) for k in range(torch.cuda.device_count())]
+        first = self.device.index or 0
+        if first + self.ranks > len(visible):
+            raise CorpmergeError(
+                f"scoring.model_args: tensor_parallel_size {self.ranks} needs {self.ranks} GPUs from {self.device} on, and this process "
+                f"sees {len(visible)}; lower tensor_parallel_size (or scoring.workers, whose GPUs are not the driver's)"
+            )
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[first : first + self.ranks])
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+
     def _stop(self, owner: Any) -> None:
-        """Take the engine from ``owner.engine`` (its only reference) and shut it down with vLLM's own teardown (its
-        process groups); its weights and caches are freed here (``_start`` checks that)."""
+        """Take the engine from ``owner.engine`` (its only reference) and shut it down with vLLM's own teardown: its workers
+        (and their processes, with tensor parallelism), then its process groups; its weights, KV cache and graphs are
+        freed here (``_start`` checks that no reference is left)."""
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
         engine, owner.engine = owner.engine, None
         engine.llm_engine.engine_core.shutdown()
         del engine
+        cleanup_dist_env_and_memory()
         gc.collect()
         if self.device_type == "cuda":
             torch.cuda.empty_cache()
