@@ -166,7 +166,7 @@ def test_a_missing_tracker_is_one_line_before_anything_loads(tmp_path, tiny_mode
         assert result.returncode == 2, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines == ["error: tracking.report_to: wandb is not installed; pip install wandb (the corpmerge[wandb] extra)"], result.stderr
-    assert not (tmp_path / "out.work").exists() and not out.exists()
+    assert not out.exists() and not (tmp_path / "out.work" / "scores.sqlite").exists()  # nothing scored, nothing written
 
 
 def test_the_command_line_and_the_recipe_spell_trackers_as_transformers_does(tmp_path):

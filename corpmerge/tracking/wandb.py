@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ class WandbTracker:
             self.run.log({index: step, **row})
 
     def artifact(self, path: Path) -> None:
-        self.run.save(str(path), base_path=str(path.parent), policy="now")
+        copy = Path(self.run.dir) / path.name  # a copy in the run's folder: the run keeps the file as it was at the end
+        shutil.copyfile(path, copy)
+        self.run.save(str(copy), base_path=self.run.dir, policy="now")
 
     def close(self) -> None:
         self.run.finish()
