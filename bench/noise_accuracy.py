@@ -39,7 +39,7 @@ def main() -> None:
     exact_tail = {cut: float(mpmath.erfc(cut / mpmath.sqrt(2))) for cut in tails}
     print(f"E|X| = {moments[0]:.9f} (exact {float(mpmath.sqrt(2 / mpmath.pi)):.9f}); E[X²] = {moments[1]:.9f} (1); E[X⁴] = {moments[2]:.8f} (3)")
     for cut, mass in tails.items():
-        print(f"P(|X| > {cut:g}) = {mass:.6e} (exact {exact_tail[cut]:.6e}, relative error {mass / exact_tail[cut] - 1:+.1e})")
+        print(f"P(|X| > {cut:g}) = {mass:.6e} (exact {exact_tail[cut]:.6e}, relative error {mass / exact_tail[cut] - 1:+.2e})")
     print(f"largest quantile error at a bin midpoint: {worst:.2e}; largest |x|: {table[ROWS - 1, 0]:.4f}")
 
 
