@@ -279,7 +279,7 @@ class TrackingSpec(_Strict):
     report_to: list[TrackerName] = Field(default_factory=list, description="trackers, spelled as transformers' report_to: tensorboard, wandb")
     project: str = Field(default="corpmerge", min_length=1, description="the W&B project")
     run_name: str | None = Field(default=None, min_length=1, description="the run's name in every tracker; default: the output folder's name")
-    logging_dir: str | None = Field(default=None, description="TensorBoard's event folder; default: <work_dir>/runs/<run_name>")
+    logging_dir: str | None = Field(default=None, description="TensorBoard's event folder; default: <work_dir>/runs/<start time>_<run_name>")
 
     _paths = field_validator("logging_dir")(_path_field)
 
