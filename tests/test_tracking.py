@@ -120,7 +120,8 @@ def tracked_run(tmp_path_factory, tiny_model, tiny_task):
 
 def test_tensorboard_event_files_hold_what_report_json_holds(tracked_run):
     report, work, _ = tracked_run
-    logged = tensorboard_scalars(work / "runs" / "tiny")
+    (board,) = (work / "runs").glob("*_tiny")  # <start time>_<run_name>
+    logged = tensorboard_scalars(board)
     assert {"population/rewards", "racing/stage", "gate/accepted", "candidates/validate/lcb", "evaluation/rows/base/accuracy"} <= logged.keys()
     assert len(logged["population/rewards"]) == report["population"]["size"] == 6
     for tag, values in logged.items():
@@ -132,7 +133,7 @@ def test_tensorboard_event_files_hold_what_report_json_holds(tracked_run):
                 assert math.isclose(value, expected, rel_tol=1e-6, abs_tol=1e-7), (tag, step, value, expected)  # event files hold float32
     numeric = {t for t in leaves(report) if not isinstance(at(report, t, 0), str)}
     assert numeric <= logged.keys(), numeric - logged.keys()
-    artifacts = {p.name for p in (work / "runs" / "tiny" / "artifacts").iterdir()}
+    artifacts = {p.name for p in (board / "artifacts").iterdir()}
     assert {"report.json", "report.png"} <= artifacts and ("README.md" in artifacts) == (report.get("output") is not None)
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, get_args
@@ -187,7 +188,8 @@ def open_run(recipe: Recipe) -> Tracking:
     require(spec)
     name = spec.run_name or Path(recipe.output.path).name or "corpmerge"
     work = recipe.output.work_path
-    info = RunInfo(name, spec.project, work, Path(spec.logging_dir) if spec.logging_dir else work / "runs" / name)
+    started = time.strftime("%Y%m%d-%H%M%S")  # a resumed run is a new TensorBoard run beside the killed one, as transformers names them
+    info = RunInfo(name, spec.project, work, Path(spec.logging_dir) if spec.logging_dir else work / "runs" / f"{started}_{name}")
     trackers: list[Tracker] = []
     for tracker_name in spec.report_to:
         try:

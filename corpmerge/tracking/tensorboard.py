@@ -1,4 +1,4 @@
-"""TensorBoard: event files under ``tracking.logging_dir`` (default ``<work_dir>/runs/<run_name>``).
+"""TensorBoard: event files under ``tracking.logging_dir`` (default ``<work_dir>/runs/<start time>_<run_name>``).
 
 Scalars at their steps, texts (the gate's reason, grid points) as text summaries, the config as one YAML text,
 report.png as an image; every artifact is also copied into ``<logging_dir>/artifacts``. Needs ``tensorboard``
