@@ -16,8 +16,13 @@ step() { echo "== wheel smoke (${SECONDS}s): $*"; }
 
 step "build the wheel from a copy of the shipped files"
 mkdir "$WORK/src" "$WORK/dist" "$WORK/run"
-(cd "$ROOT" && git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done) \
-  | (cd "$ROOT" && tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then  # tracked and untracked-but-not-ignored files
+  (cd "$ROOT" && git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done) \
+    | (cd "$ROOT" && tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+else  # a source tree without .git: everything but venvs, build outputs and caches
+  tar -C "$ROOT" --exclude='./.venv*' --exclude=./.git --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ \
+    --exclude='*.work' --exclude=./.whl -cf - . | tar -xf - -C "$WORK/src"
+fi
 "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$WORK/src" >/dev/null
 WHEEL=$(ls "$WORK"/dist/corpmerge-*.whl)
 echo "   $(basename "$WHEEL")"
