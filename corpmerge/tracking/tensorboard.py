@@ -6,12 +6,15 @@ report.png as an image; every artifact is also copied into ``<logging_dir>/artif
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from corpmerge.tracking import Point, RunInfo
 from corpmerge.yaml_io import dump_yaml
+
+log = logging.getLogger(__name__)
 
 
 class TensorBoardTracker:
@@ -22,6 +25,7 @@ class TensorBoardTracker:
 
         self.dir = info.logging_dir
         self.writer = SummaryWriter(log_dir=str(self.dir))
+        log.info("tracking: TensorBoard event files in %s (tensorboard --logdir %s)", self.dir, self.dir.parent)
 
     def config(self, values: dict[str, Any]) -> None:
         self.writer.add_text("config", "```yaml\n" + dump_yaml(values) + "```", 0)

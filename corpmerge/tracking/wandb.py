@@ -8,6 +8,7 @@ A single value goes to the run's summary; a list's items are history rows agains
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 import shutil
@@ -18,6 +19,7 @@ from typing import Any
 from corpmerge.tracking import Point, RunInfo
 
 HOST = "api.wandb.ai"
+log = logging.getLogger(__name__)
 
 
 def logged_in() -> bool:
@@ -41,6 +43,8 @@ class WandbTracker:
         mode = os.environ.get("WANDB_MODE") or ("online" if logged_in() else "offline")
         settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, save_code=False, disable_git=True)
         self.run = wandb.init(project=info.project, name=info.name, dir=str(self.dir), mode=mode, settings=settings, reinit="create_new")
+        where = f"offline; upload it with: wandb sync {Path(self.run.dir).parent}" if mode == "offline" else self.run.url
+        log.info("tracking: W&B run %s (%s)", info.name, where)
         self.axes: set[str] = set()
         self.defined: set[str] = set()
 
