@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import signal
@@ -13,11 +14,12 @@ from typing import Any, Callable, Iterator
 
 import click
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
@@ -35,9 +37,10 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-RecipeArg = typer.Argument(..., exists=False, dir_okay=False, help="Path to a corpmerge YAML recipe.")
+RecipeArg = typer.Argument(..., exists=False, help="Path to a corpmerge YAML recipe.")
 OutputOpt = typer.Option(None, "--output", "-o", help="Output folder (default: the recipe's output.path).")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output folder if corpmerge wrote it (atomically, once the new one is complete).")
+RECORD_LOGGER = "corpmerge.record"  # what the terminal showed, for the log file only
 GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--version")
 MAX_ERROR_CHARS = 1000
 
@@ -90,6 +93,7 @@ def _setup(
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.setLevel(level)
+    handler.addFilter(_NotRecord())
     if not verbose:
         handler.addFilter(_NoTracebacks())  # kept in corpmerge.log; -v shows them here too
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
@@ -112,23 +116,66 @@ class _NoTracebacks(logging.Filter):
         return record.name != TRACEBACK_LOGGER
 
 
+class _NotRecord(logging.Filter):
+    """Keeps the record of what the terminal already showed (tables, results) off the terminal; it reaches the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != RECORD_LOGGER
+
+
 class _LazyFileHandler(logging.FileHandler):
-    """A log file made (with its folder) at the first record, i.e. after the pipeline checked the location."""
+    """A log file made (with its folder) at the first record, i.e. after the pipeline checked the location.
+
+    ``made_folder``: its folder did not exist when the command started; ``traceback``: a traceback went into it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)
+        self.made_folder = not path.parent.exists()
+        self.traceback = False
 
     def _open(self):  # type: ignore[no-untyped-def]
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
         return super()._open()
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.traceback = self.traceback or record.name == TRACEBACK_LOGGER
         try:
             super().emit(record)
         except OSError:
             self.close()  # an unusable work folder is reported by the pipeline's check in one line
 
 
+def _file_handlers() -> list[_LazyFileHandler]:
+    return [h for h in logging.getLogger("corpmerge").handlers if isinstance(h, _LazyFileHandler)]
+
+
+def _log_refusal(line: str) -> None:
+    """The error line of an exit-2 refusal into the run's log; a refused command that made its work folder and left
+    nothing there but a log without a traceback leaves nothing behind (the folder and its log removed)."""
+    for handler in _file_handlers():
+        log_file = Path(handler.baseFilename)
+        folder = log_file.parent
+        if handler.made_folder and not handler.traceback and (not folder.is_dir() or {p.name for p in folder.iterdir()} <= {log_file.name}):
+            handler.close()
+            if folder.is_dir():
+                log_file.unlink(missing_ok=True)
+                folder.rmdir()
+            continue
+        handler.handle(logging.LogRecord("corpmerge", logging.ERROR, __file__, 0, "error: %s", (line,), None))
+
+
+def record(renderable: Any) -> None:
+    """What the terminal showed (a table, a result line), as plain text into the run's log file only."""
+    if not _file_handlers():
+        return
+    console = Console(file=io.StringIO(), width=160, color_system=None, soft_wrap=True)
+    console.print(renderable)
+    logging.getLogger(RECORD_LOGGER).info("%s", console.file.getvalue().rstrip())
+
+
 def _log_to_file(path: Path) -> None:
     """Also log to ``path`` (the work folder's corpmerge.log), progress lines included, appending across resumes."""
-    handler = _LazyFileHandler(path, encoding="utf-8", delay=True)
+    handler = _LazyFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger("corpmerge")
     logger.addHandler(handler)
@@ -160,6 +207,7 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except CorpmergeError as exc:
             err.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False)
+            _log_refusal(_one_line(str(exc)))
             raise typer.Exit(exc.exit_code) from None
         except (SandboxUnavailable, SandboxError) as exc:  # raised from inside an lm-eval task's reward
             err.print(f"[bold red]error:[/] {escape(_one_line(str(exc)))}", highlight=False)
@@ -194,7 +242,7 @@ def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrit
 
     parsed = load_recipe(recipe).with_output(output)
     require_trackers(parsed.tracking)
-    checked = check_recipe(parsed, needs_rewards=parsed.scoring is None)
+    checked = check_recipe(parsed, needs_rewards=parsed.scoring is None, log_notes=False)
     check_output_location(parsed, checked.base, overwrite)
     out.print(
         f"[green]ok[/]: {escape(str(recipe))} — base {escape(parsed.base_model)}, {len(checked.entries)} entries, "
@@ -258,18 +306,32 @@ def score(recipe: Path = RecipeArg) -> None:
     parsed = load_recipe(recipe)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
     result = score_recipe(parsed)
-    entries = sorted(result["entries"], key=lambda e: -e.reward)
-    table = Table("rank", "seed", "sigma", "reward", title=f"top entries (base on fold A: {result['base_accuracy_A']:.4f})")
-    for rank, entry in enumerate(entries[:10], 1):
-        table.add_row(str(rank), str(entry.seed), f"{entry.sigma:g}", f"{entry.reward:.4f}")
+    size = result["fold_size"]
+    ranked = sorted(zip(result["entries"], result["examples"]), key=lambda pair: -pair[0].reward)
+    table = Table("rank", "seed", "sigma", "reward", "examples", title=f"top entries (base on fold A: {result['base_accuracy_A']:.4f}, {size} examples)")
+    for rank, (entry, n) in enumerate(ranked[:10], 1):
+        estimate = n < size  # racing stopped it: the reward is extrapolated from n examples
+        table.add_row(
+            str(rank),
+            str(entry.seed),
+            f"{entry.sigma:g}",
+            f"≈{entry.reward:.4f}" if estimate else f"{entry.reward:.4f}",
+            f"{n} (estimate)" if estimate else str(n),
+        )
+    stopped = sum(n < size for n in result["examples"])
+    if stopped:
+        table.caption = f"≈: racing stopped {stopped} entries early; their rewards are estimates from fewer examples"
+    entries = result["entries"]
+    done = Text(f"{len(entries)} rewards → {result['rewards_path']}")
     out.print(table)
-    out.print(f"{len(entries)} rewards → {escape(result['rewards_path'])}", highlight=False)
+    out.print(done)
+    record(Group(table, done))
 
 
 ABSTAINED_EXIT = 3
 ABSTAIN_ADVICE = (
     "what to try next: more support examples (scoring.support.limit) so the gate can tell a gain from noise; "
-    "a larger population (population.size); σ nearer the best-rewarded level in the report's reward-by-σ panel; "
+    "a larger population (population.size); σ nearer the best-rewarded level in the reward-by-σ panel of `corpmerge diagnose`'s plot; "
     "`corpmerge diagnose` to see whether the elites share structure at all (docs/sizing.md: Sizing a run)"
 )
 
@@ -290,16 +352,35 @@ def run(
     """Do everything: sample → score → candidates → gate (fold B) → probe (fold C) → write or abstain → evaluate."""
     from corpmerge.pipeline import run_recipe
     from corpmerge.recipe import load_recipe
-    from corpmerge.report.view import load_report, render_report
+    from corpmerge.report.view import load_report, report_view
 
-    parsed = load_recipe(recipe).with_output(output).with_report_to(report_to)
+    loaded = load_recipe(recipe)
+    parsed = loaded.with_output(output).with_report_to(report_to)
     _log_to_file(parsed.output.work_path / "corpmerge.log")
+    _say_where_the_store_is(loaded, parsed)
     report, path = load_report(run_recipe(parsed, None, overwrite)["report_path"])  # what the file holds, read as any reader reads it
-    render_report(out, report, path)
+    view = report_view(report, path)
+    out.print(view)
+    record(view)
     if report.gate.enabled and not report.gate.accepted:
         out.print(f"[yellow]abstained[/]: {escape(ABSTAIN_ADVICE)}", highlight=False)
+        record(f"abstained: {ABSTAIN_ADVICE}")
         if strict:
             raise typer.Exit(ABSTAINED_EXIT)
+
+
+def _say_where_the_store_is(recipe: Any, moved: Any) -> None:
+    """``-o`` moves the work folder (and with it the default score store) to ``<output>.work``: say so, and that the
+    scores in the recipe's own work folder are not reused, when there are any."""
+    if recipe.scoring is None or recipe.scoring.store or recipe.output.work_dir or moved.output.work_path == recipe.output.work_path:
+        return
+    logger = logging.getLogger("corpmerge.cli")
+    old = recipe.output.work_path / "scores.sqlite"
+    line = f"-o: the work folder and score store move to {moved.output.work_path} (the recipe's output.path uses {recipe.output.work_path})"
+    if old.is_file():
+        logger.warning("%s; the scores in %s are not reused: set output.work_dir or scoring.store to keep one store", line, old)
+    else:
+        logger.info("%s; set output.work_dir or scoring.store to keep the store in one place", line)
 
 
 @app.command()

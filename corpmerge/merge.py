@@ -11,7 +11,7 @@ from corpmerge.model_io import ensure_checkpoint, load_tokenizer
 from corpmerge.output.folder import write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location
-from corpmerge.plan import check_recipe
+from corpmerge.plan import check_recipe, sigma_scale_warning
 from corpmerge.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def merge_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: b
     check_output_location(recipe, checked.base, overwrite)
     result = checked.method(Cloud.from_entries(checked.entries), checked.grid[0])
     ref = ensure_checkpoint(checked.base)
+    sigma_scale_warning(ref, recipe, checked.entries)
     tokenizer = load_tokenizer(ref)
     out = Path(recipe.output.path)
     write_output(out, recipe=recipe, entries=checked.entries, result=result, tokenizer=tokenizer, base=checked.base, ref=ref, overwrite=overwrite)

@@ -21,7 +21,7 @@ from corpmerge.output.folder import shipped_update, write_output
 from corpmerge.output.hub import push_folder
 from corpmerge.output.location import check_output_location, check_work_location
 from corpmerge.output.report_schema import REPORT_FILE, HeldOut, Racing, RunReport, Stage2
-from corpmerge.plan import Checked, check_recipe
+from corpmerge.plan import Checked, check_recipe, sigma_scale_warning
 from corpmerge.population import Entry
 from corpmerge.recipe import EvaluateSpec, Recipe
 from corpmerge.report.heldout import accuracy, evaluate_held_out
@@ -87,6 +87,12 @@ def ensemble_recipe(recipe: Recipe, top_k: list[int]) -> dict[str, Any]:
     """RandOpt top-K votes vs the base (and the merged model, when the output folder holds one) on the evaluate split."""
     recipe = recipe if recipe.evaluate else recipe.model_copy(update={"evaluate": EvaluateSpec()})
     checked = prepare(recipe, needs_rewards=False)
+    size = len(checked.entries)
+    if max(top_k) > size:  # a top-K vote takes K distinct entries
+        log.warning(
+            "--top-k: %s capped at %d, the population's size (a top-K vote takes K distinct entries)", ", ".join(str(k) for k in top_k if k > size), size
+        )
+        top_k = sorted({min(k, size) for k in top_k})
     with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep=keep_for(checked, top_k))
         ranked = sorted(entries, key=lambda e: -e.reward)
@@ -101,13 +107,22 @@ def score_recipe(recipe: Recipe) -> dict[str, Any]:
     """Score every entry (and the base) on fold A; write ``rewards.yaml`` into the work folder."""
     checked = prepare(recipe, needs_rewards=False)
     with open_session(recipe, checked.base) as session:
-        entries = score_population(session, checked.entries, keep_for(checked))
+        entries, race = race_population(session, checked.entries, keep_for(checked))
         base = accuracy(session.scores(Request("base", "A", session.folds["A"]), "the base"), session.folds["A"])
+        size = count(session.folds["A"])
+    path = write_rewards(recipe, entries, base, race["examples"], size)
+    return {"entries": entries, "examples": race["examples"], "fold_size": size, "base_accuracy_A": base, "rewards_path": str(path)}
+
+
+def write_rewards(recipe: Recipe, entries: list[Entry], base_accuracy: float, examples: list[int], size: int) -> Path:
+    """``<work_dir>/rewards.yaml``: the noise scheme, the base's fold-A accuracy and every entry's fold-A reward, in
+    population order, as a recipe's ``population`` takes them; an entry racing stopped early keeps ``examples``,
+    the m < ``fold_A_examples`` examples behind its estimate."""
+    rows = [{"seed": e.seed, "sigma": e.sigma, **({"examples": m} if m < size else {}), "reward": e.reward} for e, m in zip(entries, examples, strict=True)]
     path = recipe.output.work_path / "rewards.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
-    path.write_text(dump_yaml({"noise": recipe.noise, "base_accuracy_A": base, "population": rows}))
-    return {"entries": entries, "base_accuracy_A": base, "rewards_path": str(path)}
+    path.write_text(dump_yaml({"noise": recipe.noise, "base_accuracy_A": base_accuracy, "fold_A_examples": size, "population": rows}))
+    return path
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -125,6 +140,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
     with timer("load"):
         session = open_session(recipe, checked.base)
     with session, track:
+        sigma_scale_warning(session.ref, recipe, checked.entries)
         with timer("score"):
             entries, race = race_population(session, checked.entries, keep_for(checked, recipe.evaluate and recipe.evaluate.ensemble_k))
         track.scored(entries, race)
@@ -139,6 +155,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
                 stage2 = stage2_section(recipe.iterate, rounds)
                 track.log(stage2=stage2)
         base, chosen = fold_phase(session, decision, final if stage2 is not None else None)
+        write_rewards(recipe, entries, base["A"], race["examples"], count(session.folds["A"]))
         evaluation = None
         if recipe.evaluate is not None:
             with timer("evaluate"):

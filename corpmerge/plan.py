@@ -8,20 +8,26 @@ import math
 import sqlite3
 from dataclasses import dataclass
 
+import torch
+
+from corpmerge.dtypes import TORCH_DTYPES
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.methods import MergeMethod, MethodParams, get_method, method_names
-from corpmerge.model_io import BaseRef, resolve_base
+from corpmerge.model_io import BaseRef, Checkpoint, checkpoint_folder, model_skeleton, perturbed_names, resolve_base
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
 from corpmerge.scoring.folds import assign_folds, check_gate_fold_sizes, fold_fingerprint
-from corpmerge.scoring.lmeval import TaskSuite, include_paths, task_manager
+from corpmerge.scoring.lmeval import TaskSuite, include_paths, quiet_third_party, task_manager
 from corpmerge.scoring.session import store_path, suite_counts
 from corpmerge.scoring.store import IDENTITY_LABELS
 
 log = logging.getLogger(__name__)
 
 MIN_LOCAL_ELITES = 10  # below it a stage-2 step averages a handful of random local perturbations
+NOISE_BOUND = 10.0  # |ε| of a standard normal draw stays below it (P(|ε| > 10) ≈ 1.5e-23 per value; the schemes draw less than 9.2)
+SIGMA_NOTE = 1.0  # validate notes a σ at or above it: larger than the RMS of the weight matrices of the LLMs we know
+SIGMA_RMS_WARN = 3.0  # run/merge warn when σ exceeds this many times a perturbed tensor's RMS (docs/sizing.md)
 
 
 @dataclass(frozen=True)
@@ -36,19 +42,22 @@ class Checked:
     notes: tuple[str, ...] = ()  # what a user should know about how the recipe will be read (validate prints them)
 
 
-def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = None) -> Checked:
+def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = None, log_notes: bool = True) -> Checked:
     """Cross-field checks shared by validate/merge/run (no weights are touched).
 
     ``base``: ``recipe.base_model`` as the command already resolved it (None: resolved here); carried as ``Checked.base``.
+    ``log_notes``: log the notes as warnings (``validate`` prints them itself, once).
     """
     check_scheme(recipe.noise)
     base = base or resolve_base(recipe.base_model)
     if recipe.scoring is not None:
         check_task_names(recipe)
-        check_store(recipe)
+        check_store(recipe, check_splits(recipe))
     method = get_method(recipe.merge_method)
     grid = method.grid(recipe.parameters)
     entries = recipe.entries()
+    check_sigma_range(recipe, entries)
+    check_ensemble_k(recipe, len(entries))
     if needs_rewards:
         if isinstance(recipe.population, SampledPopulation):
             fix = "use `corpmerge run`" if recipe.scoring is not None else "add a `scoring:` section and use `corpmerge run`"
@@ -92,7 +101,13 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = 
             )
     if recipe.scoring is not None and recipe.scoring_dtype != recipe.dtype:
         notes.append(dtype_mismatch_note(recipe))
-    for note in notes:
+    sigma = max(abs(e.sigma) for e in entries)
+    if sigma >= SIGMA_NOTE:
+        notes.append(
+            f"population: σ = {sigma:g} is at least {SIGMA_NOTE:g}, larger than the RMS of the weight matrices of LLMs (≈ 0.01–0.1); "
+            "`run` and `merge` compare σ with each tensor's RMS when they load the base (docs/sizing.md: choosing σ)"
+        )
+    for note in notes if log_notes else ():
         log.warning("%s", note)
     return Checked(recipe, method, grid, entries, base, tuple(notes))
 
@@ -108,9 +123,82 @@ def check_task_names(recipe: Recipe) -> None:
             raise CorpmergeError(f"{field}: unknown task(s) {', '.join(missing)}; see `corpmerge tasks`, or set scoring.include_path to your task YAML folder")
 
 
-def check_store(recipe: Recipe) -> None:
+def check_splits(recipe: Recipe) -> TaskSuite:
+    """The support split and ``evaluate.split`` exist in every task (read from the tasks, as ``run`` reads them), the
+    support split is not a test split, and the support examples fill folds A, B and C; returns the support suite."""
+    spec = recipe.scoring
+    quiet_third_party(verbose=logging.getLogger("corpmerge").isEnabledFor(logging.DEBUG))  # as the session loads them
+    try:
+        suite = TaskSuite(spec)
+    except CorpmergeError as exc:
+        raise _named(exc, "scoring.support.split") from None
+    folds = assign_folds(suite_counts(suite), spec.support, suite.cluster_labels())
+    if recipe.gate.enabled:
+        counts = ", ".join(f"{t}: {n} support docs" for t, n in sorted(suite_counts(suite).items()))
+        check_gate_fold_sizes({f: sum(len(d) for d in folds[f].values()) for f in ("B", "C")}, f" ({counts})")
+    if recipe.evaluate is not None:
+        try:
+            TaskSuite(spec, tasks=recipe.evaluate.tasks, split=recipe.evaluate.split)
+        except CorpmergeError as exc:
+            raise _named(exc, "evaluate.split") from None
+    return suite
+
+
+def _named(exc: CorpmergeError, field: str) -> CorpmergeError:
+    """``exc`` with its line prefixed by the recipe field it is about (unless it names one already)."""
+    line = str(exc)
+    return exc if line.startswith(("scoring.", "evaluate.", "task ")) else CorpmergeError(f"{field}: {line}")
+
+
+def check_sigma_range(recipe: Recipe, entries: list[Entry]) -> None:
+    """σ·ε must be finite in every dtype the weights take: |σ|·``NOISE_BOUND`` below the largest finite value of the
+    output and scoring dtypes (a larger σ writes inf/NaN weights)."""
+    sigma = max(abs(e.sigma) for e in entries)
+    for dtype in dict.fromkeys([recipe.dtype, recipe.scoring_dtype]):
+        top = torch.finfo(TORCH_DTYPES[dtype]).max
+        if not sigma * NOISE_BOUND < top:
+            raise CorpmergeError(
+                f"population: σ = {sigma:g} times noise values up to {NOISE_BOUND:g} exceeds {dtype}'s largest finite value ({top:.3g}), "
+                f"so the perturbed weights would be inf or NaN; use σ below {top / NOISE_BOUND:.3g}, of the order of 1e-3 × the weights' RMS scale (docs/sizing.md)"
+            )
+
+
+def sigma_scale_warning(ref: BaseRef, recipe: Recipe, entries: list[Entry]) -> str | None:
+    """One warning line when the largest |σ| exceeds ``SIGMA_RMS_WARN`` × the RMS √(Σθ²/n) of a perturbed tensor of the
+    base checkpoint ``ref`` (read tensor by tensor, one pass); logged, and None when every tensor is larger."""
+    folder = checkpoint_folder(ref)
+    source = Checkpoint(folder)
+    names = [name for name in perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb) if name in source]
+    sigma = max(abs(e.sigma) for e in entries)
+    over: list[tuple[float, str, float]] = []
+    for name in names:
+        tensor = source.tensor(name)
+        rms = float(torch.linalg.vector_norm(tensor, dtype=torch.float32)) / math.sqrt(max(tensor.numel(), 1))
+        if rms > 0 and sigma > SIGMA_RMS_WARN * rms:
+            over.append((sigma / rms, name, rms))
+    if not over:
+        return None
+    ratio, name, rms = max(over)
+    line = (
+        f"population: σ = {sigma:g} is more than {SIGMA_RMS_WARN:g}× the RMS of {len(over)} of {len(names)} perturbed tensors "
+        f"(largest ratio {ratio:.3g}×: '{name}', RMS {rms:.3g}), so the perturbation outweighs those weights; "
+        "choose σ relative to the weights' RMS (docs/sizing.md: choosing σ)"
+    )
+    log.warning("%s", line)
+    return line
+
+
+def check_ensemble_k(recipe: Recipe, size: int) -> None:
+    """A RandOpt top-K vote takes K distinct entries, so every ``evaluate.ensemble_k`` is at most the population's size."""
+    ks = recipe.evaluate.ensemble_k if recipe.evaluate is not None else []
+    if ks and max(ks) > size:
+        raise CorpmergeError(f"evaluate.ensemble_k: a top-{max(ks)} vote needs {max(ks)} entries and the population has {size}; give values ≤ {size}")
+
+
+def check_store(recipe: Recipe, suite: TaskSuite | None = None) -> None:
     """An existing score store must be the recipe's: its recorded noise scheme, task configuration and fold
-    assignment (what can be known without weights) are compared, the file is only read."""
+    assignment (what can be known without weights) are compared, the file is only read. ``suite``: the support
+    suite when already loaded."""
     path = store_path(recipe)
     if not path.is_file():
         return
@@ -123,7 +211,7 @@ def check_store(recipe: Recipe) -> None:
         return  # a store another run is creating or holds: the run checks it when it opens the store
     except sqlite3.Error:
         return
-    suite = TaskSuite(recipe.scoring)
+    suite = suite or TaskSuite(recipe.scoring)
     expected = {
         "noise": recipe.noise,
         "tasks": suite.fingerprint(),

@@ -8,6 +8,7 @@ parameters, times the recorded multiplier. Weights are compared tensor by tensor
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from corpmerge.methods import MergeResult, get_method
 from corpmerge.model_io import BaseRef, ensure_checkpoint, load_tokenizer
 from corpmerge.output.folder import LINEAGE_TOO_BIG, MAX_LINEAGE_BYTES, read_lineage_text, shipped_update, write_output
 from corpmerge.output.location import LINEAGE_FILE
+from corpmerge.output.report_schema import REPORT_FILE, read_report
 from corpmerge.recipe import Recipe, parse_recipe
 from corpmerge.yaml_io import read_text_bounded
 
@@ -72,7 +74,7 @@ def lineage_recipe(document: dict[str, Any], path: Path) -> Recipe:
     data = dict(document["recipe"])
     if document.get("noise") is not None:
         data["noise"] = document["noise"]
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, str(path), lineage=True)
 
 
 def lineage_result(document: dict[str, Any], recipe: Recipe, folder: Path) -> MergeResult | None:
@@ -118,9 +120,30 @@ def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 
 def rebuild(lineage: Lineage, base: BaseRef, out_dir: Path, overwrite: bool = False) -> tuple[Path, Comparison]:
-    """Write the model of ``lineage`` on ``base`` (its recipe's ``base_model``, resolved) to ``out_dir``; compare with the shipped weights."""
+    """Write the model of ``lineage`` on ``base`` (its recipe's ``base_model``, resolved) to ``out_dir``; compare with the shipped weights.
+
+    The rebuilt folder carries the shipped lineage document (merge section, multiplier and table as shipped; the base
+    pinned again, as found) and, when the shipped folder has them, its report.json and report.png, so its card has
+    the same model-index."""
     recipe = lineage.recipe.with_output(out_dir)
     result = lineage_result(lineage.document, recipe, lineage.folder)
     ref = ensure_checkpoint(base)
-    write_output(out_dir, recipe=recipe, entries=recipe.entries(), result=result, tokenizer=load_tokenizer(ref), base=base, ref=ref, overwrite=overwrite)
+    report_path = lineage.folder / REPORT_FILE
+    report = read_report(report_path) if report_path.is_file() else None
+    shipped_png = lineage.folder / "report.png"
+    picture = (lambda path: shutil.copyfile(shipped_png, path)) if report is not None and shipped_png.is_file() else None
+    document = {k: v for k, v in lineage.document.items() if k != "base"}
+    write_output(
+        out_dir,
+        recipe=recipe,
+        entries=recipe.entries(),
+        result=result,
+        tokenizer=load_tokenizer(ref),
+        base=base,
+        ref=ref,
+        report=report,
+        picture=picture,
+        overwrite=overwrite,
+        lineage=document,
+    )
     return out_dir, compare_weights(lineage.folder, out_dir)

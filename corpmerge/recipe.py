@@ -23,6 +23,7 @@ from corpmerge.yaml_io import MAX_RECIPE_BYTES, read_text_bounded, read_yaml
 MAX_POPULATION = 1_000_000  # entries of a sampled population
 MAX_GRID = 10_000
 MAX_PATH_CHARS = 4096
+LINEAGE_CONTEXT = "lineage"  # validation context of a lineage's recipe: rewards as the run recorded them
 BackendName = Literal["hf", "vllm"]  # scoring.backend: corpmerge.scoring.backends.<name>, class <NAME>Backend
 TrackerName = Literal["tensorboard", "wandb"]  # tracking.report_to: corpmerge.tracking.<name>
 
@@ -46,7 +47,9 @@ def _no_bool_size(value: Any) -> Any:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """Unknown keys refused, and no type coercion (``size: true`` is not 1, ``path: 12`` is not a path)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class EntrySpec(_Strict):
@@ -54,13 +57,26 @@ class EntrySpec(_Strict):
 
     seed: int = Field(ge=0, le=MAX_SEED, description="noise seed")
     sigma: float = Field(allow_inf_nan=False, description="noise scale σ (> 0; −σ only as the mirror of a listed (seed, σ) entry)")
-    reward: float | None = Field(default=None, allow_inf_nan=False, description="support reward, if already known")
+    examples: int | None = Field(
+        default=None, ge=1, description="fold-A examples behind the reward when racing stopped the entry early (its reward is an estimate)"
+    )
+    reward: float | None = Field(default=None, allow_inf_nan=False, description="support reward in [0, 1], if already known")
 
     @field_validator("sigma")
     @classmethod
     def _nonzero(cls, value: float) -> float:
         if value == 0:
             raise ValueError("Input should be greater than 0 (or −σ for the mirror of a listed {seed, sigma: σ} entry)")
+        return value
+
+    @field_validator("reward")
+    @classmethod
+    def _unit_reward(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """A given reward is a mean per-example score in [0, 1]; racing's estimates (``examples`` given, or in a
+        lineage) may lie outside it."""
+        estimate = info.data.get("examples") is not None or (info.context or {}).get(LINEAGE_CONTEXT)
+        if value is not None and not 0 <= value <= 1 and not estimate:
+            raise ValueError(f"a reward is a mean per-example score in [0, 1] (got {value:g}); give the fraction, e.g. 0.35 for 35%")
         return value
 
 
@@ -384,16 +400,54 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "recipe"
 
 
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema model whose keys are allowed at ``loc`` (the path of a key's parent), None when it is not a model."""
+    model: type[BaseModel] = Recipe
+    for i, item in enumerate(loc):
+        if loc[:i] == ("population",) and item in ("entries", "sampled"):
+            model = EntrySpec if item == "entries" else SampledPopulation
+            continue
+        if isinstance(item, int) or loc[: i + 1] == ("population",):
+            continue
+        field = next((f for n, f in model.model_fields.items() if item in (n, f.alias)), None)
+        found = _models_in(field.annotation) if field is not None else []
+        if len(found) != 1:
+            return None
+        model = found[0]
+    return model
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The schema models an annotation names (through Optional, list, Annotated and unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return list(dict.fromkeys(m for arg in get_args(annotation) for m in _models_in(arg)))
+
+
+def unknown_key_message(where: str, loc: tuple[Any, ...]) -> str:
+    """``where: unknown key``, with the closest allowed key (difflib) and the keys allowed there."""
+    model = _model_at(loc[:-1])
+    keys = [f.alias or n for n, f in model.model_fields.items()] if model is not None else []
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+    hint = f"; did you mean `{close[0]}`?" if close else "; remove it or check the spelling"
+    allowed = f" (keys here: {', '.join(keys)}; all keys: docs/recipe.md)" if keys else " (all keys: docs/recipe.md)"
+    return f"{where}: unknown key{hint}{allowed}"
+
+
 def _format_error(err: dict[str, Any]) -> str:
     loc = _format_loc(tuple(err["loc"]))
     kind = err["type"]
     msg = err["msg"]
     if kind == "extra_forbidden":
-        return f"{loc}: unknown key; remove it or check the spelling (see `corpmerge validate --help` and docs/recipe.md)"
+        return unknown_key_message(loc, tuple(err["loc"]))
     if kind == "missing":
         return f"{loc}: required field is missing"
     if kind == "literal_error" and loc == "dtype":
         return f"dtype: '{excerpt(err.get('input'))}' is not supported; use one of {', '.join(DTYPES)}"
+    if isinstance(err.get("input"), bool) and kind in ("int_type", "float_type", "int_parsing", "float_parsing"):
+        return f"{loc}: {str(err['input']).lower()} is a yes/no value, not a number; give a number"
+    if kind == "string_type":
+        return f"{loc}: must be text (got {excerpt(err.get('input'))}); quote it if it looks like a number"
     if kind == "finite_number":
         return f"{loc}: must be a finite number (got {excerpt(err.get('input'))})"
     if msg.startswith("Value error, "):
@@ -403,27 +457,32 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}"
 
 
-def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
-    """Validate plain data as a Recipe; raise a one-line CorpmergeError naming the field."""
+def parse_recipe(data: Any, source: str = "recipe", *, lineage: bool = False) -> Recipe:
+    """Validate plain data as a Recipe; raise a one-line CorpmergeError naming the field.
+
+    ``lineage``: the recipe a run resolved into its lineage, whose rewards may be racing's estimates (outside [0, 1])."""
+    if data is None:
+        raise CorpmergeError(f"{source}: the recipe is empty; write a YAML mapping with at least base_model and population (docs/recipe.md)")
     if not isinstance(data, dict):
-        raise CorpmergeError(f"{source}: a recipe must be a YAML mapping (key: value), got {type(data).__name__}")
+        raise CorpmergeError(f"{source}: a recipe must be a YAML mapping (key: value), got {_yaml_kind(data)}")
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={LINEAGE_CONTEXT: lineage})
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         unknown = [e for e in errors if e["type"] == "extra_forbidden"]  # `sigma:` is the cause of a missing `sigmas:`
-        message = _format_error(unknown[0] if unknown else errors[0])
-        if unknown:
-            parent, key = tuple(unknown[0]["loc"][:-1]), str(unknown[0]["loc"][-1])
-            missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and tuple(e["loc"][:-1]) == parent]
-            close = difflib.get_close_matches(key, missing, n=1)
-            message += f"; did you mean `{close[0]}`?" if close else ""
-        raise CorpmergeError(f"{source}: {message}") from None
+        raise CorpmergeError(f"{source}: {_format_error(unknown[0] if unknown else errors[0])}") from None
+
+
+def _yaml_kind(data: Any) -> str:
+    """What a YAML document that is not a mapping holds, in YAML's words."""
+    return "a list" if isinstance(data, list) else f"the {type(data).__name__} {excerpt(data)}"
 
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file (at most ``MAX_RECIPE_BYTES``, read with ``yaml_io.read_yaml``'s bounds)."""
     path = Path(path)
+    if path.is_dir():
+        raise CorpmergeError(f"{path}: is a folder; give the recipe's YAML file (e.g. {path / 'recipe.yaml'})")
     too_big = f"a recipe may have at most {MAX_RECIPE_BYTES // 2**20} MiB; sample big populations with {{size, sigmas, seed}} instead of listing them"
     text = read_text_bounded(path, MAX_RECIPE_BYTES, "the recipe", too_big)
     if text is None:

@@ -93,11 +93,11 @@ def test_a_run_card_has_a_model_index_with_the_held_out_results(tmp_path, tiny_m
     report = json.loads((out / "report.json").read_text())
     merged, base = report["evaluation"]["rows"]["merged"], report["evaluation"]["rows"]["base"]
     meta = metadata_load(out / "README.md")
-    assert meta["datasets"] == ["org/tiny-data"] and meta["base_model_relation"] == "merge"
+    assert meta["datasets"] == ["org/tiny-data"] and "base_model" not in meta and "base_model_relation" not in meta  # no relation without a base_model
     name, results = model_index_to_eval_results(meta["model-index"])
     assert len(results) == 1 and name.endswith("-corpmerge-corp")
     (res,) = results
-    assert (res.task_type, res.dataset_type, res.dataset_name, res.dataset_split) == ("text-generation", "org/tiny-data", "tiny_mc", "test")
+    assert (res.task_type, res.dataset_type, res.dataset_name, res.dataset_split) == ("text-generation", "org/tiny-data", "tiny_mc", "test[:12]")
     assert res.metric_type == "accuracy" and res.metric_value == round(merged["by_task"]["tiny_mc"], 4)
     card = ModelCard.load(out / "README.md")
     assert card.data.eval_results[0].metric_value == res.metric_value

@@ -154,7 +154,7 @@ def test_report_figure_has_the_three_labelled_panels(tmp_path):
     assert texts(gate_ax).count("accepted") == 2  # the stage-1 candidate and the stage-2 round
     assert "stopped early (racing)" in legend(gate_ax)
     assert "2 probed on fold C" in gate_ax.get_xlabel()
-    assert held_ax.get_title(loc="left").startswith("held-out corpmerge_arith (test): accuracy Δ vs base, paired 95% CI")
+    assert held_ax.get_title(loc="left").startswith("held-out corpmerge_arith (test): accuracy Δ vs base, paired 95% interval")
     models = [t.get_text().split("\n")[0] for t in held_ax.get_yticklabels()]
     assert models == ["base", "RandOpt K=1 (best entry)", "RandOpt top-50 vote (50 passes)", "corp (gated)"]  # top to bottom
     assert held_ax.get_xlabel() == "Δ accuracy vs base (percentage points)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Protocol
@@ -24,7 +25,7 @@ DEFAULT_ALPHA = 1.0  # step: α = 1 is the weighted mean
 class MethodParams(BaseModel):
     """Base class of every method's (scalar) parameters; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, strict=True)
 
 
 class TensorDelta(Protocol):
@@ -153,7 +154,13 @@ class MergeMethod:
                 key = ".".join(str(p) for p in err["loc"])
                 allowed = ", ".join(f.alias or n for n, f in self.params.model_fields.items()) or "none"
                 if err["type"] == "extra_forbidden":
-                    raise CorpmergeError(f"parameters.{key}: unknown parameter for merge_method '{self.name}'; allowed: {allowed}") from None
+                    close = difflib.get_close_matches(key, allowed.split(", "), n=1, cutoff=0.6)
+                    hint = f"did you mean `{close[0]}`? " if close else ""
+                    raise CorpmergeError(
+                        f"parameters.{key}: unknown parameter for merge_method '{self.name}'; {hint}allowed: {allowed} (`corpmerge methods` lists them)"
+                    ) from None
+                if isinstance(err.get("input"), bool):
+                    raise CorpmergeError(f"parameters.{key}: {str(err['input']).lower()} is a yes/no value, not a number; give a number") from None
                 raise CorpmergeError(f"parameters.{key}: {err['msg']} (got {excerpt(err.get('input'))})") from None
         return points
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -78,6 +79,15 @@ def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult |
     }
 
 
+def _drop_load_options(path: Path) -> None:
+    """How corpmerge loaded the tokenizer (``local_files_only``) is not part of it: left out of the written config."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.pop("local_files_only", None) is not None:
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def _save_config(folder: Path, target: Path, dtype: str) -> None:
     """The base folder's config (with the output dtype) and generation config, never a live model's."""
     from transformers import AutoConfig, GenerationConfig
@@ -102,6 +112,7 @@ def write_output(
     picture: Callable[[Path], Any] | None = None,
     verify: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
+    lineage: dict[str, Any] | None = None,
 ) -> Path:
     """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically.
 
@@ -110,7 +121,8 @@ def write_output(
     state. ``base`` is ``recipe.base_model`` as the command resolved it (``ref`` is its checkpoint),
     pinned in the lineage. ``verify(staged folder)`` runs once weights, config and tokenizer are
     staged and before the card is written; its answer goes into ``report.shipped_check`` and the card.
-    The location is checked again first (``check_output_location``): never onto or around the base,
+    ``lineage``: the lineage document to write (``rebuild``: the shipped one, its base pinned again); default
+    ``lineage_document(recipe, entries, result)``. The location is checked again first (``check_output_location``): never onto or around the base,
     ``overwrite`` replaces only a previous corpmerge output.
     """
     out_dir = Path(out_dir)
@@ -135,9 +147,10 @@ def write_output(
         _save_config(folder, tmp, recipe.dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            _drop_load_options(tmp / "tokenizer_config.json")
         if verify is not None and report is not None:
             report.shipped_check = ShippedCheck(**verify(tmp))
-        lineage = lineage_document(recipe, entries, result)
+        lineage = {**lineage} if lineage is not None else lineage_document(recipe, entries, result)
         lineage["base"] = pin_base(recipe.base_model, base, ref)
         (tmp / LINEAGE_FILE).write_text(dump_yaml(lineage))
         shown = None
@@ -145,7 +158,8 @@ def write_output(
             picture(tmp / "report.png")
             shown = "report.png"
         if result is not None:
-            (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown))
+            location = recipe.output.push_to_hub or str(out_dir.resolve())  # what the card's lm-eval command loads
+            (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown, location=location))
         elif report is not None:
             (tmp / "README.md").write_text(render_abstain_card(lineage, report, picture=shown))
         if report is not None:

@@ -2,13 +2,20 @@
 
 Front matter (written by ``huggingface_hub.ModelCardData``): ``base_model`` (a Hub id: the one the
 base is or was converted from, else the one the base's own card names; omitted when unknown),
-``base_model_relation: merge``, ``library_name: transformers``, ``tags``, the base card's
-``license``, the Hub ``datasets`` the tasks declare, and ``model-index`` with the held-out
-accuracy of the folder's model per task (the base's beside it in the card's body).
+``base_model_relation`` (``relation``), ``library_name: transformers``, ``tags`` (``card_tags``), the
+base card's ``license``, the Hub ``datasets`` the tasks declare, and ``model-index`` with the held-out
+accuracy of the folder's model per task, its split naming the examples behind it (``evidence``; the
+base's accuracy beside it in the card's body).
+
+Every fact the card states is derived from the lineage and the report by one function: what the weights
+are (``shipped_kind``), the tags, the relation, how the update was made (``method_sentence``), the
+examples behind a number (``evidence``) and the lm-eval command that reproduces it (``evaluation_commands``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +26,7 @@ from corpmerge import __version__
 from corpmerge.output.base_pin import front_matter_base
 from corpmerge.output.report_schema import HeldOut, RunReport, ShippedCheck
 
-TAGS = ["merge", "corpmerge", "corp"]
+CORP_METHODS = frozenset({"corp"})  # methods whose update is CoRP's operator (tag `corp`)
 CORPMERGE_TASK_PREFIX = "corpmerge_"  # the tasks shipped in corpmerge.tasks (`corpmerge tasks`)
 CITATIONS = """## Citation
 
@@ -47,15 +54,79 @@ RandOpt, the rewarded population and the top-K vote it is compared with:
 """
 
 
-def _front_matter(lineage: dict[str, Any], report: RunReport | None, row: str, merged: bool) -> str:
+def shipped_kind(lineage: dict[str, Any]) -> str:
+    """What the folder's weights are: ``base`` (an abstention written with write_on_abstain), ``single`` (the base plus
+    one seeded perturbation, e.g. ``best``), or ``merge`` (several perturbations combined)."""
+    merge = lineage.get("merge")
+    if merge is None:
+        return "base"
+    rows = lineage.get("lineage")
+    if rows is not None:
+        return "single" if len(rows) == 1 else "merge"
+    elites = merge.get("elite_seeds")
+    return "single" if elites is not None and len(elites) == 1 else "merge"
+
+
+def card_tags(lineage: dict[str, Any]) -> list[str]:
+    """``merge`` only for weights that combine perturbations, ``corp`` only for CoRP's operator, ``corpmerge`` always."""
+    kind = shipped_kind(lineage)
+    method = (lineage.get("merge") or {}).get("method")
+    return (["merge"] if kind == "merge" else []) + ["corpmerge"] + (["corp"] if kind != "base" and method in CORP_METHODS else [])
+
+
+def relation(lineage: dict[str, Any], base_model: str | None) -> str | None:
+    """``base_model_relation``: ``merge`` when the weights combine perturbations of a named ``base_model``; otherwise
+    none (a copy of the base, or one perturbation of it, is not a merge; without ``base_model`` there is no relation)."""
+    return "merge" if base_model and shipped_kind(lineage) == "merge" else None
+
+
+def method_sentence(lineage: dict[str, Any]) -> str:
+    """How the weights were made, in one paragraph, from the lineage's method and update."""
+    kind = shipped_kind(lineage)
+    scheme = f"made with corpmerge {__version__} (noise scheme `{lineage.get('noise')}`)"
+    if kind == "base":
+        return f"No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged ({scheme}).\n"
+    method = lineage["merge"]["method"]
+    if kind == "single":
+        how = (
+            "`best` kept the single best-rewarded perturbation of the population (RandOpt K=1); nothing was merged"
+            if method == "best"
+            else f"`{method}` gave all the weight to one perturbation"
+        )
+        return f"This model is its base plus one seeded Gaussian perturbation, θ = θ₀ + a·ε(s), {scheme}. No gradient was used: {how}.\n"
+    if method in CORP_METHODS:
+        how = "folded into one model with CoRP's operator (see the citations below)"
+    else:
+        how = f"combined into one model by `{method}`: {_summary(method)}"
+    update = (
+        "a weighted sum of seeded Gaussian perturbations, θ = θ₀ + Σₛ aₛ·ε(s)"
+        if lineage.get("lineage") is not None
+        else "a tensor-wise merge of seeded Gaussian perturbations"
+    )
+    return (
+        f"This model is its base plus {update}, {scheme}. No gradient was used: the perturbations were rewarded on a task (RandOpt's population) and {how}.\n"
+    )
+
+
+def _summary(method: str) -> str:
+    from corpmerge.methods import get_method
+
+    try:
+        return get_method(method).summary
+    except Exception:  # a lineage from a corpmerge with other methods
+        return "see `corpmerge methods`"
+
+
+def _front_matter(lineage: dict[str, Any], report: RunReport | None, row: str) -> str:
     """YAML front matter; ``row`` is the held-out row of the folder's weights (merged, or base on abstention)."""
     pin = lineage.get("base") or {}
     results = _eval_results(report, row)
+    base_model = front_matter_base(pin)
     data = ModelCardData(
-        base_model=front_matter_base(pin),
-        base_model_relation="merge" if merged else None,
+        base_model=base_model,
+        base_model_relation=relation(lineage, base_model),
         library_name="transformers",
-        tags=TAGS,
+        tags=card_tags(lineage),
         license=pin.get("license"),
         datasets=sorted(set(report.datasets.values())) if report and report.datasets else None,
         model_name=_title_name(lineage) if results else None,
@@ -74,18 +145,20 @@ def _eval_results(report: RunReport | None, row: str) -> list[EvalResult]:
     if held is None or row not in held.rows:
         return []
     values = held.rows[row].by_task
-    results = [
-        EvalResult(
-            task_type="text-generation",
-            dataset_type=report.datasets.get(task, task),
-            dataset_name=task,
-            dataset_split=held.split,
-            metric_type="accuracy",
-            metric_value=round(value, 4),
-            metric_name=f"accuracy (held-out {held.split}, corpmerge)",
+    results = []
+    for task, value in sorted(values.items()):
+        split, words = evidence(held, task)
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=report.datasets.get(task, task),
+                dataset_name=task,
+                dataset_split=split,
+                metric_type="accuracy",
+                metric_value=round(value, 4),
+                metric_name=f"accuracy on {words} (corpmerge)",
+            )
         )
-        for task, value in sorted(values.items())
-    ]
     for task, other in sorted(held.other_tasks.items()):  # evaluate.tasks the support does not train
         if row in other.rows:
             results.append(
@@ -100,6 +173,22 @@ def _eval_results(report: RunReport | None, row: str) -> list[EvalResult]:
                 )
             )
     return results
+
+
+def evidence(held: HeldOut, task: str) -> tuple[str, str]:
+    """The split label and the words for the examples behind a task's held-out number: ``test`` and "all 200 test
+    examples", ``test[:40]`` and "the first 40 of 200 test examples (evaluate.limit)", or the examples left once
+    the support set's are taken out."""
+    n = held.n_by_task.get(task, held.n if len(held.tasks) == 1 else None)
+    size = held.split_sizes.get(task)
+    of = f" of {size}" if size is not None else ""
+    if n is None:
+        return held.split, f"the {held.split} split"
+    if size is not None and n == size:
+        return held.split, f"all {n} {held.split} examples"
+    if not held.excluded_support.get(task):
+        return f"{held.split}[:{n}]", f"the first {n}{of} {held.split} examples (evaluate.limit)"
+    return held.split, f"{n}{of} {held.split} examples, those not in the support set"
 
 
 def _short_name(base_model: str) -> str:
@@ -119,22 +208,22 @@ def render_model_card(
     report: RunReport | None = None,
     max_rows: int = 20,
     picture: str | None = None,
+    location: str | None = None,
 ) -> str:
     """Markdown model card from the lineage document (and the run report, when there is one).
 
     ``picture`` is the run report's image relative to the folder (e.g. ``report.png``), shown
-    with the report; pass it only when the folder holds that file.
+    with the report; pass it only when the folder holds that file. ``location``: where a reader finds the
+    model (the folder's absolute path, or the Hub repo id it is pushed to), named in the lm-eval command.
     """
     recipe = lineage["recipe"]
     merge = lineage["merge"]
     pop = lineage["population_summary"]
+    noun = "merge" if shipped_kind(lineage) == "merge" else "model"
     parts = [
-        _front_matter(lineage, report, "merged", merged=True),
-        f"# {_short_name(recipe['base_model'])} — corpmerge `{merge['method']}` merge\n",
-        "This model is its base plus a weighted sum of seeded Gaussian perturbations, "
-        f"θ = θ₀ + Σₛ aₛ·ε(s), made with corpmerge {__version__} "
-        f"(noise scheme `{lineage['noise']}`). No gradient was used: the perturbations were rewarded on a task "
-        "(RandOpt's population) and folded into one model with CoRP's operator (see the citations below).\n",
+        _front_matter(lineage, report, "merged"),
+        f"# {_short_name(recipe['base_model'])} — corpmerge `{merge['method']}` {noun}\n",
+        method_sentence(lineage),
         _base_section(lineage),
         "## Merge\n",
         _table(
@@ -162,7 +251,8 @@ def render_model_card(
                 ]
             ],
         )
-        + "\n",
+        + "\n"
+        + estimates_note(report),
     ]
     if report:
         parts.append(_report_section(report, picture))
@@ -182,34 +272,54 @@ def render_model_card(
         "## Reproduce and evaluate\n\n`corpmerge.yaml` holds the resolved recipe (the population with its rewards) "
         "and the lineage: the base, the noise scheme and that table determine every weight; "
         "`corpmerge rebuild corpmerge.yaml -o DIR` writes the model again from them and the base and says whether "
-        "the bits equal these.\n\n" + evaluation_commands(recipe)
+        "the bits equal these.\n\n" + evaluation_commands(recipe, location, report.evaluation if report else None)
     )
     parts.append(CITATIONS)
     return "\n".join(parts)
 
 
-def evaluation_commands(recipe: dict[str, Any]) -> str:
-    """How to evaluate the model with lm-eval on the tasks it was tuned on, as shell lines a reader can paste.
+def evaluation_commands(recipe: dict[str, Any], location: str | None = None, held: HeldOut | None = None) -> str:
+    """How to evaluate the model with lm-eval as corpmerge did, as shell lines a reader can paste.
 
-    corpmerge's own tasks (named ``corpmerge_*``) come with the corpmerge package: lm-eval finds them through
-    ``--include_path``, the folder ``corpmerge tasks --path`` prints. A task from the recipe's
-    ``scoring.include_path`` lives in that folder on the machine that ran corpmerge.
+    The model is ``location`` (default: the recipe's ``output.push_to_hub``, else its ``output.path`` made absolute);
+    every setting that changes a score is passed: the dtype corpmerge scored in, few-shot, chat template,
+    ``task_args`` (as ``--metadata``) and ``evaluate.limit``. corpmerge's own tasks (named ``corpmerge_*``) come with
+    the corpmerge package: lm-eval finds them through ``--include_path``, the folder ``corpmerge tasks --path``
+    prints. A task from the recipe's ``scoring.include_path`` lives in that folder on the machine that ran corpmerge.
     """
     scoring = recipe.get("scoring") or {}
-    names = list(dict.fromkeys([*(scoring.get("tasks") or []), *((recipe.get("evaluate") or {}).get("tasks") or [])]))
+    evaluate = recipe.get("evaluate") or {}
+    output = recipe.get("output") or {}
+    names = list(dict.fromkeys(evaluate.get("tasks") or scoring.get("tasks") or []))
     own = bool(names) and all(name.startswith(CORPMERGE_TASK_PREFIX) for name in names)
     include = scoring.get("include_path")
     lines = ["pip install corpmerge  # corpmerge's tasks, and the `corpmerge` command that locates them"] if own or not include else []
     where = shlex.quote(include) if include and not own else '"$(corpmerge tasks --path)"'
     task_list = ",".join(names) if names else "<task>"
-    lines.append(f"lm_eval --model hf --model_args pretrained=<this folder or repo> --include_path {where} --tasks {task_list}")
-    note = (
-        f"The task files come from `scoring.include_path` (`{include}` on the machine that ran corpmerge): copy that folder "
-        "and point `--include_path` at the copy.\n\n"
-        if include and not own
-        else ""
-    )
-    return "Evaluate with lm-eval:\n\n```bash\n" + "\n".join(lines) + "\n```\n\n" + note
+    model = location or output.get("push_to_hub") or os.path.abspath(output.get("path") or ".")
+    dtype = scoring.get("dtype") or recipe.get("dtype")
+    args = [f"--model_args {shlex.quote(f'pretrained={model}' + (f',dtype={dtype}' if dtype else ''))}", f"--include_path {where}", f"--tasks {task_list}"]
+    if scoring.get("num_fewshot") is not None:
+        args.append(f"--num_fewshot {int(scoring['num_fewshot'])}")
+    if scoring.get("apply_chat_template"):
+        args.append("--apply_chat_template")
+    if scoring.get("task_args"):
+        args.append(f"--metadata {shlex.quote(json.dumps(scoring['task_args'], sort_keys=True))}")
+    if evaluate.get("limit"):
+        args.append(f"--limit {int(evaluate['limit'])}")
+    lines.append("lm_eval --model hf " + " ".join(args))
+    notes = []
+    if include and not own:
+        notes.append(
+            f"The task files come from `scoring.include_path` (`{include}` on the machine that ran corpmerge): copy that folder "
+            "and point `--include_path` at the copy."
+        )
+    split = evaluate.get("split")
+    if split and split != "test":
+        notes.append(f"corpmerge evaluated split `{split}`; lm-eval evaluates each task's test split (validation when it has none).")
+    if held is not None and held.excluded_support:
+        notes.append("corpmerge left the support examples of that split out of its evaluation, so lm-eval's number covers more examples.")
+    return "Evaluate with lm-eval:\n\n```bash\n" + "\n".join(lines) + "\n```\n\n" + "".join(f"{note}\n\n" for note in notes)
 
 
 def render_abstain_card(lineage: dict[str, Any], report: RunReport, picture: str | None = None) -> str:
@@ -217,9 +327,9 @@ def render_abstain_card(lineage: dict[str, Any], report: RunReport, picture: str
     base_model = lineage["recipe"]["base_model"]
     return "\n".join(
         [
-            _front_matter(lineage, report, "base", merged=False),
+            _front_matter(lineage, report, "base"),
             f"# {_short_name(base_model)} — corpmerge abstained\n",
-            "No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged.\n",
+            method_sentence(lineage),
             _base_section(lineage),
             _report_section(report, picture),
             CITATIONS,
@@ -270,46 +380,74 @@ def _report_section(report: RunReport, picture: str | None = None) -> str:
     held = report.evaluation
     if held:
         rows = []
-        for label, row in held.rows.items():
-            diff = f"{row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}]" if row.diff is not None else "—"
-            rows.append([label, f"{row.accuracy:.4f}", diff, row.n])
+        for key, row in held.rows.items():
+            diff = f"{100 * row.diff:+.1f} pts [{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}]" if row.diff is not None else "—"
+            rows.append([row_label(key, report.method), f"{100 * row.accuracy:.1f}%", diff, row.n])
         notes = []
         if held.ranked_on:
-            notes.append(f"RandOpt rows (`best_entry`, `randopt_top*`) are ranked on {held.ranked_on} of the support set.")
+            notes.append(f"The RandOpt rows are ranked on {held.ranked_on} of the support set.")
         if held.clustered_by:
             notes.append(held.clustering_note() + ".")
         for task, n in sorted(held.excluded_support.items()):
             notes.append(f"{n} examples of `{task}` ({held.split}) are support examples and were left out.")
         lines.append(
             f"## Held-out evaluation ({', '.join(held.tasks)}, split `{held.split}`)\n\n"
-            + _table(["model", "accuracy", "diff vs base (95% CI)", "n"], rows)
+            + _table(["model", "accuracy", f"Δ vs base ({'clustered' if held.clustered_by else 'paired'} 95% interval)", "n"], rows)
             + "\n"
             + "".join(f"\n{note}\n" for note in notes)
         )
         shipped = "merged" if "merged" in held.rows else "base"
         per_task = [
-            [f"`{task}`", "accuracy", f"{value:.4f}", f"{held.rows['base'].by_task.get(task, float('nan')):.4f}"]
+            [f"`{task}`", "accuracy", f"{value:.4f}", f"{held.rows['base'].by_task.get(task, float('nan')):.4f}", evidence(held, task)[1]]
             for task, value in sorted(held.rows[shipped].by_task.items())
         ]
         if per_task:
-            lines.append("Per task (the `model-index` of this card):\n\n" + _table(["task", "metric", "this model", "base"], per_task) + "\n")
+            lines.append("Per task (the `model-index` of this card):\n\n" + _table(["task", "metric", "this model", "base", "on"], per_task) + "\n")
         if held.other_tasks:
-            lines.append(_other_tasks_section(held))
+            lines.append(_other_tasks_section(held, report.method))
     return "\n".join(lines)
 
 
-def _other_tasks_section(held: HeldOut) -> str:
+def _other_tasks_section(held: HeldOut, method: str) -> str:
     """The evaluate tasks the support does not train, each on its own: accuracy and Δ vs the base (a regression shows here)."""
     rows = []
     for task, other in sorted(held.other_tasks.items()):
         for key, row in other.rows.items():
             diff = f"{100 * row.diff:+.1f} pts [{100 * row.ci_low:+.1f}, {100 * row.ci_high:+.1f}]" if row.diff is not None else "—"
-            rows.append([f"`{task}`", key, f"{100 * row.accuracy:.1f}%", diff, row.n])
+            rows.append([f"`{task}`", row_label(key, method), f"{100 * row.accuracy:.1f}%", diff, row.n])
     return (
         "Tasks the support does not train (`evaluate.tasks`), each on its own, on the same models:\n\n"
         + _table(["task", "model", "accuracy", "Δ vs base (paired 95% interval)", "n"], rows)
         + "\n"
     )
+
+
+def estimates_note(report: RunReport | None) -> str:
+    """Which rewards are racing's estimates and on how many fold-A examples ('' when every entry saw the whole fold)."""
+    racing = report.racing if report else None
+    if racing is None or not racing.examples:
+        return ""
+    size = max(racing.examples)
+    short = [m for m in racing.examples if m < size]
+    if not short:
+        return ""
+    full = [r for r, m in zip(report.population.rewards, racing.examples) if m == size]
+    full_range = f"; over the {len(full)} entries scored on all {size}: min {min(full):.4f}, max {max(full):.4f}" if full else ""
+    return (
+        f"\n{len(short)} of {len(racing.examples)} rewards are estimates: racing stopped those entries after {min(short)}–{max(short)} "
+        f"of the {size} fold-A examples (an estimate can lie outside [0, 1]){full_range}.\n"
+    )
+
+
+def row_label(key: str, method: str) -> str:
+    """A held-out row's name as the terminal table gives it: base, RandOpt K=1, a top-K vote, the merged model."""
+    if key == "best_entry":
+        return "RandOpt K=1 (best entry)"
+    if key.startswith("randopt_top"):
+        return f"RandOpt top-{key[len('randopt_top') :]} vote"
+    if key == "stage1":
+        return "stage 1"
+    return f"{method} (merged)" if key == "merged" else key
 
 
 def _shipped_line(check: ShippedCheck) -> str:

@@ -122,6 +122,8 @@ class HeldOut(Part):
     rows: dict[str, HeldOutRow]
     n: int
     ranked_on: str | None = None  # what the RandOpt rows were ranked on
+    n_by_task: dict[str, int] = {}  # task → examples evaluated (the first evaluate.limit of those not in the support set)
+    split_sizes: dict[str, int] = {}  # task → examples in its evaluate split
     excluded_support: dict[str, int] = {}  # task → support examples of this split left out
     clustered_by: dict[str, str] = {}  # task → the document field its examples share (intervals are cluster-robust)
     clusters: int | None = None  # distinct clusters among the n examples

@@ -107,6 +107,16 @@ def _write_error(out_dir: Path, exc: Exception) -> CorpmergeError:
     )
 
 
+def check_finite(name: str, value: torch.Tensor, dtype: str) -> None:
+    """Refuse a perturbed tensor with inf or NaN values (θ₀ + Δ overflowed ``dtype``): nothing is published."""
+    bad = int((~torch.isfinite(value)).sum())
+    if bad:
+        raise CorpmergeError(
+            f"{name}: θ₀ + Δ has {bad:,} non-finite (inf/NaN) values in {dtype}, so nothing was written; the update is too large "
+            "for these weights: use a smaller σ (docs/sizing.md: choosing σ)"
+        )
+
+
 def write_weights(
     folder: Path,
     source: TensorSource,
@@ -134,6 +144,8 @@ def write_weights(
                 value = base
             if value.is_floating_point():
                 value = value.to(out_dtype)
+            if name in perturbed:
+                check_finite(name, value, dtype)
             shard[name] = value.contiguous()
             weight_map[name] = file
             total += shard[name].numel() * shard[name].element_size()

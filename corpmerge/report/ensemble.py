@@ -32,7 +32,12 @@ def majority_vote(predictions: Sequence[Sequence[str | None]], correct: Sequence
     return result
 
 
-def recovered_fraction(base: float, ensemble: float, merged: float) -> float | None:
-    """Share of the ensemble's gain over the base that the single merged model keeps."""
+def recovered_fraction(base: float, ensemble: float, merged: float, intervals: tuple[tuple[float, float], tuple[float, float]] | None = None) -> float | None:
+    """Share (merged − base) / (ensemble − base) of the ensemble's gain over the base that the single merged model keeps.
+
+    ``intervals``: the 95% intervals (low, high) of the ensemble's and the merged model's gains; when either covers 0
+    a gain is not shown to exist and the ratio of two such gains means nothing: None."""
     gain = ensemble - base
+    if intervals is not None and any(low <= 0 <= high for low, high in intervals):
+        return None
     return None if abs(gain) < 1e-12 else (merged - base) / gain

@@ -114,6 +114,8 @@ def evaluate_held_out(
         "rows": rows,
         "n": int(base.size),
         "ranked_on": f"fold A ({count(session.folds['A'])} examples)",
+        "n_by_task": {t: len(d) for t, d in sorted(docs.items())},  # what the card's model-index values stand on
+        "split_sizes": {t: suite.doc_count(t) for t in sorted(docs)},
     }
     if clusters is not None:
         report["clustered_by"] = {t: f for t, f in suite.cluster_by.items() if t in docs}
@@ -124,7 +126,8 @@ def evaluate_held_out(
         report["excluded_support"] = excluded  # {task: support examples of this split left out of the evaluation}
     if ensemble_k and "merged" in rows:
         biggest = f"randopt_top{max(ensemble_k)}"
-        report["recovered_fraction"] = recovered_fraction(rows["base"]["accuracy"], rows[biggest]["accuracy"], rows["merged"]["accuracy"])
+        spans = tuple((rows[r]["ci_low"], rows[r]["ci_high"]) for r in (biggest, "merged"))  # None when a gain's interval covers 0
+        report["recovered_fraction"] = recovered_fraction(rows["base"]["accuracy"], rows[biggest]["accuracy"], rows["merged"]["accuracy"], spans)
     return report
 
 

@@ -25,7 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 from rich.console import RenderableType
 
 from corpmerge.output.report_schema import RunReport
-from corpmerge.report.view import evaluation_scope, finite, load_report, model_label, ordered_rows, report_view
+from corpmerge.report.view import evaluation_scope, finite, load_report, model_label, ordered_rows, report_view, shown_fraction
 
 WIDTH_IN, DPI = 8.0, 100
 FIXES, REGRESSIONS, MERGED, OTHER = "#2a9d8f", "#e76f51", "#264653", "#8d99ae"
@@ -97,6 +97,10 @@ def _rewards_panel(ax: Axes, report: RunReport) -> None:
     if rewards.size:
         _histogram(ax, rewards)
         title += f" ({rewards.size} entries)"
+        examples = report.racing.examples if report.racing else []
+        short = sum(m < max(examples) for m in examples) if examples else 0
+        if short:
+            title += f"\n{short} are racing's estimates from fewer than {max(examples)} examples"
     elif None not in (low, mean, high):
         ax.hlines(0.5, low, high, color=OTHER, linewidth=6, label=f"range {low:.3f}–{high:.3f}")
         ax.plot([mean], [0.5], "o", color=MERGED, label=f"mean {mean:.3f}")
@@ -218,7 +222,7 @@ def _held_out_panel(ax: Axes, report: RunReport) -> None:
     if evaluation is None or not evaluation.rows:
         _no_data(ax, "held-out evaluation", "no held-out evaluation in this run (the recipe has no `evaluate:`)")
         return
-    title = f"held-out {evaluation_scope(evaluation)}: accuracy Δ vs base, paired 95% CI"
+    title = f"held-out {evaluation_scope(evaluation)}: accuracy Δ vs base, {'clustered' if evaluation.clustered_by else 'paired'} 95% interval"
     rows = ordered_rows(evaluation)
     labels, ys = [], np.arange(len(rows))[::-1]
     for y, (key, row) in zip(ys, rows):
@@ -240,9 +244,9 @@ def _held_out_panel(ax: Axes, report: RunReport) -> None:
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ranked = evaluation.ranked_on
     ax.set_xlabel("Δ accuracy vs base (percentage points)" + (f"\nRandOpt entries ranked on {ranked}" if ranked else ""))
-    fraction = finite(evaluation.recovered_fraction)
+    fraction = shown_fraction(evaluation)
     if fraction is not None:
-        title += f"\nmerged gain = {fraction:.2f}× the largest vote's gain"
+        title += f"\nmerged gain = {fraction:.2f}× the largest vote's gain (both intervals exclude 0)"
     ax.set_title(title, loc="left")
     ax.grid(axis="x", alpha=0.3)
 

@@ -47,6 +47,9 @@ def gate_section(spec: GateSpec, decision: GateDecision) -> Gate:
             probe_lcb=cand.probe[decision.multiplier].lcb,
             probe={str(m): s.as_dict() for m, s in cand.probe.items()},
         )
+    probed = [c for c in decision.candidates if c.probe]
+    if cand is None and probed:  # abstained at the probe: keep the fold-C statistics of the (last) candidate probed
+        fields["probe"] = {str(m): s.as_dict() for m, s in probed[-1].probe.items()}
     return Gate(**fields)
 
 

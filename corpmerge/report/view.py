@@ -41,7 +41,7 @@ def model_label(key: str, evaluation: HeldOut, method: str, gated: bool = False,
         return f"RandOpt K=1 (best entry{by})"
     if key.startswith("randopt_top"):
         k = key[len("randopt_top") :]
-        return f"RandOpt top-{k} vote ({k} passes{by})"
+        return f"RandOpt top-{k} vote ({k} {'pass' if k == '1' else 'passes'}{by})"
     if key == "stage1":
         return "stage 1 (the centre stage 2 started from)"
     if key == "merged":
@@ -62,8 +62,10 @@ def _row_order(key: str) -> tuple[int, int, str]:
 
 
 def ordered_rows(evaluation: HeldOut) -> list[tuple[str, HeldOutRow]]:
-    """The held-out rows: base, K=1, the votes by K, the merged model, then anything else."""
-    return sorted(evaluation.rows.items(), key=lambda kv: _row_order(kv[0]))
+    """The held-out rows: base, K=1, the votes by K, the merged model, then anything else; a top-1 vote is RandOpt
+    K=1's own predictions, so beside the best entry's row it is left out (one model, one row)."""
+    rows = [(k, r) for k, r in evaluation.rows.items() if not (k == "randopt_top1" and "best_entry" in evaluation.rows)]
+    return sorted(rows, key=lambda kv: _row_order(kv[0]))
 
 
 def report_view(report: RunReport, report_path: str | Path | None = None, picture: str | Path | None = None) -> RenderableType:
@@ -149,10 +151,23 @@ def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False
                 )
             )
         )
-    fraction = finite(evaluation.recovered_fraction)
+    fraction = shown_fraction(evaluation)
     if fraction is not None:
-        parts.append(Text(f"the merged model's gain over the base is {fraction:.2f}× the largest ensemble's gain"))
+        parts.append(Text(f"the merged model's gain over the base is {fraction:.2f}× the largest vote's gain (both gains' 95% intervals exclude 0)"))
     return parts
+
+
+def shown_fraction(evaluation: HeldOut) -> float | None:
+    """The report's merged-gain ÷ largest-vote-gain ratio, only where both gains' 95% intervals exclude 0 (a report
+    written before that rule may hold a ratio of gains not shown to exist)."""
+    fraction = finite(evaluation.recovered_fraction)
+    votes = [k for k in evaluation.rows if k.startswith("randopt_top") and k[len("randopt_top") :].isdigit()]
+    rows = [evaluation.rows.get("merged"), evaluation.rows[max(votes, key=lambda k: int(k[len("randopt_top") :]))] if votes else None]
+    for row in rows:
+        low, high = (finite(row.ci_low), finite(row.ci_high)) if row is not None else (None, None)
+        if low is None or high is None or low <= 0 <= high:
+            return None
+    return fraction
 
 
 def render_evaluation(console: Console, evaluation: HeldOut, method: str) -> None:
