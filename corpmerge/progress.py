@@ -32,6 +32,11 @@ def set_reporter(reporter: Reporter | None) -> None:
     _reporter = reporter or _silent
 
 
+def current() -> Reporter:
+    """The installed reporter (to ``tee`` another beside it, and put it back after)."""
+    return _reporter
+
+
 def task(description: str, total: int) -> ContextManager[Advance]:
     """A unit of long work with ``total`` steps: ``with task(...) as advance: advance()``."""
     return _reporter(description, total)

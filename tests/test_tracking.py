@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from conftest import run_cli, scoring_recipe, write_recipe
 
+from corpmerge import progress
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import Recipe, TrackingSpec
 from corpmerge.tracking import Point, RunInfo, Tracking, flatten, require
@@ -124,8 +125,11 @@ def test_tensorboard_event_files_hold_what_report_json_holds(tracked_run):
     logged = tensorboard_scalars(board)
     assert {"population/rewards", "racing/stage", "gate/accepted", "candidates/validate/lcb", "evaluation/rows/base/accuracy"} <= logged.keys()
     assert len(logged["population/rewards"]) == report["population"]["size"] == 6
+    assert logged["progress/units"] and max(logged["progress/fraction"].values()) == 1.0  # while the run went, not report.json's
     for tag, values in logged.items():
         for step, value in values.items():
+            if tag.startswith("progress/"):
+                continue
             if tag == "racing/stage":  # the stage each entry reached: its examples' place among the stage sizes
                 assert report["racing"]["stages"][int(value) - 1] == report["racing"]["examples"][step]
             else:
@@ -147,7 +151,10 @@ def test_an_offline_wandb_run_holds_what_report_json_holds(tracked_run):
     assert summary["gate/reason"] == report["gate"]["reason"]
     for tag, value in summary.items():
         assert at(report, tag, 0) == value, tag
+    assert history["progress/units"] and "progress/task" in history
     for tag, values in history.items():
+        if tag.startswith("progress/"):
+            continue
         for step, value in values.items():
             expected = report["racing"]["examples"][step] if tag == "racing/stage" else at(report, tag, step)
             if tag == "racing/stage":
@@ -267,6 +274,20 @@ def test_stage2_rounds_are_logged_at_their_index(tmp_path):
         for step, value in values.items():
             assert value == pytest.approx(float(at(report, tag, step))), tag
     assert {t for t in leaves(report) if not isinstance(at(report, t, 0), str)} <= logged.keys()
+
+
+def test_long_work_reaches_the_trackers_while_it_runs(tmp_path):
+    before = progress.current()
+    tracking = Tracking([TensorBoardTracker(RunInfo("r", "p", tmp_path, tmp_path / "runs"))])
+    with progress.task("scoring population: stage 1/2 (4 of 8 examples)", 3) as advance:
+        advance()
+        advance(2)
+    with progress.task("held-out evaluation (test)", 2) as advance:
+        advance(2)
+    tracking.finish({}, [])
+    assert progress.current() is before
+    logged = tensorboard_scalars_plain(tmp_path / "runs")
+    assert logged == {"progress/fraction": {0: 1.0}, "progress/units": {0: 5.0}}  # each task's end; more often on long tasks
 
 
 def test_records_flatten_to_their_json_paths():

@@ -17,14 +17,16 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, get_args
+from typing import Any, Callable, Iterable, Iterator, Protocol, get_args
 
 from pydantic import BaseModel
 
-from corpmerge import __version__
+from corpmerge import __version__, progress
 from corpmerge.errors import CorpmergeError, first_line, log_traceback
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, TrackerName, TrackingSpec
@@ -32,6 +34,7 @@ from corpmerge.recipe import Recipe, TrackerName, TrackingSpec
 log = logging.getLogger(__name__)
 
 TRACKERS: tuple[str, ...] = get_args(TrackerName)
+PROGRESS_EVERY_S = 10.0  # at most one progress point per task this often (and one when it ends)
 CONFIG_ENTRIES = 1000  # a listed population longer than this goes to the config as its size
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker → the package it needs (its corpmerge extra has the same name)
 
@@ -117,6 +120,11 @@ class Tracking:
     def __init__(self, trackers: list[Tracker]) -> None:
         self.trackers = list(trackers)
         self.logged: set[str] = set()
+        self.start, self.units, self.lock = time.monotonic(), 0, threading.Lock()
+        self.reporter: progress.Reporter | None = None
+        if self.trackers:
+            self.reporter = progress.current()  # long work (evaluation units, weight files) reaches the trackers as it goes
+            progress.set_reporter(progress.tee(self.reporter, self._progress))
         atexit.register(self.close)  # a run that stops with an exception still flushes what it logged
 
     def __enter__(self) -> "Tracking":
@@ -132,7 +140,8 @@ class Tracking:
             except Exception as exc:  # a tracker never stops the run
                 log_traceback(f"tracker {tracker.name}, {what}", exc)
                 log.warning("tracking: %s failed while logging %s (%s); the run goes on without it", tracker.name, what, first_line(exc))
-                self.trackers.remove(tracker)
+                if tracker in self.trackers:  # progress may reach a tracker from another thread
+                    self.trackers.remove(tracker)
                 try:
                     tracker.close()
                 except Exception:
@@ -151,6 +160,32 @@ class Tracking:
         texts = [p for p in points if isinstance(p.value, str)]
         self._each(", ".join(sections), lambda t: (t.scalars(numbers), t.texts(texts)))
 
+    @contextmanager
+    def _progress(self, description: str, total: int) -> Iterator[progress.Advance]:
+        """Progress while a phase runs (not report.json's): ``progress/task`` (the task's label) when it starts, then
+        ``progress/fraction`` (of this task) and ``progress/units`` (done in the run so far) at most every
+        ``PROGRESS_EVERY_S`` and when it ends; the step is the run's elapsed seconds."""
+        done, last = 0, time.monotonic()
+        self._live([Point("progress/task", self._elapsed(), description, "progress")])
+
+        def advance(steps: int = 1, *, status: str | None = None) -> None:
+            nonlocal done, last
+            with self.lock:
+                done, self.units = done + steps, self.units + steps
+                if done < total and time.monotonic() - last < PROGRESS_EVERY_S:
+                    return
+                last, step = time.monotonic(), self._elapsed()
+                points = [Point("progress/fraction", step, done / max(total, 1), "progress"), Point("progress/units", step, float(self.units), "progress")]
+            self._live(points)
+
+        yield advance
+
+    def _elapsed(self) -> int:
+        return int(time.monotonic() - self.start)
+
+    def _live(self, points: list[Point]) -> None:
+        self._each("progress", lambda t: t.texts(points) if isinstance(points[0].value, str) else t.scalars(points))
+
     def scored(self, entries: list[Entry], race: dict[str, Any]) -> None:
         """The population's fold-A rewards and its race (report.json's ``population/rewards`` and ``racing``), and
         ``racing/stage``: the racing stage (1-based) each entry reached."""
@@ -167,6 +202,9 @@ class Tracking:
         self.close()
 
     def close(self) -> None:
+        if self.reporter is not None:
+            progress.set_reporter(self.reporter)
+            self.reporter = None
         trackers, self.trackers = self.trackers, []
         for tracker in trackers:
             try:
