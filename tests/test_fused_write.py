@@ -148,6 +148,51 @@ def test_the_api_edges_raise_and_name_the_limit():
         noise.write_update(torch.empty(4, 8), theta, "w", [1, 2], [1.0])
 
 
+def test_a_negative_row_stride_is_refused():
+    with pytest.raises(ValueError, match="row_stride -1 is negative"):
+        noise.write_update(torch.empty(3, 4), torch.zeros(3, 4), "x", [1], [1.0], offset=1, row_stride=-1)
+
+
+def test_a_float64_theta0_is_rounded_to_float32_first_as_before():
+    theta = torch.randn(5, 7, dtype=torch.float64)
+    dest = torch.empty(5, 7)
+    assert noise.write_update(dest, theta, "d", [4], [3e-3]) == "torch"
+    assert same_bits(dest, expected(theta.to(torch.float32), torch.float32, "d", [4], [3e-3], 0, None))
+
+
+def test_the_torch_path_cuts_a_long_row_into_blocks(monkeypatch):
+    theta = torch.randn(1000).to(torch.bfloat16)
+    whole = torch.empty_like(theta)
+    noise.write_update(whole, theta, "long", [8, 9], [1e-3, 2e-3])
+    monkeypatch.setattr(noise, "_WINDOW_CHUNK", 64)
+    monkeypatch.setattr(noise, "_fused_path", lambda dest, theta0: "torch")
+    blocks = torch.empty_like(theta)
+    noise.write_update(blocks, theta, "long", [8, 9], [1e-3, 2e-3])
+    assert same_bits(blocks, whole)
+
+
+def test_the_cuda_kernel_compiles_without_fused_multiply_adds():
+    """Triton's compiler for sm_90 (no GPU needed): the PTX of every dtype pair has no fma and no flush-to-zero, and
+    converts int64 → float32 to nearest even, as the contract's arithmetic requires."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from corpmerge.noise import philox_triton
+    from corpmerge.noise.icdf import FRACTION_BITS, KNOT_BITS, KNOTS
+
+    pointers = {0: "*fp32", 1: "*i16", 2: "*fp16"}
+    for dest_kind, theta_kind in [(1, 1), (0, 2), (2, 0)]:
+        signature = {"dest_ptr": pointers[dest_kind], "theta_ptr": pointers[theta_kind], "keys_ptr": "*i64", "amps_ptr": "*fp32"}
+        signature |= {"table_ptr": "*i64", "diffs_ptr": "*i64", "args_ptr": "*i64"}
+        constants = {"DEST_KIND": dest_kind, "THETA_KIND": theta_kind, "BLOCK": philox_triton.BLOCK, "KNOT_BITS": KNOT_BITS, "KNOTS": KNOTS}
+        constants["SCALE"] = 2.0**-FRACTION_BITS
+        signature |= {name: "constexpr" for name in constants}
+        source = ASTSource(philox_triton._write_kernel, signature, constants)
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False}).asm["ptx"]
+        assert "fma." not in ptx and ".ftz" not in ptx and "cvt.rn.f32.s64" in ptx, (dest_kind, theta_kind)
+
+
 def test_the_last_elements_of_the_index_range_follow_the_reference():
     got = noise.gaussian(7, "edge", (10,), offset=2**63 - 10).numpy()
     assert np.array_equal(got.view(np.uint32), reference(7, "edge", 10, 2**63 - 10).view(np.uint32))

@@ -38,32 +38,34 @@ def models() -> dict[str, Shapes]:
     return {"qwen1.5b": shapes(QWEN_1_5B), "llama8b": shapes(LLAMA_8B)}
 
 
-def check(p: MemoryPlan, s: Shapes, total: int, vllm: bool, tp: int) -> None:
-    assert p.used() <= total
+def check(p: MemoryPlan, s: Shapes, total: int, vllm: bool, tp: int, free: int | None = None) -> None:
+    assert p.used() <= (total if free is None else free)
     assert p.cache >= 0 and p.temporaries > 0
     if vllm:
         assert p.theta0 == 0 and p.theta0_in_workers == -(-s.stored_bytes // tp)  # θ₀ kept where it is written
         assert p.engine_share * total >= p.weights + ENGINE_FLOOR
-        assert p.engine_share * total + p.beside_engine <= total
+        assert p.engine_share * total + p.beside_engine <= (total if free is None else free)
     else:
-        assert p.engine_share is None
+        assert p.engine_share is None and p.used() >= p.weights + ENGINE_FLOOR + p.beside_engine  # room for the forward pass
 
 
 @pytest.mark.parametrize("total_gib", [16, 24, 40, 80, 141])
 @pytest.mark.parametrize("vllm,tp", [(False, 1), (True, 1), (True, 2)])
 @pytest.mark.parametrize("fused", [True, False])
-def test_the_plan_fits_the_device_or_says_why_in_one_line(models, total_gib, vllm, fused, tp):
+@pytest.mark.parametrize("shared", [0.0, 0.3])  # the share of the device another process holds
+def test_the_plan_fits_the_device_or_says_why_in_one_line(models, total_gib, vllm, fused, tp, shared):
     for s in models.values():
         total = total_gib * GiB
+        free = int(total * (1 - shared))
         try:
-            p = plan(s, total=total, vllm=vllm, fused=fused, tensor_parallel=tp)
+            p = plan(s, total=total, free=free, vllm=vllm, fused=fused, tensor_parallel=tp)
         except CorpmergeError as exc:
             assert "\n" not in str(exc) and "cannot hold" in str(exc)
             in_workers = -(-s.stored_bytes // tp) if vllm else 0
-            need = -(-s.model_params * 2 // tp) + (ENGINE_FLOOR if vllm else 0) + in_workers + MARGIN
-            assert need + temporaries(s, theta0_on_device=vllm, fused=fused, reload=vllm) > total  # refused only when even θ₀ on the host does not fit
+            need = -(-s.model_params * 2 // tp) + ENGINE_FLOOR + in_workers + MARGIN
+            assert need + temporaries(s, theta0_on_device=vllm, fused=fused, reload=vllm) > free  # refused only when even θ₀ on the host does not fit
             continue
-        check(p, s, total, vllm, tp)
+        check(p, s, total, vllm, tp, free)
 
 
 def test_qwen_1_5b_on_an_80_gb_device(models):
@@ -79,8 +81,19 @@ def test_qwen_1_5b_on_an_80_gb_device(models):
 def test_a_users_share_that_leaves_too_little_is_refused(models):
     with pytest.raises(CorpmergeError, match="gpu_memory_utilization 0.92 leaves too little"):
         plan(models["qwen1.5b"], total=24 * GiB, vllm=True, fused=True, engine_share=0.92)
+    with pytest.raises(CorpmergeError, match=r"gpu_memory_utilization: 0.03 gives the engine .*less than the model"):
+        plan(models["qwen1.5b"], total=80 * GiB, vllm=True, fused=True, engine_share=0.03)
     ok = plan(models["qwen1.5b"], total=80 * GiB, vllm=True, fused=True, engine_share=0.5)
     assert ok.engine_share == 0.5 and ok.used() <= 80 * GiB
+
+
+def test_the_noise_cache_is_what_the_user_asked_for_or_what_fits(models, caplog):
+    s = models["qwen1.5b"]
+    engine = plan(s, total=80 * GiB, vllm=True, fused=True, cache_setting=10 * GiB)
+    assert engine.cache == 10 * GiB and engine.used() <= 80 * GiB
+    assert plan(s, total=80 * GiB, vllm=True, fused=True).cache == 0  # the workers write every update in place
+    hf = plan(s, total=80 * GiB, vllm=False, fused=True, cache_setting=500 * GiB)
+    assert hf.used() <= 80 * GiB and hf.cache < 80 * GiB and "does not fit beside the model" in caplog.text
 
 
 def test_theta0_goes_to_the_host_when_the_device_cannot_hold_it(models):

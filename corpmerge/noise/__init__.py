@@ -53,6 +53,7 @@ class Scheme:
 def _philox_fill_many(requests: Sequence[Request]) -> None:
     for out, seed, name, offset in requests:
         if out.device.type == "cpu" and _cpu_kernel() is not None:
+            _numba_threads()
             h = philox.name_hash(name)
             _cpu_kernel()(out.numpy(), offset, philox.key(seed), (h & 0xFFFFFFFF, h >> 32), *_cpu_tables())
         else:
@@ -61,17 +62,22 @@ def _philox_fill_many(requests: Sequence[Request]) -> None:
 
 @lru_cache(maxsize=1)
 def _cpu_kernel() -> Callable | None:
-    """The Numba kernel with its thread count set to the cores this rank owns; None without Numba (torch ops then)."""
+    """The Numba kernel; None without Numba (torch ops then)."""
     try:
-        import numba
-
         from corpmerge.noise import philox_cpu
     except ImportError:
         log.warning("numba is not installed: noise is drawn with torch integer ops on the CPU (same bits, several times slower)")
         return None
-    numba.set_num_threads(min(philox.cpu_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_parallel_chunksize(1 << 14)  # pairs per chunk, handed out dynamically: a busy core does not hold up a draw
     return philox_cpu.fill
+
+
+def _numba_threads() -> None:
+    """Numba's thread count and chunk size are per calling thread: set them in every thread that launches a kernel
+    (the cores this rank owns; pairs handed out 2¹⁴ at a time, so a busy core does not hold up a draw)."""
+    import numba
+
+    numba.set_num_threads(min(philox.cpu_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_parallel_chunksize(1 << 14)
 
 
 @lru_cache(maxsize=1)
@@ -157,11 +163,13 @@ def write_update(
     dest, theta0 = dest.detach(), theta0.detach()
     if dest.shape != theta0.shape or dest.dim() not in (1, 2) or dest.device != theta0.device:
         raise ValueError(f"write_update: dest {tuple(dest.shape)} on {dest.device} and θ₀ {tuple(theta0.shape)} on {theta0.device} must match, 1-D or 2-D")
-    if dest.dtype not in FLOAT_DTYPES or theta0.dtype not in FLOAT_DTYPES or len(seeds) != len(amplitudes):
-        raise ValueError(f"write_update: dtypes {dest.dtype}/{theta0.dtype} or {len(seeds)} seeds for {len(amplitudes)} amplitudes")
-    dest2, theta2 = (dest.view(1, -1), theta0.view(1, -1)) if dest.dim() == 1 else (dest, theta0)
+    if not dest.is_floating_point() or not theta0.is_floating_point() or len(seeds) != len(amplitudes):
+        raise ValueError(f"write_update: dtypes {dest.dtype}/{theta0.dtype} (floating point) or {len(seeds)} seeds for {len(amplitudes)} amplitudes")
+    dest2, theta2 = (dest.unsqueeze(0), theta0.unsqueeze(0)) if dest.dim() == 1 else (dest, theta0)
     rows, width = dest2.shape
     stride = width if row_stride is None else row_stride
+    if stride < 0:
+        raise ValueError(f"write_update: row_stride {stride} is negative")
     check_range(offset, 0 if dest.numel() == 0 else (rows - 1) * stride + width)
     keys = [philox.key(int(seed)) for seed in seeds]
     amps32 = np.asarray(amplitudes, dtype=np.float64).astype(np.float32)
@@ -174,6 +182,7 @@ def write_update(
             raw = dest2.view(torch.int16) if bf16 else dest2
             theta_raw = theta2.view(torch.int16) if theta0.dtype == torch.bfloat16 else theta2
             with torch.no_grad():
+                _numba_threads()
                 _cpu_writer()(
                     raw.numpy(), bf16, theta_raw.numpy(), theta0.dtype == torch.bfloat16, offset, stride,
                     np.array(keys, dtype=np.uint64).reshape(-1, 2), amps32, words, *_cpu_tables(),
@@ -198,11 +207,13 @@ def fused_kernel(device_type: str) -> str:
 
 
 def _fused_path(dest: torch.Tensor, theta0: torch.Tensor) -> str:
-    """Which fused kernel writes this destination: Numba on the CPU (float32/bfloat16), Triton where it runs, else torch ops."""
+    """Which fused kernel writes this destination: Numba on the CPU (float32/bfloat16), Triton where it runs (float32,
+    bfloat16, float16), else torch ops (any floating dtype: θ₀ widened or rounded to float32 first)."""
     if dest.device.type == "cpu":
         plain = (torch.float32, torch.bfloat16)
         return "numba" if dest.dtype in plain and theta0.dtype in plain and _cpu_writer() is not None else "torch"
-    return "triton" if _triton_available(dest.device.type) else "torch"
+    supported = dest.dtype in FLOAT_DTYPES and theta0.dtype in FLOAT_DTYPES
+    return "triton" if supported and _triton_available(dest.device.type) else "torch"
 
 
 @lru_cache(maxsize=4)
@@ -233,26 +244,28 @@ def _write_torch(dest: torch.Tensor, theta0: torch.Tensor, name: str, seeds: lis
     """The same update as separate torch operations, a block of rows at a time (the reference; any scheme, any device)."""
     rows, width = dest.shape
     accumulate = scheme(scheme_name).accumulate
-    step = max(1, _WINDOW_CHUNK // max(1, width))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        value = theta0[r0:r1].to(torch.float32)
-        acc: torch.Tensor | None = None
-        for seed, amp in zip(seeds, amps):
-            eps = _window_noise(seed, name, offset + r0 * stride, stride, r1 - r0, width, dest.device, scheme_name)
-            if acc is None:
-                acc = torch.mul(eps, amp)
-            else:
-                accumulate(acc, eps, amp)
-        if acc is not None:
-            value = torch.add(value, acc)
-        dest[r0:r1].copy_(value)
+    step_rows, step_cols = max(1, _WINDOW_CHUNK // max(1, width)), min(width, _WINDOW_CHUNK) or 1
+    for r0 in range(0, rows, step_rows):
+        r1 = min(rows, r0 + step_rows)
+        for c0 in range(0, width, step_cols):  # a long row (a 1-D tensor) in column blocks
+            c1 = min(width, c0 + step_cols)
+            value = theta0[r0:r1, c0:c1].to(torch.float32)
+            acc: torch.Tensor | None = None
+            for seed, amp in zip(seeds, amps):
+                eps = _window_noise(seed, name, offset + r0 * stride + c0, stride, r1 - r0, c1 - c0, dest.device, scheme_name)
+                if acc is None:
+                    acc = torch.mul(eps, amp)
+                else:
+                    accumulate(acc, eps, amp)
+            if acc is not None:
+                value = torch.add(value, acc)
+            dest[r0:r1, c0:c1].copy_(value)
 
 
 def _window_noise(seed: int, name: str, start: int, stride: int, rows: int, width: int, device: torch.device, scheme_name: str) -> torch.Tensor:
     """ε over ``rows`` rows of ``width`` elements, row i starting at flat element start + i·stride (float32, rows × width)."""
     out = torch.empty(rows, width, dtype=torch.float32, device=device)
-    if stride == width:
+    if stride == width or rows == 1:
         fill(out.view(-1), seed, name, start, scheme_name)
     else:
         fill_many([(out[i], seed, name, start + i * stride) for i in range(rows)], scheme_name)

@@ -5,9 +5,13 @@ interpreter, ``TRITON_INTERPRET=1``, which is how the tests check its bits).
 dest[i, j] = round(θ₀[i, j] + Δ[e]), Δ = ε₁·a₁, then Δ += εₖ·aₖ: the same integers, the same float32
 products and sums (fusion into multiply-adds disabled) and the same round-to-nearest-even as ``philox_cpu.write``
 and the torch path. One read of θ₀ and one write of the destination per element: the memory-bound limit.
+Every integer argument travels in one int64 tensor and no pointer is specialised, so Triton compiles one kernel per
+(destination, θ₀) dtype pair, never one per value (a value of 1, a multiple of 16 or one past 2³¹ would each compile anew).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -63,13 +67,24 @@ def _store(ptr, value, mask, KIND: tl.constexpr):
         tl.store(ptr, value, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["dest_ptr", "theta_ptr", "keys_ptr", "amps_ptr", "table_ptr", "diffs_ptr", "args_ptr"])
 def _write_kernel(
-    dest_ptr, theta_ptr, keys_ptr, amps_ptr, table_ptr, diffs_ptr,
-    width, offset, row_stride, dest_rs, dest_cs, theta_rs, theta_cs, n_seeds, h0, h1, chunks_per_row,
+    dest_ptr, theta_ptr, keys_ptr, amps_ptr, table_ptr, diffs_ptr, args_ptr,
     DEST_KIND: tl.constexpr, THETA_KIND: tl.constexpr, BLOCK: tl.constexpr,
     KNOT_BITS: tl.constexpr, KNOTS: tl.constexpr, SCALE: tl.constexpr,
 ):  # fmt: skip
+    # every integer arrives in one int64 tensor: one compiled kernel per dtype pair, whatever the values
+    width = tl.load(args_ptr + 0)
+    offset = tl.load(args_ptr + 1)
+    row_stride = tl.load(args_ptr + 2)
+    dest_rs = tl.load(args_ptr + 3)
+    dest_cs = tl.load(args_ptr + 4)
+    theta_rs = tl.load(args_ptr + 5)
+    theta_cs = tl.load(args_ptr + 6)
+    n_seeds = tl.load(args_ptr + 7)
+    h0 = tl.load(args_ptr + 8)
+    h1 = tl.load(args_ptr + 9)
+    chunks_per_row = tl.load(args_ptr + 10)
     pid = tl.program_id(0).to(tl.int64)
     row = pid // chunks_per_row
     start = offset + row * row_stride  # flat index of the row's first element
@@ -128,11 +143,14 @@ def write(
     if rows == 0 or width == 0:
         return
     chunks = triton.cdiv((width >> 1) + 1, BLOCK)
-    _write_kernel[(rows * chunks,)](
-        _raw(dest), _raw(theta0), keys, amplitudes, table, diffs,
-        width, offset, row_stride, dest.stride(0), dest.stride(1), theta0.stride(0), theta0.stride(1),
-        keys.shape[0], h[0], h[1], chunks,
-        DEST_KIND=_KINDS[dest.dtype], THETA_KIND=_KINDS[theta0.dtype], BLOCK=BLOCK,
-        KNOT_BITS=KNOT_BITS, KNOTS=KNOTS, SCALE=2.0**-FRACTION_BITS,
-        enable_fp_fusion=False,
-    )  # fmt: skip
+    args = torch.tensor(
+        [width, offset, row_stride, dest.stride(0), dest.stride(1), theta0.stride(0), theta0.stride(1), keys.shape[0], h[0], h[1], chunks],
+        dtype=torch.int64,
+    ).to(dest.device)
+    with torch.cuda.device(dest.device) if dest.device.type == "cuda" else contextlib.nullcontext():  # the launch's device
+        _write_kernel[(rows * chunks,)](
+            _raw(dest), _raw(theta0), keys, amplitudes, table, diffs, args,
+            DEST_KIND=_KINDS[dest.dtype], THETA_KIND=_KINDS[theta0.dtype], BLOCK=BLOCK,
+            KNOT_BITS=KNOT_BITS, KNOTS=KNOTS, SCALE=2.0**-FRACTION_BITS,
+            enable_fp_fusion=False,
+        )  # fmt: skip

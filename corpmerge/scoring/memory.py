@@ -14,20 +14,27 @@ the rest. So the plan counts every byte corpmerge may hold on the device beside 
 * a vLLM reload (the fallback path of a vLLM backend) copies one layer: twice the largest tensor in the scoring dtype;
 * a margin for the CUDA context and the allocator's rounding.
 
-What is left is the noise cache's budget (never more than half of it, nor 8 × the model in float32).
+Everything must fit in what is free on the device before the backend starts (another process may hold some of it);
+the HF model is counted with 2 GiB for its forward pass. For HF what is left is the noise cache's budget (never more
+than half of it, nor 8 × the model in float32, or ``scoring.memory_budget``, cut to what fits, with a warning); a vLLM
+engine gets what is left (its workers write every amplitude update in place: no cache unless
+``scoring.memory_budget`` asks for one).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from corpmerge.errors import CorpmergeError
 from corpmerge.noise import NOISE_BATCH
 from corpmerge.sizes import human_bytes
 
+log = logging.getLogger(__name__)
+
 GiB = 1 << 30
 MARGIN = GiB  # the CUDA context (≈ 0.5 GiB) and the caching allocator's rounding
-ENGINE_FLOOR = 2 * GiB  # an engine's activations and a minimal KV cache beside its weights
+ENGINE_FLOOR = 2 * GiB  # beside the weights: a vLLM engine's activations and minimal KV cache, or an HF forward pass
 DRAW_CHUNK_BYTES = 104 * (1 << 22)  # the torch-ops draw: ≈ 104 bytes of int64 temporaries per element of a chunk
 WINDOW_CHUNK_BYTES = 12 * (1 << 22)  # the torch-ops update: a chunk of θ₀ in float32, the noise and Δ
 
@@ -70,8 +77,9 @@ class MemoryPlan:
         return self.theta0 + self.theta0_in_workers + self.temporaries + self.margin + self.cache
 
     def used(self) -> int:
-        """The device bytes the plan allows in all: the engine's share, or the HF model, plus everything beside it."""
-        engine = int(self.engine_share * self.total) if self.engine_share is not None and self.total else self.weights
+        """The device bytes the plan allows in all: the engine's share, or the HF model and its forward pass, plus
+        everything beside it."""
+        engine = int(self.engine_share * self.total) if self.engine_share is not None and self.total else self.weights + ENGINE_FLOOR
         return engine + self.beside_engine
 
     def lines(self) -> list[str]:
@@ -102,39 +110,56 @@ def plan(
     shapes: Shapes,
     *,
     total: int | None,
+    free: int | None = None,
     vllm: bool,
     fused: bool,
     tensor_parallel: int = 1,
     engine_share: float | None = None,
     cache_setting: int | None = None,
 ) -> MemoryPlan:
-    """Where θ₀ goes and what the engine may take on a device of ``total`` bytes (None: the host).
+    """Where θ₀ goes and what the engine may take on a device of ``total`` bytes of which ``free`` are free now
+    (None: all; a device shared with another process has less). ``total`` None: the host.
 
     ``fused``: the fused kernel runs on this device (Triton); ``engine_share``: the user's ``gpu_memory_utilization``
-    (None: chosen here); ``cache_setting``: ``scoring.memory_budget`` in bytes (None: what is left, halved)."""
+    (None: chosen here); ``cache_setting``: ``scoring.memory_budget`` in bytes (None: for HF half of what is left,
+    for vLLM none — its workers write every amplitude update in place)."""
     weights = -(-shapes.model_params * shapes.scoring_element // tensor_parallel)
     if total is None:
         return MemoryPlan(None, weights, 0, 0, 0, 0, cache_setting or 0, None)
+    free = total if free is None else min(free, total)
+    if engine_share is not None and engine_share * total < weights + ENGINE_FLOOR:
+        raise CorpmergeError(
+            f"scoring.model_args.gpu_memory_utilization: {engine_share} gives the engine {human_bytes(int(engine_share * total))}, "
+            f"less than the model ({human_bytes(weights)}) and {human_bytes(ENGINE_FLOOR)} for its KV cache and activations; raise it or leave it out"
+        )
     in_workers = -(-shapes.stored_bytes // tensor_parallel) if vllm else 0
     # a backend that keeps θ₀ in its workers writes there; the scorer's copy serves the fallback path from the host
     for theta0_on_device in [False] if vllm else [True, False]:
         theta0 = shapes.stored_bytes if theta0_on_device else 0
         temps = temporaries(shapes, theta0_on_device=theta0_on_device or vllm, fused=fused, reload=vllm)
         fixed = theta0 + in_workers + temps + MARGIN
-        engine = int(engine_share * total) if engine_share is not None else (total - fixed if vllm else weights)
-        room = total - engine - fixed
-        if room < 0 or (vllm and engine < weights + ENGINE_FLOOR):
+        if vllm:
+            cache = cache_setting or 0
+            engine = int(engine_share * total) if engine_share is not None else free - fixed - cache
+            if engine < weights + ENGINE_FLOOR or engine + fixed + cache > free:
+                continue
+            share = engine_share if engine_share is not None else int(engine / total * 1000) / 1000  # rounded down
+            return MemoryPlan(total, weights, theta0, in_workers, temps, MARGIN, cache, share)
+        room = free - (weights + ENGINE_FLOOR) - fixed  # the HF model and its forward pass (activations, logits)
+        if room < 0:
             continue
         cache = min(cache_setting, room) if cache_setting is not None else min(room // 2, 8 * 4 * sum(shapes.perturbed))
-        share = None
-        if vllm:
-            share = engine_share if engine_share is not None else (total - fixed - cache) / total
-            share = int(share * 1000) / 1000  # rounded down: the engine never takes more than planned
-        return MemoryPlan(total, weights, theta0, in_workers, temps, MARGIN, cache, share)
-    need = weights + (ENGINE_FLOOR if vllm else 0) + in_workers + temporaries(shapes, theta0_on_device=vllm, fused=fused, reload=vllm) + MARGIN
+        if cache_setting is not None and cache < cache_setting:
+            log.warning(
+                "scoring.memory_budget: %s does not fit beside the model on this device; the noise cache gets %s",
+                human_bytes(cache_setting),
+                human_bytes(cache),
+            )
+        return MemoryPlan(total, weights, theta0, in_workers, temps, MARGIN, cache, None)
+    need = weights + ENGINE_FLOOR + in_workers + temporaries(shapes, theta0_on_device=vllm, fused=fused, reload=vllm) + MARGIN
     setting = f"scoring.model_args.gpu_memory_utilization {engine_share} leaves too little beside it; " if engine_share is not None else ""
     raise CorpmergeError(
-        f"scoring: {setting}the device's {human_bytes(total)} cannot hold the model ({human_bytes(weights)}) "
+        f"scoring: {setting}the device's {human_bytes(free)} free of {human_bytes(total)} cannot hold the model ({human_bytes(weights)}) "
         f"and the weight change beside it (at least {human_bytes(need)} in all); use a larger device, "
         "tensor_parallel_size in scoring.model_args (vllm), or a smaller scoring.dtype"
     )

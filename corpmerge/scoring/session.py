@@ -158,11 +158,12 @@ def memory_plan(recipe: Recipe, skeleton: torch.nn.Module, host: dict[str, torch
         stored_element=max((t.element_size() for t in host.values()), default=4),
         scoring_element=TORCH_DTYPES[recipe.scoring_dtype].itemsize,
     )
-    total = int(torch.cuda.mem_get_info(device)[1]) if device.type == "cuda" else None
+    free, total = (int(b) for b in torch.cuda.mem_get_info(device)) if device.type == "cuda" else (None, None)
     share = spec.model_args.get("gpu_memory_utilization")
     return plan(
         shapes,
         total=total,
+        free=free,
         vllm=spec.backend == "vllm",
         fused=recipe.noise == DEFAULT_SCHEME and fused_kernel(device.type) == "triton",
         tensor_parallel=int(spec.model_args.get("tensor_parallel_size", 1)),
