@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check: one call on a lent GPU machine; its steps add up to ≤ 5 minutes, so a 15-minute GPU budget
+# The device check: one call on a lent GPU machine; its steps add up to ≤ 5 minutes (25 + 25 + 120 + 120 s limits), so a 15-minute GPU budget
 # (machine start included) leaves room for a rerun (docs/what-ships.md).
 #   here:   make device-wheels                      (what that machine lacks, as wheels in .whl/)
 #   there:  bash bench/device_check.sh               (device tool: carry [".whl"], timeout_s 420)
@@ -26,7 +26,7 @@ if [ "$DEVICE" = cuda ]; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
     echo "STOP: .whl/ is empty (run make device-wheels here and carry .whl)"; exit 2
   fi
-  if ! timeout 60 $PY -m pip install -q --no-index --no-deps .whl/*.whl >"$OUT/install.log" 2>&1; then
+  if ! timeout -k 5 25 $PY -m pip install -q --no-index --no-deps .whl/*.whl >"$OUT/install.log" 2>&1; then
     echo "STOP: installing .whl failed:"; tail -5 "$OUT/install.log"; exit 2
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -34,7 +34,7 @@ if [ "$DEVICE" = cuda ]; then
 else
   MODELS=tiny BITS=3 ENTRIES=1 ONLY=--tiny-only
 fi
-$PY - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
+timeout -k 5 25 $PY - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
 import importlib, importlib.util
 for name in ("torch", "triton", "vllm", "ray", "numba", "transformers", "lm_eval"):
     if importlib.util.find_spec(name) is None:
@@ -49,12 +49,12 @@ grep -q "^triton: [0-9]" "$OUT/versions.txt" || [ "$DEVICE" = cpu ] || skip "fus
 grep -q "^vllm: [0-9]" "$OUT/versions.txt" || skip "vLLM steps of gpu_check" "vllm is not importable there (it does not travel with the tree)"
 grep -q "^ray: [0-9]" "$OUT/versions.txt" || skip "Ray" "ray is not importable there; no step of this check needs it"
 status=0
-step "1. weight change (≤ 150 s)"
-timeout 150 $PY bench/weight_change.py --device "$DEVICE" --bits $BITS --entries $ENTRIES --models $MODELS --json "$OUT/weight_change.json" \
+step "1. weight change (≤ 120 s)"
+timeout -k 5 120 $PY bench/weight_change.py --device "$DEVICE" --bits $BITS --entries $ENTRIES --models $MODELS --json "$OUT/weight_change.json" \
   >"$OUT/weight_change.log" 2>&1 || { status=1; echo "weight_change failed or timed out:"; }
 tail -6 "$OUT/weight_change.log"
-step "2. gpu_check (≤ 150 s)"
-timeout 150 $PY bench/gpu_check.py --device "$DEVICE" --entries 4 $ONLY >"$OUT/gpu_check.log" 2>&1 || { status=1; echo "gpu_check failed or timed out:"; }
+step "2. gpu_check (≤ 120 s)"
+timeout -k 5 120 $PY bench/gpu_check.py --device "$DEVICE" --entries 4 $ONLY >"$OUT/gpu_check.log" 2>&1 || { status=1; echo "gpu_check failed or timed out:"; }
 tail -25 "$OUT/gpu_check.log"
 step "done (status $status)"
 exit $status

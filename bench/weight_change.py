@@ -217,9 +217,16 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     result: dict[str, Any] = {"torch": torch.__version__, "rows": []}
+
+    def save() -> None:  # after every phase: a step stopped by its time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(result, fh, indent=1)
+
     if args.bits:
         result["bits"] = bits(device, args.bits)
         print(json.dumps(result["bits"]), flush=True)
+        save()
     for name in args.models:
         try:
             row = measure(name, device, args.entries)
@@ -227,6 +234,7 @@ def main() -> None:
             row = {"model": name, "skipped": f"not installed ({exc.name})"}
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
+        save()
     print(f"{'model':>9} {'params':>7} {'kernel':>7} {'ops s':>8} {'fused s':>8} {'copy s':>8} {'ops/fused':>9} {'fused/copy':>10} {'fused GB/s':>10}")
     for row in result["rows"]:
         if "ops_s" in row:
@@ -234,9 +242,6 @@ def main() -> None:
                 f"{row['model']:>9} {row['parameters'] / 1e9:>6.2f}B {row['kernel']:>7} {row['ops_s']:>8.3f} {row['fused_s']:>8.3f} {row['copy_s']:>8.3f}"
                 f" {row['ops_over_fused']:>9.2f} {row['fused_over_copy']:>10.1f} {row['fused_gb_per_s']:>10.2f}"
             )
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=1)
 
 
 if __name__ == "__main__":
