@@ -92,6 +92,13 @@ def test_every_rank_holds_what_the_writer_writes_bit_for_bit(engine):
         assert any(sum(w[1] * w[2] for w in rank[name]) < theta0[name].numel() for rank in held for name in rank)
 
 
+def test_a_layout_derived_a_few_parameters_at_a_time_is_the_same(engine):
+    """The markers are materialised MARKER_BYTES at a time (the rest on meta): 64 KiB at a time gives the same windows."""
+    backend, theta0, _, folder = engine
+    whole = backend.engine.collective_rpc("corpmerge_track", args=(str(folder), list(theta0)))
+    assert backend.engine.collective_rpc("corpmerge_track", args=(str(folder), list(theta0), 64 << 10)) == whole
+
+
 def test_the_engine_scores_what_was_written_and_restores_theta0_exactly(engine):
     """Written in the workers = loaded through vLLM's own reload of the same tensors (its loaders, its re-packing)."""
     backend, theta0, base, _ = engine

@@ -5,8 +5,8 @@ each worker — one per tensor-parallel rank — draws only the noise elements o
 ``noise.write_update``, in place. Where each HF tensor's elements sit in vLLM's parameters (fused ``qkv_proj`` /
 ``gate_up_proj``, column- and row-parallel shards, tied embeddings) is derived once, at ``corpmerge_track``, from
 the model's own ``load_weights``: every tracked HF tensor is handed in as marker values (1 + its elements' global
-indices, in float64, exact below 2⁵³) into float64 copies of vLLM's loading-format parameters, and where each marker
-lands is read back. A tensor's elements must land in one rectangle per parameter, in row-major order with one row
+indices, in float64, exact below 2⁵³) into float64 copies of vLLM's loading-format parameters — ``MARKER_BYTES`` of
+them at a time, the rest on ``meta``, one pass per group — and where each marker lands is read back. A tensor's elements must land in one rectangle per parameter, in row-major order with one row
 stride — a window ``write_update`` writes (offset, row_stride); anything else (a permuted, scaled or quantised
 layout) is refused in one line. Nothing is hard-coded per architecture.
 
@@ -30,6 +30,7 @@ import torch
 log = logging.getLogger(__name__)
 
 QUALNAME = f"{__name__}.WeightWriter"
+MARKER_BYTES = 1 << 30  # float64 markers materialised at once while deriving the layout (8 bytes per element)
 
 
 @dataclass
@@ -85,17 +86,18 @@ def _as_2d(t: torch.Tensor) -> torch.Tensor:
 class WeightWriter:
     """Mixed into vLLM's worker class (``worker_extension_cls``); every method runs on every rank."""
 
-    def corpmerge_track(self, folder: str, names: Sequence[str]) -> list[tuple[str, int, int, int, int]]:
-        """Derive where these HF tensors live on this rank, keep θ₀ of those windows; returns the windows (for coverage)."""
+    def corpmerge_track(self, folder: str, names: Sequence[str], marker_bytes: int = MARKER_BYTES) -> list[tuple[str, int, int, int, int]]:
+        """Derive where these HF tensors live on this rank (``marker_bytes`` of markers at a time), keep θ₀ of those
+        windows; returns the windows (for the driver's coverage check)."""
         from corpmerge.model_io import Checkpoint
 
         model = self.model_runner.get_model()
         checkpoint = Checkpoint(folder)
         shapes = {name: tuple(checkpoint.info(name)[0]) for name in names}
-        layout = _derive_layout(model, shapes)
+        layout = _derive_layout(model, shapes, marker_bytes)
         dtype = self.model_runner.model_config.dtype
         repack = _repacks()
-        windows, buffers, processed, stored = [], {}, {}, {}
+        buffers, processed, pieces_of = {}, {}, {}
         for (module, pname), pieces in layout.items():
             live = module._parameters[pname]
             shape = pieces[0][0]
@@ -106,17 +108,18 @@ class WeightWriter:
             elif tuple(live.shape) == shape and live.dtype == dtype:
                 target = live.data  # the layer reads this tensor itself (an embedding, a norm, a bias)
             else:
-                target = torch.empty(shape, dtype=dtype, device=live.device)  # the layer reads a packed copy
+                target = torch.zeros(shape, dtype=dtype, device=live.device)  # the layer reads a packed copy (padding: 0, as vLLM loads it)
             buffers[(module, pname)] = target
             if repack and getattr(module, "quant_method", None) is not None:
                 processed[id(module)] = module
             for _, name, index, offset, stride in pieces:
-                if name not in stored:
-                    stored[name] = checkpoint.tensor(name).reshape(-1)
-                theta = stored[name]
-                view = _as_2d(target)[index]
+                pieces_of.setdefault(name, []).append((_as_2d(target)[index], offset, stride))
+        windows = []
+        for name, pieces in pieces_of.items():  # θ₀ of this rank's windows, one HF tensor read at a time
+            theta = checkpoint.tensor(name).reshape(-1)
+            for view, offset, stride in pieces:
                 rows, width = (1, view.numel()) if view.dim() == 1 else view.shape
-                window = theta.as_strided((rows, width), (stride, 1), offset).reshape(view.shape).to(live.device, copy=True)
+                window = theta.as_strided((rows, width), (stride, 1), offset).reshape(view.shape).to(view.device, copy=True)
                 windows.append(Window(name, view, window, offset, stride))
         if repack:
             for module in _sharing(model, list(processed.values())):
@@ -168,12 +171,14 @@ def _repack(module: torch.nn.Module, buffers: dict[tuple[torch.nn.Module, str], 
 
 
 def _derive_layout(
-    model: torch.nn.Module, shapes: dict[str, tuple[int, ...]]
+    model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], budget: int = MARKER_BYTES
 ) -> dict[tuple[torch.nn.Module, str], list[tuple[tuple[int, ...], str, tuple[slice, ...], int, int]]]:
     """Where each HF tensor's elements land, by vLLM's own ``load_weights`` on marker values.
 
     Returns {(module, parameter name): [(loading shape, HF name, index, offset, row_stride)]}. Every tracked name
-    must land somewhere on this rank (replicated or sharded); a layout that is not windows raises LayoutError."""
+    must land somewhere on this rank (replicated or sharded); a layout that is not windows raises LayoutError.
+    The parameters are marked ``budget`` bytes at a time (float64, the others on ``meta``, where writes are no-ops),
+    one ``load_weights`` pass per group, so deriving holds at most ``budget`` bytes of markers beside the model."""
     from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
     from vllm.model_executor.model_loader.reload.sanitize import restore_layer_refs
 
@@ -181,51 +186,88 @@ def _derive_layout(
     starts = np.cumsum([0] + [int(np.prod(shapes[n])) for n in names])
     if starts[-1] + 1 >= 2**53:
         raise LayoutError("the tracked tensors hold more than 2^53 elements")
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
-    markers: list[tuple[torch.nn.Module, str, torch.Tensor]] = []
-    try:
-        for module in model.modules():
-            info = LAYERWISE_INFO.get(module)
-            meta = info.restore_metadata[0] if info is not None else {}
-            for pname, live in list(module._parameters.items()):
-                if live is None:
-                    continue
-                template = restore_layer_refs(meta[pname], module) if pname in meta else live
-                marker = torch.full(tuple(template.shape), -1.0, dtype=torch.float64)
-                marker.__class__ = template.__class__
-                marker.__dict__ = template.__dict__.copy()
-                swapped.append((module, pname, live))
-                module._parameters[pname] = marker
-                markers.append((module, pname, marker))
-        with torch.no_grad():
-            model.load_weights(_marker_tensors(names, shapes, starts))
-    finally:
-        for module, pname, live in swapped:
-            module._parameters[pname] = live
+    slots: list[tuple[torch.nn.Module, str, torch.nn.Parameter, torch.Tensor]] = []
+    for module in model.modules():
+        info = LAYERWISE_INFO.get(module)
+        meta = info.restore_metadata[0] if info is not None else {}
+        for pname, live in module._parameters.items():
+            if live is not None:
+                slots.append((module, pname, live, restore_layer_refs(meta[pname], module) if pname in meta else live))
+    groups: list[list[int]] = [[]]
+    used = 0
+    for k, (_, _, _, template) in enumerate(slots):
+        size = 8 * template.numel()
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(k)
+        used += size
     layout: dict[tuple[torch.nn.Module, str], list] = {}
     found: set[str] = set()
-    for module, pname, marker in markers:
-        values = _as_2d(marker.data).reshape(-1).numpy()
-        hit = np.flatnonzero(values >= 1)
-        if hit.size == 0:
-            continue
-        codes = values[hit] - 1
-        if not np.array_equal(codes, np.floor(codes)):
-            raise LayoutError(f"{pname} of {type(module).__name__}: vLLM transforms the checkpoint's values as it loads them")
-        codes = codes.astype(np.int64)
-        which = np.searchsorted(starts, codes, side="right") - 1
-        shape = tuple(_as_2d(marker.data).shape)
-        for k in np.unique(which):
-            sel = which == k
-            name = names[k]
-            where = f"{pname} of {type(module).__name__}"
-            for index, offset, stride in rectangles(name, where, hit[sel], codes[sel] - starts[k], shape):
-                layout.setdefault((module, pname), []).append((tuple(marker.shape), name, index, offset, stride))
-            found.add(name)
+    for group in groups:
+        markers = _marked(model, slots, set(group), names, shapes, starts)
+        for module, pname, marker in markers:
+            found |= _read_back(module, pname, marker, names, starts, layout)
     missing = sorted(set(names) - found)
     if missing:
         raise LayoutError(f"{missing[0]} loads into no parameter of the engine")
     return layout
+
+
+def _marked(
+    model: torch.nn.Module,
+    slots: list[tuple[torch.nn.Module, str, torch.nn.Parameter, torch.Tensor]],
+    chosen: set[int],
+    names: list[str],
+    shapes: dict[str, tuple[int, ...]],
+    starts: np.ndarray,
+) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """One ``load_weights`` pass of marker tensors: the ``chosen`` parameters as float64 markers (−1 where nothing
+    lands), the others on ``meta``; the live parameters are back in place afterwards."""
+    markers = []
+    try:
+        for k, (module, pname, _, template) in enumerate(slots):
+            marker = (
+                torch.full(tuple(template.shape), -1.0, dtype=torch.float64)
+                if k in chosen
+                else torch.empty(tuple(template.shape), dtype=torch.float64, device="meta")
+            )
+            marker.__class__ = template.__class__
+            marker.__dict__ = template.__dict__.copy()
+            module._parameters[pname] = marker
+            if k in chosen:
+                markers.append((module, pname, marker))
+        with torch.no_grad():
+            model.load_weights(_marker_tensors(names, shapes, starts))
+    finally:
+        for module, pname, live, _ in slots:
+            module._parameters[pname] = live
+    return markers
+
+
+def _read_back(
+    module: torch.nn.Module, pname: str, marker: torch.Tensor, names: list[str], starts: np.ndarray, layout: dict[tuple[torch.nn.Module, str], list]
+) -> set[str]:
+    """Where the markers landed in one parameter, as windows added to ``layout``; returns the HF names found there."""
+    values = _as_2d(marker.data).reshape(-1).numpy()
+    hit = np.flatnonzero(values >= 1)
+    if hit.size == 0:
+        return set()
+    codes = values[hit] - 1
+    where = f"{pname} of {type(module).__name__}"
+    if not np.array_equal(codes, np.floor(codes)):
+        raise LayoutError(f"{where}: vLLM transforms the checkpoint's values as it loads them")
+    codes = codes.astype(np.int64)
+    which = np.searchsorted(starts, codes, side="right") - 1
+    shape = tuple(_as_2d(marker.data).shape)
+    found = set()
+    for k in np.unique(which):
+        sel = which == k
+        name = names[k]
+        for index, offset, stride in rectangles(name, where, hit[sel], codes[sel] - starts[k], shape):
+            layout.setdefault((module, pname), []).append((tuple(marker.shape), name, index, offset, stride))
+        found.add(name)
+    return found
 
 
 def _marker_tensors(names: list[str], shapes: dict[str, tuple[int, ...]], starts: np.ndarray) -> Iterator[tuple[str, torch.Tensor]]:
