@@ -24,7 +24,7 @@ from rich.text import Text
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' own bars; corpmerge shows its own
 
 from corpmerge import __version__, progress
-from corpmerge.errors import TRACEBACK_LOGGER, CorpmergeError, Terminated, first_line, log_traceback
+from corpmerge.errors import TRACEBACK_LOGGER, CorpmergeError, Terminated, counted, first_line, log_traceback
 from corpmerge.rewards.sandbox import SandboxError, SandboxUnavailable
 
 app = typer.Typer(
@@ -242,10 +242,10 @@ def validate(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrit
 
     parsed = load_recipe(recipe).with_output(output)
     require_trackers(parsed.tracking)
-    checked = check_recipe(parsed, needs_rewards=parsed.scoring is None, log_notes=False)
+    checked = check_recipe(parsed, needs_rewards=parsed.scoring is None, log_notes=False, data_optional=True)
     check_output_location(parsed, checked.base, overwrite)
     out.print(
-        f"[green]ok[/]: {escape(str(recipe))} — base {escape(parsed.base_model)}, {len(checked.entries)} entries, "
+        f"[green]ok[/]: {escape(str(recipe))} — base {escape(parsed.base_model)}, {counted(len(checked.entries), 'entry', 'entries')}, "
         f"method {checked.method.name}, {len(checked.grid)} grid point(s), gate {'on' if parsed.gate.enabled else 'off'}, "
         f"output {escape(parsed.output.path)}",
         highlight=False,
@@ -263,8 +263,8 @@ def merge(recipe: Path = RecipeArg, output: Path | None = OutputOpt, overwrite: 
 
     path, result = merge_recipe(load_recipe(recipe), output, overwrite)
     amps = result.final_amplitudes()
-    detail = f"{amps.nonzero().seeds.size} seeds, update RMS {amps.rms():.3g}" if amps is not None else "tensorwise update"
-    out.print(f"[green]merged[/] with {result.method} ({len(result.elites)} elites, {detail}) → {escape(str(path))}", highlight=False)
+    detail = f"{counted(amps.nonzero().seeds.size, 'seed')}, update RMS {amps.rms():.3g}" if amps is not None else "tensorwise update"
+    out.print(f"[green]merged[/] with {result.method} ({counted(len(result.elites), 'elite')}, {detail}) → {escape(str(path))}", highlight=False)
 
 
 REBUILT_DIFFERS_EXIT = 4

@@ -38,6 +38,11 @@ def excerpt(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and the noun, singular for 1: "1 seed", "3 seeds", "0 entries" (``plural``: an irregular plural)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def first_line(exc: BaseException, limit: int | None = 300) -> str:
     """An exception's first line (its type name when it has no message), at most ``limit`` characters (None: all)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MIN_LOCAL_ELITES = 10  # below it a stage-2 step averages a handful of random local perturbations
 NOISE_BOUND = 10.0  # |ε| of a standard normal draw stays below it (P(|ε| > 10) ≈ 1.5e-23 per value; the schemes draw less than 9.2)
 SIGMA_NOTE = 1.0  # validate notes a σ at or above it: larger than the RMS of the weight matrices of the LLMs we know
+TASKS_NOT_LOADED = "scoring.tasks: cannot load"  # how a task whose data does not load is reported (scoring.lmeval)
 SIGMA_RMS_WARN = 3.0  # run/merge warn when σ exceeds this many times a perturbed tensor's RMS (docs/sizing.md)
 
 
@@ -42,17 +43,25 @@ class Checked:
     notes: tuple[str, ...] = ()  # what a user should know about how the recipe will be read (validate prints them)
 
 
-def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = None, log_notes: bool = True) -> Checked:
+def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = None, log_notes: bool = True, data_optional: bool = False) -> Checked:
     """Cross-field checks shared by validate/merge/run (no weights are touched).
 
     ``base``: ``recipe.base_model`` as the command already resolved it (None: resolved here); carried as ``Checked.base``.
-    ``log_notes``: log the notes as warnings (``validate`` prints them itself, once).
+    ``log_notes``: log the notes as warnings (``validate`` prints them itself, once). ``data_optional``: tasks whose
+    data cannot be loaded here (a Hub dataset offline) get a note instead of an error (``validate``); their splits
+    and sizes are checked when a command that scores loads them.
     """
     check_scheme(recipe.noise)
     base = base or resolve_base(recipe.base_model)
+    unloaded = None
     if recipe.scoring is not None:
         check_task_names(recipe)
-        check_store(recipe, check_splits(recipe))
+        try:
+            check_store(recipe, check_splits(recipe))
+        except CorpmergeError as exc:
+            if not (data_optional and str(exc).startswith(TASKS_NOT_LOADED)):
+                raise
+            unloaded = f"{exc}; so their splits and sizes were not checked here (`score` and `run` check them when they load the data)"
     method = get_method(recipe.merge_method)
     grid = method.grid(recipe.parameters)
     entries = recipe.entries()
@@ -85,7 +94,7 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = 
         sizes = {"B": round(support.folds.validate_ * per_task), "C": 0}
         sizes["C"] = per_task - round(support.folds.construct_ * per_task) - sizes["B"]
         check_gate_fold_sizes({f: n * len(recipe.scoring.tasks) for f, n in sizes.items()}, f" at most (support.limit {per_task})")
-    notes: list[str] = []
+    notes: list[str] = [unloaded] if unloaded else []
     if recipe.iterate is not None:
         notes += _local_elite_notes(method, grid, recipe.iterate.local_size)
     given = sum(e.reward is not None for e in entries)

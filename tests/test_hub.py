@@ -46,7 +46,7 @@ def test_push_uploads_every_file_byte_identical_and_updates(merged, hub, tmp_pat
     assert set(tree) == {p.name for p in merged.iterdir()}
     assert all(tree[name] == (merged / name).read_bytes() for name in tree)
     assert hub.state.repos["me/corp-model"]["private"] is True
-    assert b"base_model" in tree["README.md"] and b"corpmerge" in tree["README.md"]
+    assert b"library_name: transformers" in tree["README.md"] and b"corpmerge" in tree["README.md"]
     posts = [h for h in hub.state.requests if h[0] == "POST"]
     assert posts and all(h[2].get("authorization") == f"Bearer {TOKEN}" for h in posts)
     again = run_cli("-q", "push", str(merged), "me/corp-model", "--commit-message", "second", env=env(hub, tmp_path))

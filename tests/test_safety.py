@@ -318,7 +318,7 @@ def test_one_entry_through_the_cli(tmp_path, base):
     recipe = given_rewards_recipe(base, tmp_path / "out", population=[{"seed": 7, "sigma": 0.01, "reward": 0.0}])
     result = run_cli("-q", "merge", str(write_recipe(tmp_path, recipe)))
     assert result.returncode == 0, result.stderr
-    assert "1 elites" in result.stdout
+    assert "(1 elite, 1 seed," in result.stdout
     assert yaml.safe_load((tmp_path / "out" / "corpmerge.yaml").read_text())["lineage"] == [{"seed": 7, "amplitude": 0.01}]
 
 

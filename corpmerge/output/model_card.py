@@ -23,6 +23,7 @@ from urllib.parse import quote
 from huggingface_hub import EvalResult, ModelCardData
 
 from corpmerge import __version__
+from corpmerge.errors import counted
 from corpmerge.output.base_pin import front_matter_base
 from corpmerge.output.report_schema import HeldOut, RunReport, ShippedCheck
 
@@ -371,7 +372,7 @@ def _report_section(report: RunReport, picture: str | None = None) -> str:
             f"Accepted on the validate fold: fixes {gate.fixes}, regressions {gate.regressions}, "
             f"constructive score {gate.constructive_score:.4f}, LCB {gate.lcb:.4f}; "
             f"probe multiplier {gate.multiplier} (LCB {gate.probe_lcb:.4f} on the probe fold). "
-            f"{report.candidates_tried} candidates were tried.\n"
+            f"{counted(report.candidates_tried, 'candidate')} {'was' if report.candidates_tried == 1 else 'were'} tried.\n"
         )
     else:
         lines.append(f"Abstained: {gate.reason}. These are the base model's weights.\n")

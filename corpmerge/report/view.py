@@ -10,7 +10,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from corpmerge.errors import CorpmergeError
+from corpmerge.errors import CorpmergeError, counted
 from corpmerge.output.report_schema import REPORT_FILE, HeldOut, HeldOutRow, RunReport, read_report
 
 
@@ -104,7 +104,7 @@ def _gate_line(report: RunReport) -> Text:
             ("gate passed", "green"),
             f": params {gate.params}, multiplier {gate.multiplier}; fold B fixes {gate.fixes}, "
             f"regressions {gate.regressions}, S {_signed(gate.constructive_score)}, LCB {_signed(gate.lcb)}; "
-            f"fold C LCB {_signed(gate.probe_lcb)} ({report.candidates_tried} candidates tried)",
+            f"fold C LCB {_signed(gate.probe_lcb)} ({counted(report.candidates_tried, 'candidate')} tried)",
         )
     if gate.accepted:
         return Text(f"gate disabled: merged with {gate.params}")
