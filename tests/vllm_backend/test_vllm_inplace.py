@@ -116,6 +116,23 @@ def test_the_engine_scores_what_was_written_and_restores_theta0_exactly(engine):
     assert answers(backend) == base
 
 
+def test_a_partial_set_leaves_the_rest_of_a_fused_parameter_at_theta0(engine):
+    """Only q_proj and gate_proj tracked: qkv_proj and gate_up_proj hold θ₀'s k, v and up beside them (on the CPU the
+    layer is re-packed from a buffer of ours, whose untracked parts are filled once), as vLLM's reload of the same does."""
+    backend, theta0, base, _ = engine
+    part = {name: t for name, t in theta0.items() if "q_proj" in name or "gate_proj" in name}
+    backend.track(part)
+    try:
+        backend.write(SEEDS, AMPS, noise.DEFAULT_SCHEME)
+        written = answers(backend)
+        backend.load((name, t.view(theta0[name].shape)) for name, t in expected(part, backend.dtype, SEEDS, AMPS).items())
+        assert answers(backend) == written != base
+        backend.restore()
+        assert answers(backend) == base
+    finally:
+        backend.track(theta0)
+
+
 def test_the_prefix_cache_is_reset_after_a_write(engine):
     backend, _, _, _ = engine
     shared = [Instance("generate_until", {}, ("0123456789" * 12 + f"{k}", {"until": ["\n"], "do_sample": False, "max_gen_toks": 6}), 0) for k in range(3)]

@@ -89,38 +89,53 @@ class WeightWriter:
     def corpmerge_track(self, folder: str, names: Sequence[str], marker_bytes: int = MARKER_BYTES) -> list[tuple[str, int, int, int, int]]:
         """Derive where these HF tensors live on this rank (``marker_bytes`` of markers at a time), keep θ₀ of those
         windows; returns the windows (for the driver's coverage check)."""
+        from corpmerge import noise
         from corpmerge.model_io import Checkpoint
 
         model = self.model_runner.get_model()
         checkpoint = Checkpoint(folder)
-        shapes = {name: tuple(checkpoint.info(name)[0]) for name in names}
-        layout = _derive_layout(model, shapes, marker_bytes)
+        tracked = set(names)
+        # every floating tensor is marked: a parameter the tracked ones share (k and v beside a tracked q) needs its θ₀ too
+        shapes = {name: tuple(checkpoint.info(name)[0]) for name in checkpoint.names() if name in tracked or checkpoint.info(name)[1]}
+        layout = _derive_layout(model, shapes, marker_bytes, required=tracked)
         dtype = self.model_runner.model_config.dtype
         repack = _repacks()
-        buffers, processed, pieces_of = {}, {}, {}
+        buffers, processed, pieces_of, fills_of = {}, {}, {}, {}
         for (module, pname), pieces in layout.items():
+            if not any(name in tracked for _, name, _, _, _ in pieces):
+                continue
             live = module._parameters[pname]
-            shape = pieces[0][0]
+            shape, own = pieces[0][0], False
             if not repack:
                 if tuple(live.shape) != shape or live.dtype != dtype:
                     raise LayoutError(f"{pname} of {type(module).__name__}: vLLM keeps it as {tuple(live.shape)} {live.dtype}, not {shape} {dtype}")
                 target = live.data
             elif tuple(live.shape) == shape and live.dtype == dtype:
                 target = live.data  # the layer reads this tensor itself (an embedding, a norm, a bias)
-            else:
-                target = torch.zeros(shape, dtype=dtype, device=live.device)  # the layer reads a packed copy (padding: 0, as vLLM loads it)
+            else:  # the layer reads a packed copy: its loading-format values kept here (padding 0, as vLLM loads it)
+                target, own = torch.zeros(shape, dtype=dtype, device=live.device), True
             buffers[(module, pname)] = target
             if repack and getattr(module, "quant_method", None) is not None:
                 processed[id(module)] = module
             for _, name, index, offset, stride in pieces:
-                pieces_of.setdefault(name, []).append((_as_2d(target)[index], offset, stride))
+                if index is None and own:
+                    raise LayoutError(f"{name} shares {pname} of {type(module).__name__} with a tracked tensor, and its layout there is not windows")
+                if index is None:
+                    continue
+                if name in tracked:
+                    pieces_of.setdefault(name, []).append((_as_2d(target)[index], offset, stride))
+                elif own:  # an untracked part of a buffer of ours: θ₀, written once
+                    fills_of.setdefault(name, []).append((_as_2d(target)[index], offset, stride))
         windows = []
-        for name, pieces in pieces_of.items():  # θ₀ of this rank's windows, one HF tensor read at a time
+        for name in [*pieces_of, *(n for n in fills_of if n not in pieces_of)]:  # one HF tensor read at a time
             theta = checkpoint.tensor(name).reshape(-1)
-            for view, offset, stride in pieces:
+            for view, offset, stride in pieces_of.get(name, []) + fills_of.get(name, []):
                 rows, width = (1, view.numel()) if view.dim() == 1 else view.shape
                 window = theta.as_strided((rows, width), (stride, 1), offset).reshape(view.shape).to(view.device, copy=True)
-                windows.append(Window(name, view, window, offset, stride))
+                if name in tracked:
+                    windows.append(Window(name, view, window, offset, stride))
+                else:
+                    noise.write_update(view, window, name, [], [], offset=offset, row_stride=stride)  # θ₀ rounded, as vLLM loads it
         if repack:
             for module in _sharing(model, list(processed.values())):
                 processed[id(module)] = module
@@ -171,12 +186,12 @@ def _repack(module: torch.nn.Module, buffers: dict[tuple[torch.nn.Module, str], 
 
 
 def _derive_layout(
-    model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], budget: int = MARKER_BYTES
+    model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], budget: int = MARKER_BYTES, required: set[str] | None = None
 ) -> dict[tuple[torch.nn.Module, str], list[tuple[tuple[int, ...], str, tuple[slice, ...], int, int]]]:
     """Where each HF tensor's elements land, by vLLM's own ``load_weights`` on marker values.
 
-    Returns {(module, parameter name): [(loading shape, HF name, index, offset, row_stride)]}. Every tracked name
-    must land somewhere on this rank (replicated or sharded); a layout that is not windows raises LayoutError.
+    Returns {(module, parameter name): [(loading shape, HF name, index, offset, row_stride)]}. Every ``required`` name
+    (default: all) must land somewhere on this rank (replicated or sharded); a layout that is not windows raises LayoutError.
     The parameters are marked ``budget`` bytes at a time (float64, the others on ``meta``, where writes are no-ops),
     one ``load_weights`` pass per group, so deriving holds at most ``budget`` bytes of markers beside the model."""
     from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
@@ -207,8 +222,8 @@ def _derive_layout(
     for group in groups:
         markers = _marked(model, slots, set(group), names, shapes, starts)
         for module, pname, marker in markers:
-            found |= _read_back(module, pname, marker, names, starts, layout)
-    missing = sorted(set(names) - found)
+            found |= _read_back(module, pname, marker, names, starts, layout, required)
+    missing = sorted((set(names) if required is None else required) - found)
     if missing:
         raise LayoutError(f"{missing[0]} loads into no parameter of the engine")
     return layout
@@ -224,6 +239,8 @@ def _marked(
 ) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
     """One ``load_weights`` pass of marker tensors: the ``chosen`` parameters as float64 markers (−1 where nothing
     lands), the others on ``meta``; the live parameters are back in place afterwards."""
+    from vllm.model_executor.model_loader.reload.layerwise import _get_original_loader
+
     markers = []
     try:
         for k, (module, pname, _, template) in enumerate(slots):
@@ -234,6 +251,8 @@ def _marked(
             )
             marker.__class__ = template.__class__
             marker.__dict__ = template.__dict__.copy()
+            if hasattr(template, "weight_loader"):  # without the wrapper a reload leaves on vLLM's recorded metadata
+                marker.weight_loader = _get_original_loader(template)
             module._parameters[pname] = marker
             if k in chosen:
                 markers.append((module, pname, marker))
@@ -246,25 +265,38 @@ def _marked(
 
 
 def _read_back(
-    module: torch.nn.Module, pname: str, marker: torch.Tensor, names: list[str], starts: np.ndarray, layout: dict[tuple[torch.nn.Module, str], list]
+    module: torch.nn.Module,
+    pname: str,
+    marker: torch.Tensor,
+    names: list[str],
+    starts: np.ndarray,
+    layout: dict[tuple[torch.nn.Module, str], list],
+    required: set[str] | None,
 ) -> set[str]:
-    """Where the markers landed in one parameter, as windows added to ``layout``; returns the HF names found there."""
+    """Where the markers landed in one parameter, as windows added to ``layout``; returns the HF names found there.
+    A name that is not ``required`` and whose layout is not windows is added with index None (its part unknown)."""
     values = _as_2d(marker.data).reshape(-1).numpy()
     hit = np.flatnonzero(values >= 1)
     if hit.size == 0:
         return set()
     codes = values[hit] - 1
     where = f"{pname} of {type(module).__name__}"
-    if not np.array_equal(codes, np.floor(codes)):
-        raise LayoutError(f"{where}: vLLM transforms the checkpoint's values as it loads them")
-    codes = codes.astype(np.int64)
-    which = np.searchsorted(starts, codes, side="right") - 1
+    exact = np.floor(codes) == codes
+    which = np.searchsorted(starts, np.floor(codes).astype(np.int64), side="right") - 1
     shape = tuple(_as_2d(marker.data).shape)
     found = set()
     for k in np.unique(which):
         sel = which == k
         name = names[k]
-        for index, offset, stride in rectangles(name, where, hit[sel], codes[sel] - starts[k], shape):
+        try:
+            if not exact[sel].all():
+                raise LayoutError(f"{name} in {where}: vLLM transforms the checkpoint's values as it loads them")
+            windows = rectangles(name, where, hit[sel], codes[sel].astype(np.int64) - starts[k], shape)
+        except LayoutError:
+            if required is None or name in required:
+                raise
+            windows = [(None, 0, 0)]
+        for index, offset, stride in windows:
             layout.setdefault((module, pname), []).append((tuple(marker.shape), name, index, offset, stride))
         found.add(name)
     return found
