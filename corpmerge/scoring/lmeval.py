@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,8 @@ class TaskSuite:
         if spec.num_fewshot is not None:  # once here, not on every evaluation
             for task in self.tasks.values():
                 task.set_config(key="num_fewshot", value=spec.num_fewshot)
+        for name, task in self.tasks.items():
+            _fewshot_per_document(name, task)
 
     def _use_split(self, name: str, task: Any, split: str | None) -> str:
         """Point the task's evaluated split at ``split`` (support: training split by default)."""
@@ -165,6 +168,8 @@ class TaskSuite:
             "fewshot": self.spec.num_fewshot,
             "metric": self.spec.metric,
         }
+        if self.spec.num_fewshot:  # few-shot examples per document (stores made before drew them per evaluation)
+            options["fewshot_sampling"] = "per-document"
         blob = json.dumps([configs, options], sort_keys=True, default=_stable)
         return hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
 
@@ -211,6 +216,23 @@ class TaskSuite:
         else:
             vote = prediction(task.OUTPUT_TYPE, sample["filtered_resps"][0], extract=self.answers[name])
         return ExampleScore(value, correct, vote)
+
+
+def _fewshot_per_document(name: str, task: Any) -> None:
+    """Each document's few-shot examples chosen by a generator seeded from (task, document): lm-eval's sampler keeps one
+    generator per task that advances with every prompt, so the same example got other few-shot examples in every
+    evaluation (a racing stage, a gate fold, the same weights twice) and a paired difference measured the prompts."""
+    sampler = getattr(task, "sampler", None)
+    if sampler is None:
+        return
+    context = task.fewshot_context
+
+    def fewshot_context(doc: Any, *args: Any, **kwargs: Any) -> Any:
+        text = json.dumps(doc, sort_keys=True, default=str)
+        sampler.rnd = random.Random(int.from_bytes(hashlib.blake2b(f"{name}\0{text}".encode(), digest_size=8).digest(), "little"))
+        return context(doc, *args, **kwargs)
+
+    task.fewshot_context = fewshot_context
 
 
 UNSCORED_METADATA = ("config_source", "cluster_by")  # where the YAML lies; how the report groups examples
