@@ -19,7 +19,7 @@ from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
 from corpmerge.scoring.folds import assign_folds, check_gate_fold_sizes, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, include_paths, quiet_third_party, task_manager
-from corpmerge.scoring.session import store_path, suite_counts
+from corpmerge.scoring.session import check_code_isolation, store_path, suite_counts
 from corpmerge.scoring.store import IDENTITY_LABELS
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = 
     unloaded = None
     if recipe.scoring is not None:
         check_task_names(recipe)
+        check_code_isolation(recipe)  # before any task's data is loaded, as the session does
         try:
             check_store(recipe, check_splits(recipe))
         except CorpmergeError as exc:
