@@ -178,13 +178,16 @@ def write_update(
         h = philox.name_hash(name)
         words = (h & 0xFFFFFFFF, h >> 32)
         if path == "numba":
-            bf16 = dest.dtype == torch.bfloat16
+            bf16, theta_bf16 = dest.dtype == torch.bfloat16, theta0.dtype == torch.bfloat16
             raw = dest2.view(torch.int16) if bf16 else dest2
-            theta_raw = theta2.view(torch.int16) if theta0.dtype == torch.bfloat16 else theta2
-            with torch.no_grad():
-                _numba_threads()
-                _cpu_writer()(
-                    raw.numpy(), bf16, theta_raw.numpy(), theta0.dtype == torch.bfloat16, offset, stride,
+            theta_raw = theta2.view(torch.int16) if theta_bf16 else theta2
+            _numba_threads()
+            flat = (rows == 1 or stride == width) and raw.is_contiguous() and theta_raw.is_contiguous()
+            if len(keys) == 1 and flat:  # one seed over one range of the tensor: the vectorised kernel
+                _cpu_writers()[1](raw.view(-1).numpy(), bf16, theta_raw.view(-1).numpy(), theta_bf16, offset, keys[0], amps32[0], words, *_cpu_tables())
+            else:
+                _cpu_writers()[0](
+                    raw.numpy(), bf16, theta_raw.numpy(), theta_bf16, offset, stride,
                     np.array(keys, dtype=np.uint64).reshape(-1, 2), amps32, words, *_cpu_tables(),
                 )  # fmt: skip
             return path
@@ -202,7 +205,7 @@ def fused_kernel(device_type: str) -> str:
     """The kernel ``write_update`` uses for the portable scheme on this kind of device: "numba" (the CPU, float32 and
     bfloat16), "triton" (CUDA with Triton installed) or "torch" (separate torch operations)."""
     if device_type == "cpu":
-        return "numba" if _cpu_writer() is not None else "torch"
+        return "numba" if _cpu_writers() is not None else "torch"
     return "triton" if _triton_available(device_type) else "torch"
 
 
@@ -211,7 +214,7 @@ def _fused_path(dest: torch.Tensor, theta0: torch.Tensor) -> str:
     bfloat16, float16), else torch ops (any floating dtype: θ₀ widened or rounded to float32 first)."""
     if dest.device.type == "cpu":
         plain = (torch.float32, torch.bfloat16)
-        return "numba" if dest.dtype in plain and theta0.dtype in plain and _cpu_writer() is not None else "torch"
+        return "numba" if dest.dtype in plain and theta0.dtype in plain and _cpu_writers() is not None else "torch"
     supported = dest.dtype in FLOAT_DTYPES and theta0.dtype in FLOAT_DTYPES
     return "triton" if supported and _triton_available(dest.device.type) else "torch"
 
@@ -229,12 +232,13 @@ def _triton_available(device_type: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _cpu_writer() -> Callable | None:
+def _cpu_writers() -> tuple[Callable, Callable] | None:
+    """Numba's general ``write`` and its one-seed, one-range ``write_one``; None without Numba."""
     if _cpu_kernel() is None:
         return None
     from corpmerge.noise import philox_cpu
 
-    return philox_cpu.write
+    return philox_cpu.write, philox_cpu.write_one
 
 
 _WINDOW_CHUNK = 1 << 22  # elements of a window formed at once on the torch path (≈ 16 MiB per float32 temporary)

@@ -167,3 +167,58 @@ def write(
         if e + 1 < width:
             value = _theta(theta, i, e + 1, theta_bf16)
             _store(dest, i, e + 1, value + acc1 if seeds else value, dest_bf16)
+
+
+@numba.njit(inline="always")
+def _theta1(theta: np.ndarray, i: int, bf16: bool) -> np.float32:
+    if bf16:
+        return _bits_f32(np.uint32(np.uint32(np.uint16(theta[i])) << np.uint32(16)))
+    return np.float32(theta[i])
+
+
+@numba.njit(inline="always")
+def _store1(dest: np.ndarray, i: int, value: np.float32, bf16: bool) -> None:
+    if bf16:
+        dest[i] = _to_bf16_bits(value)
+    else:
+        dest[i] = value
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def write_one(
+    dest: np.ndarray,
+    dest_bf16: bool,
+    theta: np.ndarray,
+    theta_bf16: bool,
+    offset: int,
+    key: tuple[int, int],
+    amplitude: np.float32,
+    h: tuple[int, int],
+    table: np.ndarray,
+    diffs: np.ndarray,
+) -> None:
+    """``write`` for one seed and a contiguous range (dest[m] is element offset + m): a population entry over a whole
+    tensor, the hot path. The loop of ``fill`` with θ₀ added, which LLVM vectorises as it does ``fill`` (≈ 1.5× faster
+    than the general kernel here); the same bits."""
+    n = dest.size
+    if n == 0:
+        return
+    first = offset >> 1
+    pairs = ((offset + n - 1) >> 1) - first + 1
+    k0_init, k1_init = _U(key[0]), _U(key[1])
+    c2_init, c3_init = _U(h[0]), _U(h[1])
+    for q in numba.prange(pairs):
+        p = _U(first + q)
+        c0, c1, c2, c3 = p & _LOW, p >> _S32, c2_init, c3_init
+        k0, k1 = k0_init, k1_init
+        for _ in range(10):
+            p0 = c0 * _M0
+            p1 = c2 * _M1
+            c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _LOW, (p0 >> _S32) ^ c3 ^ k1, p0 & _LOW
+            k0 = (k0 + _W0) & _LOW
+            k1 = (k1 + _W1) & _LOW
+        i = 2 * (first + q) - offset
+        if i >= 0:
+            _store1(dest, i, _theta1(theta, i, theta_bf16) + _normal(c0, c1, table, diffs) * amplitude, dest_bf16)
+        if i + 1 < n:
+            _store1(dest, i + 1, _theta1(theta, i + 1, theta_bf16) + _normal(c2, c3, table, diffs) * amplitude, dest_bf16)
