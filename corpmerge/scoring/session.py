@@ -188,7 +188,8 @@ def open_session(recipe: Recipe, base: BaseRef | None = None) -> Session:
     prepare_scoring(recipe)
     cluster = connect_for(recipe) if recipe.scoring.workers else None
     try:
-        return _load(recipe, base, driver_device(scoring_device()) if cluster else scoring_device(), cluster, driver=True)
+        device = driver_device(scoring_device(), engine_ranks(recipe)) if cluster else scoring_device()
+        return _load(recipe, base, device, cluster, driver=True)
     except BaseException:
         if cluster is not None:
             cluster.close()
@@ -294,9 +295,15 @@ class Pool:
         self.cluster.close()
 
 
+def engine_ranks(recipe: Recipe) -> int:
+    """The GPUs one scoring engine takes: vLLM's ``tensor_parallel_size``, else 1."""
+    assert recipe.scoring is not None
+    return int(recipe.scoring.model_args.get("tensor_parallel_size", 1)) if recipe.scoring.backend == "vllm" else 1
+
+
 def connect_for(recipe: Recipe) -> Cluster:
-    """The run's Ray cluster, checked to hold ``scoring.workers`` workers."""
-    cluster = connect()
+    """The run's Ray cluster, checked to hold ``scoring.workers`` workers; the driver keeps its engine's GPUs."""
+    cluster = connect(driver_gpus=engine_ranks(recipe))
     try:
         check_capacity(recipe.scoring.workers, resources_per_worker(recipe))
     except BaseException:
