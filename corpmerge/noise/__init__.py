@@ -133,6 +133,7 @@ def gaussian(
 
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BOUND = 10.0  # every |ε| either scheme draws stays below it (philox: at most 9.0044; P(|N(0,1)| > 10) ≈ 1.5·10⁻²³)
 MAX_INDEX = 2**63  # flat indices of a tensor's noise lie in [0, 2⁶³)
 
 

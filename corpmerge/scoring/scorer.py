@@ -22,6 +22,7 @@ import torch
 
 from corpmerge import noise
 from corpmerge.amplitudes import Amplitudes
+from corpmerge.errors import CorpmergeError
 from corpmerge.population import Entry
 from corpmerge.scoring.backends import Backend
 from corpmerge.scoring.folds import Docs
@@ -92,6 +93,7 @@ class Scorer:
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.model_bytes = 4 * sum(numels)
         # the portable scheme is drawn where the backend holds its weights, and written there in one pass
+        self._headroom = headroom(theta0, self.dtype)
         fused = scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False)
         self.in_place = fused
         if fused:
@@ -139,7 +141,10 @@ class Scorer:
 
     @torch.no_grad()
     def apply(self, update: Update) -> None:
-        """Set every perturbed parameter to θ₀ + Δ."""
+        """Set every perturbed parameter to θ₀ + Δ (refused before anything is written when Δ may not be finite there)."""
+        amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
+        if isinstance(amps, Amplitudes):
+            check_bounded(amps, self._headroom, self.dtype)
         self._at_base = False
         fused = self._fused(update)
         if fused is not None:
@@ -298,6 +303,32 @@ class Scorer:
         self.evaluations += 1
         self.examples_evaluated += len(scores)
         return scores
+
+
+def headroom(theta0: dict[str, torch.Tensor], dtype: torch.dtype) -> float:
+    """How far from θ₀ the scored weights may go and stay finite in ``dtype``: its largest finite value less max |θ₀|
+    (one pass over θ₀); a θ₀ that is not finite is refused, naming the tensor."""
+    top = 0.0
+    for name, tensor in theta0.items():
+        if tensor.device.type == "meta" or tensor.numel() == 0:
+            continue
+        largest = float(tensor.abs().max())
+        if not math.isfinite(largest):
+            raise CorpmergeError(f"base_model: tensor {name} has inf or NaN values; a perturbed model of it cannot be scored or written")
+        top = max(top, largest)
+    return float(torch.finfo(dtype).max) - top
+
+
+def check_bounded(amps: Amplitudes, room: float, dtype: torch.dtype) -> None:
+    """Refuse an update whose Δ may leave ``dtype``'s finite range: Σ|aₖ|·``noise.BOUND`` ≥ the headroom above θ₀."""
+    reach = float(np.abs(amps.values).sum()) * noise.BOUND
+    if not reach < room:
+        nz = amps.nonzero()
+        what = f"entry seed {int(nz.seeds[0])}, σ = {float(nz.values[0]):g}" if nz.seeds.size == 1 else f"an update of {nz.seeds.size} seeds"
+        raise CorpmergeError(
+            f"scoring: {what} can move a weight by up to {reach:.3g}, past {str(dtype).removeprefix('torch.')}'s finite range, so its "
+            "weights would be inf or NaN; nothing was scored with it: use a smaller σ or α (docs/sizing.md: choosing σ)"
+        )
 
 
 def single_seed(update: Update) -> Amplitudes | None:
