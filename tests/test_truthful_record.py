@@ -20,15 +20,16 @@ from corpmerge.report.view import model_label, ordered_rows
 def test_the_log_holds_the_tables_rewards_yaml_is_written_and_a_refusal_leaves_nothing(tmp_path, tiny_model, tiny_task):
     out = tmp_path / "out"
     data = scoring_recipe(tiny_model, tiny_task, out, evaluate={"limit": 8}, gate={"enabled": False}, parameters={"quantile": 0.5, "beta": 10, "alpha": 1})
+    data["population"]["size"], data["scoring"]["support"]["limit"] = 4, 40  # small: the run is made three times
     recipe = write_recipe(tmp_path, data)
     result = run_cli("-q", "run", str(recipe))
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "out.work" / "corpmerge.log").read_text()
     assert "A construct" in log and "held-out: tiny_mc (test)" in log and "gate disabled: merged with" in log  # 8: the tables and the decision
     rewards = yaml.safe_load((tmp_path / "out.work" / "rewards.yaml").read_text())  # 8: run writes rewards.yaml
-    assert len(rewards["population"]) == 6 and rewards["fold_A_examples"] == 40
+    assert len(rewards["population"]) == 4 and rewards["fold_A_examples"] == 20
     racing = RunReport.model_validate_json((out / "report.json").read_text()).racing
-    assert [row.get("examples", 40) for row in rewards["population"]] == racing.examples  # 5: an estimate carries its n
+    assert [row.get("examples", 20) for row in rewards["population"]] == racing.examples  # 5: an estimate carries its n
     assert "local_files_only" not in (out / "tokenizer_config.json").read_text()  # 9
 
     moved = run_cli("-q", "run", str(recipe), "-o", str(tmp_path / "elsewhere"))  # 8: -o states where the store went
