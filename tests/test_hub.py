@@ -44,7 +44,10 @@ def test_push_uploads_every_file_byte_identical_and_updates(merged, hub, tmp_pat
     assert_no_token(result)
     tree = hub.state.repos["me/corp-model"]["branches"]["main"]
     assert set(tree) == {p.name for p in merged.iterdir()}
-    assert all(tree[name] == (merged / name).read_bytes() for name in tree)
+    assert all(tree[name] == (merged / name).read_bytes() for name in tree if name != "README.md")
+    card = tree["README.md"].decode()  # the card's lm-eval command names the repo, not the local folder
+    assert f"pretrained={merged.resolve()}" in (merged / "README.md").read_text() and "pretrained=me/corp-model," in card
+    assert card.replace("pretrained=me/corp-model", f"pretrained={merged.resolve()}") == (merged / "README.md").read_text()
     assert hub.state.repos["me/corp-model"]["private"] is True
     assert b"library_name: transformers" in tree["README.md"] and b"corpmerge" in tree["README.md"]
     posts = [h for h in hub.state.requests if h[0] == "POST"]

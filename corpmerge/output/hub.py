@@ -27,6 +27,16 @@ def check_complete(folder: Path) -> None:
             raise CorpmergeError(f"{folder}: shard(s) missing: {', '.join(sorted(missing))}")
 
 
+def hub_card(folder: Path, repo_id: str) -> bytes | None:
+    """The folder's README.md with ``pretrained=<the folder's absolute path>`` (how the card's lm-eval command names a
+    local folder) replaced by ``pretrained=<repo_id>``; None when the card does not name the folder."""
+    card = folder / "README.md"
+    local = f"pretrained={folder.resolve()}"
+    if not card.is_file() or local not in (text := card.read_text(encoding="utf-8")):
+        return None
+    return text.replace(local, f"pretrained={repo_id}").encode("utf-8")
+
+
 def _redact(text: str, token: str | None) -> str:
     return text.replace(token, "***") if token else text
 
@@ -39,8 +49,11 @@ def push_folder(
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> str:
-    """Create the repo if needed (and the branch), upload the folder; returns the commit URL."""
-    from huggingface_hub import HfApi, get_token
+    """Create the repo if needed (and the branch), upload the folder in one commit; returns the commit URL.
+
+    The card's lm-eval command names the folder's local path when it was written; the pushed card names the repo
+    instead (``hub_card``), so that the command runs for whoever reads it on the Hub."""
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -58,9 +71,14 @@ def push_folder(
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=str(folder),
+        card = hub_card(folder, repo_id)
+        operations = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=card if name == "README.md" and card is not None else str(folder / name))
+            for name in sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        ]
+        commit = api.create_commit(
             repo_id=repo_id,
+            operations=operations,
             revision=revision,
             commit_message=commit_message or f"corpmerge: upload {folder.name}",
         )
