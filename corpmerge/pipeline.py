@@ -247,6 +247,7 @@ def write_phase(session: Session, base: BaseRef, out: Path, entries: list[Entry]
         overwrite=overwrite,
         picture=lambda path: write_report_png(report, path),
         verify=verify,
+        estimates={i: m for i, m in enumerate(report.racing.examples) if m < report.folds.get("A", 0)} if report.racing else None,
     )
 
 

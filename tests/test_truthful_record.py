@@ -29,7 +29,11 @@ def test_the_log_holds_the_tables_rewards_yaml_is_written_and_a_refusal_leaves_n
     rewards = yaml.safe_load((tmp_path / "out.work" / "rewards.yaml").read_text())  # 8: run writes rewards.yaml
     assert len(rewards["population"]) == 4 and rewards["fold_A_examples"] == 20
     racing = RunReport.model_validate_json((out / "report.json").read_text()).racing
-    assert [row.get("examples", 20) for row in rewards["population"]] == racing.examples  # 5: an estimate carries its n
+    assert [row.get("examples", 20) for row in rewards["population"]] == racing.examples
+    lineage = yaml.safe_load((out / "corpmerge.yaml").read_text())["recipe"]["population"]
+    assert [row.get("examples") for row in lineage] == [
+        row.get("examples") for row in rewards["population"]
+    ]  # and in the lineage  # 5: an estimate carries its n
     assert "local_files_only" not in (out / "tokenizer_config.json").read_text()  # 9
 
     moved = run_cli("-q", "run", str(recipe), "-o", str(tmp_path / "elsewhere"))  # 8: -o states where the store went

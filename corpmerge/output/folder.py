@@ -51,14 +51,20 @@ def population_summary(entries: list[Entry]) -> dict[str, Any]:
     }
 
 
-def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult | None) -> dict[str, Any]:
+def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult | None, estimates: dict[int, int] | None = None) -> dict[str, Any]:
     """Everything needed to explain and rebuild the model: resolved recipe, merge choice, amplitudes.
+
+    ``estimates``: entry index → the fold-A examples behind its reward where racing stopped it early (written as the
+    entry's ``examples``, as in rewards.yaml).
 
     ``result=None`` (an abstained run written with ``write_on_abstain``) has ``merge`` and ``lineage`` null.
     The first key is ``corpmerge_version``: it is how ``--overwrite`` recognises a corpmerge output.
     """
     resolved = recipe.dump()
-    resolved["population"] = [{"seed": e.seed, "sigma": e.sigma, "reward": e.reward} for e in entries]
+    estimates = estimates or {}
+    resolved["population"] = [
+        {"seed": e.seed, "sigma": e.sigma, **({"examples": estimates[i]} if i in estimates else {}), "reward": e.reward} for i, e in enumerate(entries)
+    ]
     head = {"corpmerge_version": __version__, "noise": recipe.noise, "recipe": resolved}
     if result is None:
         return {**head, "merge": None, "population_summary": population_summary(entries), "lineage": None}
@@ -113,6 +119,7 @@ def write_output(
     verify: Callable[[Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
     lineage: dict[str, Any] | None = None,
+    estimates: dict[int, int] | None = None,
 ) -> Path:
     """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically.
 
@@ -121,6 +128,7 @@ def write_output(
     state. ``base`` is ``recipe.base_model`` as the command resolved it (``ref`` is its checkpoint),
     pinned in the lineage. ``verify(staged folder)`` runs once weights, config and tokenizer are
     staged and before the card is written; its answer goes into ``report.shipped_check`` and the card.
+    ``estimates``: as ``lineage_document`` takes them (racing's early-stopped entries and their examples).
     ``lineage``: the lineage document to write (``rebuild``: the shipped one, its base pinned again); default
     ``lineage_document(recipe, entries, result)``. The location is checked again first (``check_output_location``): never onto or around the base,
     ``overwrite`` replaces only a previous corpmerge output.
@@ -150,7 +158,7 @@ def write_output(
             _drop_load_options(tmp / "tokenizer_config.json")
         if verify is not None and report is not None:
             report.shipped_check = ShippedCheck(**verify(tmp))
-        lineage = {**lineage} if lineage is not None else lineage_document(recipe, entries, result)
+        lineage = {**lineage} if lineage is not None else lineage_document(recipe, entries, result, estimates)
         lineage["base"] = pin_base(recipe.base_model, base, ref)
         (tmp / LINEAGE_FILE).write_text(dump_yaml(lineage))
         shown = None
