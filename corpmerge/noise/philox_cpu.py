@@ -32,6 +32,19 @@ def _normal(lo: np.uint64, hi: np.uint64, table: np.ndarray, diffs: np.ndarray) 
     return np.float32(sign * x) * _SCALE
 
 
+@numba.njit(inline="always")
+def _philox(p: np.uint64, k0: np.uint64, k1: np.uint64, c2: np.uint64, c3: np.uint64) -> tuple:
+    """Philox4x32-10 of counter (p mod 2³², ⌊p / 2³²⌋, c2, c3) under key (k0, k1): four 32-bit words in uint64."""
+    c0, c1 = p & _LOW, p >> _S32
+    for _ in range(10):
+        p0 = c0 * _M0
+        p1 = c2 * _M1
+        c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _LOW, (p0 >> _S32) ^ c3 ^ k1, p0 & _LOW
+        k0 = (k0 + _W0) & _LOW  # the bump after the last round is never used
+        k1 = (k1 + _W1) & _LOW
+    return c0, c1, c2, c3
+
+
 @numba.njit(parallel=True, nogil=True, cache=True)
 def fill(out: np.ndarray, offset: int, key: tuple[int, int], h: tuple[int, int], table: np.ndarray, diffs: np.ndarray) -> None:
     """out[m] = ε[offset + m] for the key (k0, k1) and the name hash's words (h mod 2³², ⌊h / 2³²⌋)."""
@@ -43,15 +56,7 @@ def fill(out: np.ndarray, offset: int, key: tuple[int, int], h: tuple[int, int],
     k0_init, k1_init = _U(key[0]), _U(key[1])
     c2_init, c3_init = _U(h[0]), _U(h[1])
     for q in numba.prange(pairs):
-        p = _U(first + q)
-        c0, c1, c2, c3 = p & _LOW, p >> _S32, c2_init, c3_init
-        k0, k1 = k0_init, k1_init
-        for _ in range(10):
-            p0 = c0 * _M0
-            p1 = c2 * _M1
-            c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _LOW, (p0 >> _S32) ^ c3 ^ k1, p0 & _LOW
-            k0 = (k0 + _W0) & _LOW  # the bump after the last round is never used
-            k1 = (k1 + _W1) & _LOW
+        c0, c1, c2, c3 = _philox(_U(first + q), k0_init, k1_init, c2_init, c3_init)
         i = 2 * (first + q) - offset
         if i >= 0:
             out[i] = _normal(c0, c1, table, diffs)
@@ -145,14 +150,7 @@ def write(
         acc1 = np.float32(0.0)
         p = _U(p_int)
         for s in range(seeds):
-            c0, c1, c2, c3 = p & _LOW, p >> _S32, c2_init, c3_init
-            k0, k1 = keys[s, 0], keys[s, 1]
-            for _ in range(10):
-                p0 = c0 * _M0
-                p1 = c2 * _M1
-                c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _LOW, (p0 >> _S32) ^ c3 ^ k1, p0 & _LOW
-                k0 = (k0 + _W0) & _LOW
-                k1 = (k1 + _W1) & _LOW
+            c0, c1, c2, c3 = _philox(p, keys[s, 0], keys[s, 1], c2_init, c3_init)
             a = amplitudes[s]
             term0 = _normal(c0, c1, table, diffs) * a
             term1 = _normal(c2, c3, table, diffs) * a
@@ -208,15 +206,7 @@ def write_one(
     k0_init, k1_init = _U(key[0]), _U(key[1])
     c2_init, c3_init = _U(h[0]), _U(h[1])
     for q in numba.prange(pairs):
-        p = _U(first + q)
-        c0, c1, c2, c3 = p & _LOW, p >> _S32, c2_init, c3_init
-        k0, k1 = k0_init, k1_init
-        for _ in range(10):
-            p0 = c0 * _M0
-            p1 = c2 * _M1
-            c0, c1, c2, c3 = (p1 >> _S32) ^ c1 ^ k0, p1 & _LOW, (p0 >> _S32) ^ c3 ^ k1, p0 & _LOW
-            k0 = (k0 + _W0) & _LOW
-            k1 = (k1 + _W1) & _LOW
+        c0, c1, c2, c3 = _philox(_U(first + q), k0_init, k1_init, c2_init, c3_init)
         i = 2 * (first + q) - offset
         if i >= 0:
             _store1(dest, i, _theta1(theta, i, theta_bf16) + _normal(c0, c1, table, diffs) * amplitude, dest_bf16)

@@ -118,22 +118,10 @@ def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False
     """The held-out table (base, RandOpt K=1 and top-K votes, the merged model), or nothing without an evaluation."""
     if evaluation is None or not evaluation.rows:
         return []
-    held = Table("model", "accuracy", "Δ vs base", "95% CI", "n", title=f"held-out: {evaluation_scope(evaluation)}")
-    for key, row in ordered_rows(evaluation):
-        diff, low, high = finite(row.diff), finite(row.ci_low), finite(row.ci_high)
-        held.add_row(
-            Text(model_label(key, evaluation, method, gated)),
-            _pct(row.accuracy),
-            "—" if diff is None else f"{100 * diff:+.1f} pts",
-            "—" if low is None or high is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]",
-            str(row.n),
-        )
-    parts: list[RenderableType] = [held]
-    if evaluation.clustered_by:
-        parts.append(Text(evaluation.clustering_note()))
-    for task, other in sorted(evaluation.other_tasks.items()):  # evaluate.tasks the support does not train
-        table = Table("model", "accuracy", "Δ vs base", "95% CI", "n", title=f"held-out, not trained by the support: {task} ({evaluation.split})")
-        for key, row in other.rows.items():
+
+    def rows_table(title: str, rows: Any) -> Table:
+        table = Table("model", "accuracy", "Δ vs base", "95% CI", "n", title=title)
+        for key, row in rows:
             diff, low, high = finite(row.diff), finite(row.ci_low), finite(row.ci_high)
             table.add_row(
                 Text(model_label(key, evaluation, method, gated)),
@@ -142,7 +130,13 @@ def evaluation_view(evaluation: HeldOut | None, method: str, gated: bool = False
                 "—" if low is None or high is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]",
                 str(row.n),
             )
-        parts.append(table)
+        return table
+
+    parts: list[RenderableType] = [rows_table(f"held-out: {evaluation_scope(evaluation)}", ordered_rows(evaluation))]
+    if evaluation.clustered_by:
+        parts.append(Text(evaluation.clustering_note()))
+    for task, other in sorted(evaluation.other_tasks.items()):  # evaluate.tasks the support does not train
+        parts.append(rows_table(f"held-out, not trained by the support: {task} ({evaluation.split})", other.rows.items()))
     if evaluation.excluded_support:
         parts.append(
             Text(

@@ -43,15 +43,16 @@ def question(rng: random.Random, kinds: tuple[Callable[[random.Random], tuple[st
 def make_rows(n: int, seed: int) -> list[dict]:
     """``n`` questions with 4 choices (``answer`` is the index of the right one)."""
     rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        text, right = question(rng)
-        options = {right}
-        while len(options) < 4:
-            options.add(max(0, right + rng.choice([-3, -2, -1, 1, 2, 3, 10])))
-        choices = sorted(options, key=lambda _: rng.random())
-        rows.append({"question": text, "choices": [str(c) for c in choices], "answer": choices.index(right)})
-    return rows
+    return [choice_row(*question(rng), rng) for _ in range(n)]
+
+
+def choice_row(text: str, right: int, rng: random.Random) -> dict:
+    """A question with the right answer and three near misses, in an order drawn from ``rng``."""
+    options = {right}
+    while len(options) < 4:
+        options.add(max(0, right + rng.choice([-3, -2, -1, 1, 2, 3, 10])))
+    choices = sorted(options, key=lambda _: rng.random())
+    return {"question": text, "choices": [str(c) for c in choices], "answer": choices.index(right)}
 
 
 def seeded_splits(make_rows: Callable[[int, int], list[dict]], train_size: int, test_size: int, seed: int):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+from corpmerge.tasks.arith.arith_data import choice_row
+
 TEST_SHARE = 2 / 3  # of the pool's questions, by hash
 
 
@@ -45,14 +47,7 @@ def make_rows(questions: list[tuple[str, int]], n: int, seed: int) -> list[dict]
     if n > len(questions):
         raise ValueError(f"corpmerge_arith_unseen: {n} rows asked of a split with {len(questions)} distinct questions")
     rng = random.Random(seed)
-    rows = []
-    for text, right in rng.sample(questions, n):
-        options = {right}
-        while len(options) < 4:
-            options.add(max(0, right + rng.choice([-3, -2, -1, 1, 2, 3, 10])))
-        choices = sorted(options, key=lambda _: rng.random())
-        rows.append({"question": text, "choices": [str(c) for c in choices], "answer": choices.index(right)})
-    return rows
+    return [choice_row(text, right, rng) for text, right in rng.sample(questions, n)]
 
 
 def build_dataset(train_size: int = 1000, test_size: int = 2500, seed: int = 0, **_: object):
