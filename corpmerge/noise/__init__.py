@@ -160,7 +160,7 @@ def write_update(
 
     ``dest`` and ``theta0`` have one shape, 1-D or 2-D, any strides, on one device: dest[j] is element offset + j of the
     flat tensor, dest[i, j] element offset + i·row_stride + j (row_stride: the row length by default), so a shard or
-    a slice of a fused layout is written in place. Returns the path taken: "numba", "triton" or "torch"."""
+    a slice of a fused layout is written in place. Returns the path taken: "numba", "triton", "torch", or "copy" (no seeds)."""
     dest, theta0 = dest.detach(), theta0.detach()
     if dest.shape != theta0.shape or dest.dim() not in (1, 2) or dest.device != theta0.device:
         raise ValueError(f"write_update: dest {tuple(dest.shape)} on {dest.device} and θ₀ {tuple(theta0.shape)} on {theta0.device} must match, 1-D or 2-D")
@@ -172,6 +172,10 @@ def write_update(
     if stride < 0:
         raise ValueError(f"write_update: row_stride {stride} is negative")
     check_range(offset, 0 if dest.numel() == 0 else (rows - 1) * stride + width)
+    if not seeds:  # θ₀ itself: one conversion (exact widening, or rounding to nearest even), a plain copy
+        with torch.no_grad():
+            dest.copy_(theta0)
+        return "copy"
     keys = [philox.key(int(seed)) for seed in seeds]
     amps32 = np.asarray(amplitudes, dtype=np.float64).astype(np.float32)
     if scheme_name == DEFAULT_SCHEME:
