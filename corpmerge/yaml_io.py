@@ -83,6 +83,8 @@ class _Refused(Exception):
 
 _PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})\Z")  # a subset of YAML 1.1 ints, read to the same value
 _PLAIN_FLOAT = re.compile(r"[-+]?[0-9]{1,40}\.[0-9]{0,40}\Z")  # likewise for floats
+# 1e-3, 5E-05: floats in YAML 1.2 and to every reader of a recipe, but strings to YAML 1.1 (it wants a dot)
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]{1,40}\.?[0-9]{0,40}|\.[0-9]{1,40})[eE][-+]?[0-9]{1,4}\Z")
 _DEFAULT_TAGS = (None, "!", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 _NO_KEY, _MERGE_KEY = object(), object()
 
@@ -205,14 +207,15 @@ class _Reader:
             stack[-1].add(value, nodes, event, merge_key)
 
     def _scalar(self, event: yaml.ScalarEvent) -> Any:
-        """The scalar's value under YAML 1.1 rules, as ``yaml.safe_load`` reads it (plain numbers on a fast path)."""
+        """The scalar's value under YAML 1.1 rules, as ``yaml.safe_load`` reads it (plain numbers on a fast path), except
+        that a plain number with an exponent and no dot (``1e-3``) is a float, as in YAML 1.2: a σ written so is a number."""
         value = event.value
         if event.tag is None and event.implicit[0]:
             if value and self.resolved_first is not None and value[0] not in self.resolved_first:
                 return value
             if _PLAIN_INT.match(value):
                 return int(value)
-            if _PLAIN_FLOAT.match(value):
+            if _PLAIN_FLOAT.match(value) or _EXPONENT_FLOAT.match(value):
                 return float(value)
         tag = self.loader.resolve(yaml.ScalarNode, value, event.implicit) if event.tag in (None, "!") else event.tag
         construct = type(self.loader).yaml_constructors.get(tag)

@@ -247,7 +247,10 @@ def test_reader_reads_recipes_like_safe_load():
         "m: 2001-12-14\nn: !!str 12\no: [1, -2, +3, 4.]\np: &x {q: 1, r: [2]}\ns: *x\nt: {<<: *x, q: 5}\n"
         'u: {<<: [{v: 1, w: 1}, {w: 2, z: 3}]}\nv: "caf\\u00e9"\nw:\n'
     )
-    assert typed(read_yaml(text, "r")) == typed(yaml.safe_load(text))
+    expected = yaml.safe_load(text)
+    assert expected["h"] == "1e5"  # YAML 1.1 wants a dot; corpmerge reads it as the number it is (YAML 1.2)
+    expected["h"] = 1e5
+    assert typed(read_yaml(text, "r")) == typed(expected)
     assert read_yaml("", "r") is None and read_yaml("- 1\n", "r") == [1]
 
 

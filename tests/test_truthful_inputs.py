@@ -108,3 +108,18 @@ def test_a_folder_or_an_empty_file_as_the_recipe(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     line = assert_one_line_error(run_cli("validate", str(tmp_path / "empty.yaml")), "empty.yaml: the recipe is empty")
     assert "NoneType" not in line
+
+
+def test_a_number_with_an_exponent_and_no_dot_is_a_number(tmp_path, tiny_model):
+    """YAML 1.1 reads `1e-3` as a string (it wants `1.0e-3`), and strict types would then refuse the σ most people
+    write; corpmerge reads it as the float it is (YAML 1.2). Quoted, it stays a string and is refused by name."""
+    recipe = given_rewards_recipe(tiny_model, tmp_path / "out")
+    del recipe["population"]
+    path = write_recipe(tmp_path, recipe)
+    head = path.read_text()
+    path.write_text(head + "population:\n- {seed: 1, sigma: 1e-2, reward: 5e-01}\n- {seed: 2, sigma: 2E-2, reward: 7.5e-1}\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    path.write_text(head + "population:\n- {seed: 1, sigma: '1e-2', reward: 0.5}\n- {seed: 2, sigma: 0.02, reward: 0.75}\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2 and "population[0].sigma" in result.stderr, result.stderr[-2000:]
