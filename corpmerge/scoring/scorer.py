@@ -146,21 +146,18 @@ class Scorer:
         if isinstance(amps, Amplitudes):
             check_bounded(amps, self._headroom, self.dtype)
         self._at_base = False
-        fused = self._fused(update)
+        fused = self._fused(amps)
         if fused is not None:
             self._last = None
             self.backend.write(fused.seeds.tolist(), fused.values.tolist(), self.scheme)
             return
         self.backend.load(self._values(update))
 
-    def _fused(self, update: Update) -> Amplitudes | None:
+    def _fused(self, amps: object) -> Amplitudes | None:
         """The update's amplitudes when the fused kernel writes it into the backend's parameters in place (one read of θ₀,
         one write per element): a population entry; on an accelerator also a sum of seeds that is not a 2ᵏ multiple of
         the last one (the host keeps the noise cache, whose reuse of drawn noise pays there)."""
-        if not self.in_place:
-            return None
-        amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
-        if not isinstance(amps, Amplitudes):
+        if not self.in_place or not isinstance(amps, Amplitudes):
             return None
         nz = amps.nonzero()
         if nz.seeds.size == 1 or (self.device.type != "cpu" and self._power_of_two_multiple(nz) is None):
@@ -312,7 +309,8 @@ def headroom(theta0: dict[str, torch.Tensor], dtype: torch.dtype) -> float:
     for name, tensor in theta0.items():
         if tensor.device.type == "meta" or tensor.numel() == 0:
             continue
-        largest = float(tensor.abs().max())
+        low, high = torch.aminmax(tensor)  # no model-sized |θ₀| temporary
+        largest = max(-float(low), float(high))
         if not math.isfinite(largest):
             raise CorpmergeError(f"base_model: tensor {name} has inf or NaN values; a perturbed model of it cannot be scored or written")
         top = max(top, largest)
