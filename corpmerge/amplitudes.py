@@ -50,9 +50,11 @@ class Amplitudes:
         nz = self.nonzero()
         return [{"seed": int(s), "amplitude": float(a)} for s, a in zip(nz.seeds, nz.values)]
 
-    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = noise.DEFAULT_SCHEME) -> torch.Tensor:
+    def delta(
+        self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = noise.DEFAULT_SCHEME, rank: int | None = None
+    ) -> torch.Tensor:
         """Materialise Δ for one tensor in float32 on the CPU: Δ = ε₁·a₁, then Δ += aⱼ·εⱼ in seed order
-        (with the scheme's arithmetic: ``noise.Scheme.accumulate``).
+        (with the scheme's arithmetic: ``noise.Scheme.accumulate``); with ``rank``, ε is the matrix's rank-r noise ε_r.
 
         Noise for several seeds is drawn in one batch (``scratch`` is reused for it when large
         enough); the result is a new tensor.
@@ -70,7 +72,7 @@ class Amplitudes:
         for start in range(0, len(pairs), per_batch):
             batch = pairs[start : start + per_batch]
             eps = [scratch[k * numel : (k + 1) * numel] for k in range(len(batch))]
-            noise.fill_many([(e, int(seed), name, 0) for e, (seed, _) in zip(eps, batch)], scheme)
+            noise.fill_many([(e, int(seed), name, 0) for e, (seed, _) in zip(eps, batch)], scheme, rank=rank, shapes={name: tuple(shape)})
             for e, (_, amp) in zip(eps, batch):
                 if acc is None:
                     acc = torch.mul(e, amp)

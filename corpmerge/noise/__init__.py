@@ -22,13 +22,13 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from corpmerge.errors import CorpmergeError
-from corpmerge.noise import philox, sfc64
+from corpmerge.noise import lowrank, philox, sfc64
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,19 @@ def scheme(name: str) -> Scheme:
         ) from None
 
 
-def fill_many(requests: Sequence[Request], scheme_name: str = DEFAULT_SCHEME) -> None:
-    """Fill each ``out`` (1-D, contiguous float32, any device) with ε(seed)[name][offset : offset + len(out)]."""
+def fill_many(
+    requests: Sequence[Request], scheme_name: str = DEFAULT_SCHEME, *, rank: int | None = None, shapes: Mapping[str, Sequence[int]] | None = None
+) -> None:
+    """Fill each ``out`` (1-D, contiguous float32, any device) with ε(seed)[name][offset : offset + len(out)];
+    with ``rank``, ε_r of the matrix ``name`` of shape ``shapes[name]`` (``lowrank``)."""
     for out, seed, _, offset in requests:
         philox.key(seed)  # a ValueError outside [0, 2⁶⁴)
         check_range(offset, out.numel())
-    scheme(scheme_name).fill_many(requests)
+    if rank is None:
+        scheme(scheme_name).fill_many(requests)
+        return
+    for out, seed, name, offset in requests:
+        lowrank.fill(out, seed, name, offset, (shapes or {})[name], rank, scheme=scheme_name)
 
 
 def fill(out: torch.Tensor, seed: int, name: str, offset: int = 0, scheme_name: str = DEFAULT_SCHEME) -> torch.Tensor:
@@ -153,6 +160,8 @@ def write_update(
     offset: int = 0,
     row_stride: int | None = None,
     scheme_name: str = DEFAULT_SCHEME,
+    rank: int | None = None,
+    shape: Sequence[int] | None = None,
 ) -> str:
     """dest ← round(θ₀ + Δ) over a window of tensor ``name``, Δ = Σₖ aₖ·ε(sₖ)[name] with ``Amplitudes.delta``'s arithmetic
     (ε₁·a₁, then += εₖ·aₖ; aₖ rounded to float32 first, as torch's product with a scalar does), θ₀ + Δ in float32,
@@ -160,7 +169,9 @@ def write_update(
 
     ``dest`` and ``theta0`` have one shape, 1-D or 2-D, any strides, on one device: dest[j] is element offset + j of the
     flat tensor, dest[i, j] element offset + i·row_stride + j (row_stride: the row length by default), so a shard or
-    a slice of a fused layout is written in place. Returns the path taken: "numba", "triton", "torch", or "copy" (no seeds)."""
+    a slice of a fused layout is written in place. With ``rank``, ε is the rank-r noise ε_r of the matrix ``name`` of
+    ``shape`` (``lowrank``; formed with torch operations). Returns the path taken: "numba", "triton", "torch", or "copy"
+    (no seeds)."""
     dest, theta0 = dest.detach(), theta0.detach()
     if dest.shape != theta0.shape or dest.dim() not in (1, 2) or dest.device != theta0.device:
         raise ValueError(f"write_update: dest {tuple(dest.shape)} on {dest.device} and θ₀ {tuple(theta0.shape)} on {theta0.device} must match, 1-D or 2-D")
@@ -178,6 +189,11 @@ def write_update(
         return "copy"
     keys = [philox.key(int(seed)) for seed in seeds]
     amps32 = np.asarray(amplitudes, dtype=np.float64).astype(np.float32)
+    if rank is not None:
+        if shape is None:
+            raise ValueError(f"write_update: rank-{rank} noise of '{name}' needs the matrix's shape")
+        _write_torch(dest2, theta2, name, [int(s) for s in seeds], amps32.tolist(), offset, stride, scheme_name, (rank, tuple(shape)))
+        return "torch"
     if scheme_name == DEFAULT_SCHEME:
         path = _fused_path(dest2, theta2)
         h = philox.name_hash(name)
@@ -249,8 +265,19 @@ def _cpu_writers() -> tuple[Callable, Callable] | None:
 _WINDOW_CHUNK = 1 << 22  # elements of a window formed at once on the torch path (≈ 16 MiB per float32 temporary)
 
 
-def _write_torch(dest: torch.Tensor, theta0: torch.Tensor, name: str, seeds: list[int], amps: list[float], offset: int, stride: int, scheme_name: str) -> None:
-    """The same update as separate torch operations, a block of rows at a time (the reference; any scheme, any device)."""
+def _write_torch(
+    dest: torch.Tensor,
+    theta0: torch.Tensor,
+    name: str,
+    seeds: list[int],
+    amps: list[float],
+    offset: int,
+    stride: int,
+    scheme_name: str,
+    low: tuple[int, tuple[int, ...]] | None = None,
+) -> None:
+    """The same update as separate torch operations, a block of rows at a time (the reference; any scheme, any device;
+    ``low``: (rank, the matrix's shape) for rank-r noise)."""
     rows, width = dest.shape
     accumulate = scheme(scheme_name).accumulate
     step_rows, step_cols = max(1, _WINDOW_CHUNK // max(1, width)), min(width, _WINDOW_CHUNK) or 1
@@ -261,7 +288,11 @@ def _write_torch(dest: torch.Tensor, theta0: torch.Tensor, name: str, seeds: lis
             value = theta0[r0:r1, c0:c1].to(torch.float32)
             acc: torch.Tensor | None = None
             for seed, amp in zip(seeds, amps):
-                eps = _window_noise(seed, name, offset + r0 * stride + c0, stride, r1 - r0, c1 - c0, dest.device, scheme_name)
+                start = offset + r0 * stride + c0
+                if low is None:
+                    eps = _window_noise(seed, name, start, stride, r1 - r0, c1 - c0, dest.device, scheme_name)
+                else:
+                    eps = lowrank.window(seed, name, low[1], low[0], start, stride, r1 - r0, c1 - c0, device=dest.device, scheme=scheme_name)
                 if acc is None:
                     acc = torch.mul(eps, amp)
                 else:
