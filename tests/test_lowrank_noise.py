@@ -26,7 +26,9 @@ def numpy_epsilon(seed: int, name: str, m: int, n: int, r: int) -> np.ndarray:
     return (p * np.float32(1.0 / np.sqrt(r))).astype(np.float32)
 
 
-@pytest.mark.parametrize("seed, name, m, n, r", [(0, "w", 5, 7, 1), (7, "model.layers.0.mlp.up_proj.weight", 33, 17, 4), (2**40 + 9, "x", 9, 64, 3), (3, "y", 12, 5, 16)])
+@pytest.mark.parametrize(
+    "seed, name, m, n, r", [(0, "w", 5, 7, 1), (7, "model.layers.0.mlp.up_proj.weight", 33, 17, 4), (2**40 + 9, "x", 9, 64, 3), (3, "y", 12, 5, 16)]
+)
 def test_epsilon_r_equals_the_numpy_construction_bit_for_bit(seed, name, m, n, r):
     got = lowrank.matrix(seed, name, (m, n), r, scheme=SCHEME).numpy()
     want = numpy_epsilon(seed, name, m, n, r)
