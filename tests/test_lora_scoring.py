@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from corpmerge import noise
 from corpmerge.noise import lowrank
-from corpmerge.scoring.backends.lora import LowRankAdapters, stacked
+from corpmerge.scoring.backends.lora import LowRankAdapters
 
 RANK = 4
 SCHEME = noise.DEFAULT_SCHEME
@@ -56,7 +56,7 @@ def full_weights(folder, names: list[str], seeds: list[int], amps: list[float]) 
 def test_stacked_factors_are_the_update():
     seeds, amps, shape = [3, 8, 21], [0.5, -1.25, 2.0], (6, 9)
     factors = [lowrank.factors(s, "w", shape, RANK, scheme=SCHEME) for s in seeds]
-    a, b = stacked(factors, amps, RANK)
+    a, b = lowrank.stacked(factors, amps, RANK)
     assert a.shape == (3 * RANK, 9) and b.shape == (6, 3 * RANK)
     want = sum(amp * lowrank.matrix(s, "w", shape, RANK, scheme=SCHEME) for s, amp in zip(seeds, amps))
     torch.testing.assert_close(b @ a, want, rtol=1e-5, atol=1e-5)

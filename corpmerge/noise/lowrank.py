@@ -73,6 +73,15 @@ def product(u: torch.Tensor, v: torch.Tensor, c: float, out: torch.Tensor | None
     return out.mul_(c)
 
 
+def stacked(factors: Sequence[tuple[torch.Tensor, torch.Tensor]], amplitudes: Sequence[float], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σₖ aₖ·ε_r(sₖ) = B·A, of rank K·r, from each seed's (Uₖ, Vₖ) (``factors``): A = [V₁; …; V_K] (K·r × n) and
+    B = [a₁·c·U₁ᵀ | … | a_K·c·U_Kᵀ] (m × K·r), float32 (equal to the sum of ``product``s up to rounding, not bit for bit)."""
+    c = scale(rank)
+    a = torch.cat([v for _, v in factors])
+    b = torch.cat([u.t() * (float(amp) * c) for (u, _), amp in zip(factors, amplitudes)], dim=1)
+    return a, b
+
+
 def block(seed: int, name: str, shape: Sequence[int], rank: int, rows: tuple[int, int], cols: tuple[int, int], *, device=None, scheme: str) -> torch.Tensor:
     """ε_r[i0:i1, j0:j1], float32."""
     u, v = factors(seed, name, shape, rank, rows=rows, device=device, scheme=scheme)

@@ -34,14 +34,6 @@ def module_name(name: str) -> str:
     return name.removesuffix(".weight")
 
 
-def stacked(factors: Sequence[Factors], amplitudes: Sequence[float], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) of Δ = Σₖ aₖ·c·Uₖᵀ·Vₖ = B·A: A = [V₁; …; V_K] (K·r × n), B = [a₁·c·U₁ᵀ | … | a_K·c·U_Kᵀ] (m × K·r), float32."""
-    c = lowrank.scale(rank)
-    a = torch.cat([v for _, v in factors])
-    b = torch.cat([u.t() * (float(amp) * c) for (u, _), amp in zip(factors, amplitudes)], dim=1)
-    return a, b
-
-
 class LowRankAdapters:
     """Adapters on the nn.Linear layers whose weights are ``names`` (the model's parameter names, which are the noise's
     tensor names): ``set`` makes the model compute θ₀ + Σₖ aₖ·ε_r(sₖ) on those layers, ``clear`` returns it to θ₀.
@@ -84,7 +76,7 @@ class LowRankAdapters:
         self._factors = drawn
         amps = [a for _, a in pairs]
         for name, layer in self.layers.items():
-            self._updates[name] = stacked([drawn[seed][name] for seed, _ in pairs], amps, self.rank)
+            self._updates[name] = lowrank.stacked([drawn[seed][name] for seed, _ in pairs], amps, self.rank)
             self._handles.append(layer.register_forward_hook(self._hook(name)))
         log.debug("low-rank adapters: %d seeds at rank %d on %d layers", len(pairs), self.rank, len(self.layers))
 
