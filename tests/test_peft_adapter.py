@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from peft import PeftModel
-from tiny import build_tiny_model
+from tiny import build_tiny_model, byte_tokenizer
 from transformers import AutoModelForCausalLM
 
 from corpmerge import noise
@@ -25,7 +25,9 @@ TOKENS = torch.tensor([[5, 71, 200, 33, 9, 140, 18, 77, 3, 250], [12, 12, 99, 18
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("peft") / "base")
+    """The tiny model with as many embeddings as its tokenizer has tokens: HFLM with ``peft=`` resizes them to the
+    tokenizer's size, which would change the log-softmax over the vocabulary."""
+    return build_tiny_model(tmp_path_factory.mktemp("peft") / "base", vocab_size=len(byte_tokenizer()))
 
 
 def load(folder) -> torch.nn.Module:
@@ -110,3 +112,26 @@ def test_a_zero_update_or_a_non_matrix_is_refused(tmp_path, base):
     with pytest.raises(CorpmergeError, match="not a Linear layer's weight"):
         write_adapter(tmp_path / "b", base=str(base), matrices={"model.norm": (32, 1)}, rank=RANK, scheme=SCHEME, update=UPDATE)
     assert not any(tmp_path.iterdir())
+
+
+def per_example(lm, tasks) -> list[tuple[list[float], float]]:
+    """lm-eval's per-example results on the tiny task: each choice's log-likelihood and the example's accuracy."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    out = simple_evaluate(model=lm, tasks=["tiny_mc"], task_manager=TaskManager(include_path=str(tasks)), log_samples=True, verbosity="ERROR")
+    samples = sorted(out["samples"]["tiny_mc"], key=lambda s: s["doc_id"])
+    return [([float(ll) for ll, _ in s["filtered_resps"]], float(s["acc"])) for s in samples]
+
+
+def test_lm_eval_with_peft_scores_as_the_full_weights_do(adapter, base, tiny_task, tmp_path):
+    from lm_eval.models.huggingface import HFLM
+
+    folder, _, matrices = adapter
+    full = tmp_path / "full"
+    full_weights(base, matrices).save_pretrained(full)
+    byte_tokenizer().save_pretrained(full)
+    with_adapter = per_example(HFLM(pretrained=str(base), peft=str(folder), dtype="float32", device="cpu", batch_size=8), tiny_task)
+    with_weights = per_example(HFLM(pretrained=str(full), dtype="float32", device="cpu", batch_size=8), tiny_task)
+    assert len(with_adapter) == 16 and [acc for _, acc in with_adapter] == [acc for _, acc in with_weights]
+    np.testing.assert_allclose([ll for lls, _ in with_adapter for ll in lls], [ll for lls, _ in with_weights for ll in lls], rtol=0, atol=1e-4)
