@@ -29,21 +29,21 @@ def diagnosed_elites(checked: Checked, entries: list[Entry], top: int) -> tuple[
     return [entries[i] for i in ranked[:top]], q
 
 
-def _rewarded(recipe: Recipe, checked: Checked, top: int) -> tuple[list[Entry], dict[str, int]]:
-    """Every entry with its fold-A reward, and the element count of every perturbed tensor."""
+def _rewarded(recipe: Recipe, checked: Checked, top: int) -> tuple[list[Entry], dict[str, tuple[int, ...]]]:
+    """Every entry with its fold-A reward, and the shape of every perturbed tensor."""
     if recipe.scoring is None:
         model = model_skeleton(ensure_checkpoint(checked.base))
         params = dict(model.named_parameters())
-        return checked.entries, {name: params[name].numel() for name in perturbed_names(model, recipe.perturb)}
+        return checked.entries, {name: tuple(params[name].shape) for name in perturbed_names(model, recipe.perturb, recipe.rank)}
     with open_session(recipe, checked.base) as session:
         entries = score_population(session, checked.entries, keep=max(top, keep_for(checked)))
-        return entries, {name: t.numel() for name, t in session.scorer.theta0.items()}
+        return entries, {name: tuple(t.shape) for name, t in session.scorer.theta0.items()}
 
 
 def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8, splits: int = 20) -> dict[str, Any]:
     """Split-half statistics of the method's top-``top`` elites, plotted to ``<work_dir>/diagnose.png``."""
     checked = prepare(recipe, needs_rewards=recipe.scoring is None)
-    entries, sizes = _rewarded(recipe, checked, top)
+    entries, shapes = _rewarded(recipe, checked, top)
     elites, quantile = diagnosed_elites(checked, entries, top)
     if len(elites) < 4:
         at = f" at quantile {quantile:g}" if quantile is not None else ""
@@ -51,7 +51,7 @@ def diagnose_recipe(recipe: Recipe, top: int = 64, coords: int = 32, k: int = 8,
             f"population: the split-half diagnostic needs at least 4 elites, and {len(entries)} entries give {len(elites)}{at}; "
             "use a larger population (or a smaller parameters.quantile)"
         )
-    matrix = sketch(elites, list(sizes), coords, sizes, recipe.noise)
+    matrix = sketch(elites, list(shapes), coords, shapes, recipe.noise, recipe.rank)
     temperature = min(checked.method.reward_temperature(p) for p in checked.grid)
     stats = split_half(matrix, k=k, splits=splits, rewards=np.array([e.reward for e in elites]), beta=temperature)
     path = recipe.output.work_path / "diagnose.png"

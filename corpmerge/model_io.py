@@ -347,8 +347,11 @@ def load_tokenizer(ref: BaseRef):
         return None
 
 
-def perturbed_names(model: torch.nn.Module, spec: PerturbSpec) -> list[str]:
-    """Floating-point parameters selected by include/exclude patterns (tied ones once)."""
+def perturbed_names(model: torch.nn.Module, spec: PerturbSpec, rank: int | None = None) -> list[str]:
+    """Floating-point parameters selected by include/exclude patterns (tied ones once).
+
+    With ``rank`` (``population.rank``), only the 2-D weights of ``torch.nn.Linear`` modules among them, less the output
+    head (``get_output_embeddings``): what a LoRA adapter on the Linear layers expresses; norms, biases and embeddings stay θ₀."""
     names = []
     for name, param in model.named_parameters():
         if not param.is_floating_point():
@@ -357,4 +360,25 @@ def perturbed_names(model: torch.nn.Module, spec: PerturbSpec) -> list[str]:
             names.append(name)
     if not names:
         raise CorpmergeError("perturb: the include/exclude patterns select no parameter; patterns match parameter names such as 'model.layers.*'")
+    if rank is None:
+        return names
+    matrices = set(lowrank_matrices(model))
+    names = [name for name in names if name in matrices]
+    if not names:
+        raise CorpmergeError(
+            "population.rank: the perturb patterns select no Linear weight matrix (rank-r noise perturbs those only, not the output head, "
+            "embeddings, norms or biases); widen perturb.include or leave population.rank out for full rank"
+        )
     return names
+
+
+def lowrank_matrices(model: torch.nn.Module) -> list[str]:
+    """Names of the ``weight`` of every ``torch.nn.Linear`` module but the output head, in module order (tied ones once)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_weight = getattr(head, "weight", None)
+    out, seen = [], set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not head_weight and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            out.append(f"{module_name}.weight" if module_name else "weight")
+    return out

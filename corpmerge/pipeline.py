@@ -116,12 +116,13 @@ def score_recipe(recipe: Recipe) -> dict[str, Any]:
 
 def write_rewards(recipe: Recipe, entries: list[Entry], base_accuracy: float, examples: list[int], size: int) -> Path:
     """``<work_dir>/rewards.yaml``: the noise scheme, the base's fold-A accuracy and every entry's fold-A reward, in
-    population order, as a recipe's ``population`` takes them; an entry racing stopped early keeps ``examples``,
-    the m < ``fold_A_examples`` examples behind its estimate."""
+    population order, as a recipe's ``population`` takes them (``{rank, entries}`` at ``population.rank``); an entry
+    racing stopped early keeps ``examples``, the m < ``fold_A_examples`` examples behind its estimate."""
     rows = [{"seed": e.seed, "sigma": e.sigma, **({"examples": m} if m < size else {}), "reward": e.reward} for e, m in zip(entries, examples, strict=True)]
+    population = rows if recipe.rank is None else {"rank": recipe.rank, "entries": rows}
     path = recipe.output.work_path / "rewards.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_yaml({"noise": recipe.noise, "base_accuracy_A": base_accuracy, "fold_A_examples": size, "population": rows}))
+    path.write_text(dump_yaml({"noise": recipe.noise, "base_accuracy_A": base_accuracy, "fold_A_examples": size, "population": population}))
     return path
 
 
@@ -165,7 +166,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path | None = None, overwrite: boo
         report = RunReport.assemble(
             base_model=recipe.base_model,
             method=checked.method.name,
-            population=population_section(entries, checked.method, decision),
+            population=population_section(entries, checked.method, decision, recipe.rank),
             folds={f: count(d) for f, d in session.folds.items()},
             base=base,
             chosen=chosen,

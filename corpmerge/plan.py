@@ -17,15 +17,16 @@ from corpmerge.model_io import BaseRef, Checkpoint, checkpoint_folder, model_ske
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
+from corpmerge.scoring.backends import RANK_ON_VLLM
 from corpmerge.scoring.folds import assign_folds, check_gate_fold_sizes, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, include_paths, quiet_third_party, task_manager
+from corpmerge.scoring.scorer import noise_bound
 from corpmerge.scoring.session import check_code_isolation, store_path, suite_counts
-from corpmerge.scoring.store import IDENTITY_LABELS
+from corpmerge.scoring.store import IDENTITY_LABELS, rank_identity, with_optional_identity
 
 log = logging.getLogger(__name__)
 
 MIN_LOCAL_ELITES = 10  # below it a stage-2 step averages a handful of random local perturbations
-NOISE_BOUND = 10.0  # |ε| of a standard normal draw stays below it (P(|ε| > 10) ≈ 1.5e-23 per value; the schemes draw less than 9.2)
 SIGMA_NOTE = 1.0  # validate notes a σ at or above it: larger than the RMS of the weight matrices of the LLMs we know
 TASKS_NOT_LOADED = "scoring.tasks: cannot load"  # how a task whose data does not load is reported (scoring.lmeval)
 SIGMA_RMS_WARN = 3.0  # run/merge warn when σ exceeds this many times a perturbed tensor's RMS (docs/sizing.md)
@@ -54,6 +55,8 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = 
     check_scheme(recipe.noise)
     base = base or resolve_base(recipe.base_model)
     unloaded = None
+    if recipe.rank is not None and recipe.scoring is not None and recipe.scoring.backend == "vllm":
+        raise CorpmergeError(RANK_ON_VLLM)
     if recipe.scoring is not None:
         check_task_names(recipe)
         check_code_isolation(recipe)  # before any task's data is loaded, as the session does
@@ -161,15 +164,15 @@ def _named(exc: CorpmergeError, field: str) -> CorpmergeError:
 
 
 def check_sigma_range(recipe: Recipe, entries: list[Entry]) -> None:
-    """σ·ε must be finite in every dtype the weights take: |σ|·``NOISE_BOUND`` below the largest finite value of the
+    """σ·ε must be finite in every dtype the weights take: |σ| times a bound on |ε| (``noise_bound``: 10 at full rank) below the largest finite value of the
     output and scoring dtypes (a larger σ writes inf/NaN weights)."""
-    sigma = max(abs(e.sigma) for e in entries)
+    sigma, bound = max(abs(e.sigma) for e in entries), noise_bound(recipe.rank)
     for dtype in dict.fromkeys([recipe.dtype, recipe.scoring_dtype]):
         top = torch.finfo(TORCH_DTYPES[dtype]).max
-        if not sigma * NOISE_BOUND < top:
+        if not sigma * bound < top:
             raise CorpmergeError(
-                f"population: σ = {sigma:g} times noise values up to {NOISE_BOUND:g} exceeds {dtype}'s largest finite value ({top:.3g}), "
-                f"so the perturbed weights would be inf or NaN; use σ below {top / NOISE_BOUND:.3g}, of the order of 1e-3 × the weights' RMS scale (docs/sizing.md)"
+                f"population: σ = {sigma:g} times noise values up to {bound:g} exceeds {dtype}'s largest finite value ({top:.3g}), "
+                f"so the perturbed weights would be inf or NaN; use σ below {top / bound:.3g}, of the order of 1e-3 × the weights' RMS scale (docs/sizing.md)"
             )
 
 
@@ -178,7 +181,7 @@ def sigma_scale_warning(ref: BaseRef, recipe: Recipe, entries: list[Entry]) -> s
     base checkpoint ``ref`` (read tensor by tensor, one pass); logged, and None when every tensor is larger."""
     folder = checkpoint_folder(ref)
     source = Checkpoint(folder)
-    names = [name for name in perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb) if name in source]
+    names = [name for name in perturbed_names(model_skeleton(BaseRef(str(folder))), recipe.perturb, recipe.rank) if name in source]
     sigma = max(abs(e.sigma) for e in entries)
     over: list[tuple[float, str, float]] = []
     for name in names:
@@ -224,9 +227,11 @@ def check_store(recipe: Recipe, suite: TaskSuite | None = None) -> None:
     suite = suite or TaskSuite(recipe.scoring)
     expected = {
         "noise": recipe.noise,
+        "rank": rank_identity(recipe.rank),
         "tasks": suite.fingerprint(),
         "folds": fold_fingerprint(assign_folds(suite_counts(suite), recipe.scoring.support, suite.cluster_labels())),
     }
+    stored = with_optional_identity(stored)
     for key, value in expected.items():
         if key in stored and stored[key] != value:
             resume = f"add `noise: {stored[key]}` to the recipe to resume it, or " if key == "noise" else ""

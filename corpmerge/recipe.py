@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from corpmerge.dtypes import DTYPES, DType
 from corpmerge.errors import CorpmergeError, excerpt
 from corpmerge.noise import DEFAULT_SCHEME, SCHEMES
+from corpmerge.noise.lowrank import MAX_RANK
 from corpmerge.population import MAX_SEED, Entry, check_listed_population, sample_population
 from corpmerge.sizes import parse_size
 from corpmerge.yaml_io import MAX_RECIPE_BYTES, read_text_bounded, read_yaml
@@ -80,6 +81,25 @@ class EntrySpec(_Strict):
         return value
 
 
+RANK_HELP = "rank r of each perturbed matrix's noise ε_r = Uᵀ·V/√r (Linear weights only; docs/noise.md); absent: full rank"
+
+
+def _rank_range(value: int | None) -> int | None:
+    """``population.rank``: an integer in [1, ``MAX_RANK``], or absent (full rank)."""
+    if value is not None and not 1 <= value <= MAX_RANK:
+        raise ValueError(f"must be an integer in [1, {MAX_RANK}] (got {value}); give the rank r of each matrix's perturbation, or leave it out for full rank")
+    return value
+
+
+class ListedPopulation(_Strict):
+    """A listed population with keys beside its entries: ``{entries: [...], rank: r}`` (a plain list has none)."""
+
+    entries: list[EntrySpec] = Field(fail_fast=True)
+    rank: int | None = Field(default=None, description=RANK_HELP)
+
+    _rank = field_validator("rank")(_rank_range)
+
+
 class SampledPopulation(_Strict):
     """A population that corpmerge samples: unique seeds, σ drawn uniformly from ``sigmas``; ``antithetic``: size/2
     mirrored pairs (s, σ), (s, −σ)."""
@@ -88,6 +108,9 @@ class SampledPopulation(_Strict):
     sigmas: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1)
     seed: int = Field(default=0, ge=0)
     antithetic: bool = Field(default=False, description="sample size/2 mirrored pairs (s, σ) and (s, −σ)")
+    rank: int | None = Field(default=None, description=RANK_HELP)
+
+    _rank = field_validator("rank")(_rank_range)
 
     @field_validator("antithetic")
     @classmethod
@@ -99,11 +122,18 @@ class SampledPopulation(_Strict):
 
 
 def _population_kind(value: Any) -> str:
-    return "entries" if isinstance(value, list) else "sampled"
+    if isinstance(value, list):
+        return "entries"
+    return "listed" if isinstance(value, dict) and "entries" in value else "sampled"
 
 
+POPULATION_TAGS = {"entries": EntrySpec, "listed": ListedPopulation, "sampled": SampledPopulation}
 Population = Annotated[
-    Union[Annotated[list[EntrySpec], Field(fail_fast=True), Tag("entries")], Annotated[SampledPopulation, Tag("sampled")]],
+    Union[
+        Annotated[list[EntrySpec], Field(fail_fast=True), Tag("entries")],
+        Annotated[ListedPopulation, Tag("listed")],
+        Annotated[SampledPopulation, Tag("sampled")],
+    ],
     Discriminator(_population_kind),
 ]
 
@@ -337,8 +367,8 @@ class Recipe(_Strict):
     @classmethod
     def _unique_seeds(cls, value: Any) -> Any:
         """A listed population's seeds are unique but for mirrored pairs (``check_listed_population``)."""
-        if isinstance(value, list):
-            check_listed_population(value)
+        if isinstance(value, (list, ListedPopulation)):
+            check_listed_population(value if isinstance(value, list) else value.entries)
         return value
 
     @field_validator("parameters")
@@ -376,7 +406,17 @@ class Recipe(_Strict):
         if isinstance(self.population, SampledPopulation):
             p = self.population
             return sample_population(p.size, p.sigmas, p.seed, p.antithetic)
-        return [Entry(e.seed, e.sigma, e.reward) for e in self.population]
+        return [Entry(e.seed, e.sigma, e.reward) for e in self.listed()]
+
+    def listed(self) -> list[EntrySpec]:
+        """A listed population's entries as written (empty for a sampled one)."""
+        p = self.population
+        return p if isinstance(p, list) else p.entries if isinstance(p, ListedPopulation) else []
+
+    @property
+    def rank(self) -> int | None:
+        """``population.rank``: the rank r of every perturbed matrix's noise ε_r; None: full rank."""
+        return None if isinstance(self.population, list) else self.population.rank
 
     @property
     def scoring_dtype(self) -> str:
@@ -390,8 +430,8 @@ class Recipe(_Strict):
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
-    for item in loc:
-        if item in ("entries", "sampled") and parts == ["population"]:
+    for i, item in enumerate(loc):
+        if i == 1 and loc[0] == "population" and item in POPULATION_TAGS:  # the union's tag, not a key
             continue
         if isinstance(item, int):
             parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
@@ -404,8 +444,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The schema model whose keys are allowed at ``loc`` (the path of a key's parent), None when it is not a model."""
     model: type[BaseModel] = Recipe
     for i, item in enumerate(loc):
-        if loc[:i] == ("population",) and item in ("entries", "sampled"):
-            model = EntrySpec if item == "entries" else SampledPopulation
+        if loc[:i] == ("population",) and item in POPULATION_TAGS:
+            model = POPULATION_TAGS[item]
             continue
         if isinstance(item, int) or loc[: i + 1] == ("population",):
             continue
@@ -446,6 +486,8 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"dtype: '{excerpt(err.get('input'))}' is not supported; use one of {', '.join(DTYPES)}"
     if isinstance(err.get("input"), bool) and kind in ("int_type", "float_type", "int_parsing", "float_parsing"):
         return f"{loc}: {str(err['input']).lower()} is a yes/no value, not a number; give a number"
+    if loc == "population.rank" and kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{loc}: must be an integer in [1, {MAX_RANK}] (got {excerpt(err.get('input'))}); give the rank r of each matrix's perturbation, or leave it out for full rank"
     if kind == "string_type":
         return f"{loc}: must be text (got {excerpt(err.get('input'))}); quote it if it looks like a number"
     if kind == "finite_number":

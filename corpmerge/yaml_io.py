@@ -49,7 +49,7 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True)
 
 
-RECIPE_LONG_LISTS = frozenset({("population",)})
+RECIPE_LONG_LISTS = frozenset({("population",), ("population", "entries")})
 
 
 def read_yaml(text: str, source: str, long_lists: frozenset[tuple[str, ...]] = RECIPE_LONG_LISTS, max_nodes: int | None = None, kind: str = "recipe") -> Any:

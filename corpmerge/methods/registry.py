@@ -34,7 +34,7 @@ class TensorDelta(Protocol):
 
     key: str
 
-    def __call__(self, name: str, shape: torch.Size, scheme: str) -> torch.Tensor: ...
+    def __call__(self, name: str, shape: torch.Size, scheme: str, rank: int | None = None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,11 @@ class MergeResult:
             return None
         return self.tensor_delta.key, self.tensor_delta, self.multiplier
 
-    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = DEFAULT_SCHEME) -> torch.Tensor:
-        """Materialise Δ for one tensor (float32) with noise ``scheme``."""
+    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = DEFAULT_SCHEME, rank: int | None = None) -> torch.Tensor:
+        """Materialise Δ for one tensor (float32) with noise ``scheme``; ``rank``: ε is the matrix's rank-r ε_r."""
         if self.amplitudes is not None:
-            return self.final_amplitudes().delta(name, shape, scratch, scheme)
-        out = self.tensor_delta(name, shape, scheme)
+            return self.final_amplitudes().delta(name, shape, scratch, scheme, rank)
+        out = self.tensor_delta(name, shape, scheme, rank)
         return out if self.multiplier == 1.0 else out * self.multiplier
 
 

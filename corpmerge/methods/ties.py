@@ -20,6 +20,7 @@ from corpmerge.amplitudes import Cloud
 from corpmerge.methods.registry import DEFAULT_ALPHA, DEFAULT_QUANTILE, MergeResult, MethodParams, merge_method
 from corpmerge.methods.weights import elite_indices
 
+_Noise = tuple[str, int | None, dict[str, tuple[int, ...]]]  # (scheme, rank, {name: shape}): how ε is drawn
 _CHUNK_BUDGET = 1 << 26  # float32 elements held at once across all elites (256 MiB)
 
 
@@ -86,51 +87,54 @@ class TiesDelta:
     def rows(self) -> int:
         return self.indptr.size - 1
 
-    def _perturbation(self, row: int, name: str, numel: int, offset: int, scheme: str) -> torch.Tensor:
+    def _perturbation(self, row: int, name: str, numel: int, offset: int, how: _Noise) -> torch.Tensor:
         """Row ``row``'s perturbation Σₖ aₖ·ε(sₖ) on [offset, offset + numel) (0 + a₁ε₁ + …, the scheme's arithmetic)."""
+        scheme, rank, shapes = how
         out = torch.zeros(numel, dtype=torch.float32)
         eps = torch.empty(numel, dtype=torch.float32)
         accumulate = noise.scheme(scheme).accumulate
         for k in range(self.indptr[row], self.indptr[row + 1]):
-            noise.fill(eps, int(self.seeds[self.columns[k]]), name, offset, scheme)
+            noise.fill_many([(eps, int(self.seeds[self.columns[k]]), name, offset)], scheme, rank=rank, shapes=shapes)
             accumulate(out, eps, float(self.values[k]))
         return out
 
-    def _trimmed(self, row: int, name: str, numel: int, offset: int, threshold: float, scheme: str) -> torch.Tensor:
-        out = self._perturbation(row, name, numel, offset, scheme)
+    def _trimmed(self, row: int, name: str, numel: int, offset: int, threshold: float, how: _Noise) -> torch.Tensor:
+        out = self._perturbation(row, name, numel, offset, how)
         out[out.abs() < threshold] = 0
         return out
 
-    def __call__(self, name: str, shape: torch.Size, scheme: str = noise.DEFAULT_SCHEME) -> torch.Tensor:
+    def __call__(self, name: str, shape: torch.Size, scheme: str = noise.DEFAULT_SCHEME, rank: int | None = None) -> torch.Tensor:
+        """Δ of tensor ``name``; ``rank``: each ε is the matrix's rank-r noise ε_r."""
         numel, rows = math.prod(shape), range(self.rows)
+        how: _Noise = (scheme, rank, {name: tuple(shape)})
         chunk = max(1 << 16, _CHUNK_BUDGET // max(1, len(rows)))
         if numel <= chunk and numel * len(rows) <= max(_CHUNK_BUDGET, numel):
-            stacked = torch.stack([self._perturbation(r, name, numel, 0, scheme) for r in rows])
+            stacked = torch.stack([self._perturbation(r, name, numel, 0, how) for r in rows])
             for row in stacked:
                 row[row.abs() < trim_threshold(row, self.density)] = 0
             return ties_combine(stacked).view(shape)
-        thresholds = [trim_threshold(self._perturbation(r, name, numel, 0, scheme), self.density) for r in rows]
+        thresholds = [trim_threshold(self._perturbation(r, name, numel, 0, how), self.density) for r in rows]
         out = torch.empty(numel, dtype=torch.float32)
         stack = chunk * len(rows) <= _CHUNK_BUDGET
         for lo in range(0, numel, chunk):
             n = min(chunk, numel - lo)
             if stack:
-                stacked = torch.stack([self._perturbation(r, name, n, lo, scheme) for r in rows])
+                stacked = torch.stack([self._perturbation(r, name, n, lo, how) for r in rows])
                 stacked[stacked.abs() < torch.tensor(thresholds).unsqueeze(1)] = 0
                 out[lo : lo + n] = ties_combine(stacked)
             else:
-                out[lo : lo + n] = self._combine_rowwise(name, n, lo, thresholds, scheme)
+                out[lo : lo + n] = self._combine_rowwise(name, n, lo, thresholds, how)
         return out.view(shape)
 
-    def _combine_rowwise(self, name: str, n: int, offset: int, thresholds: list[float], scheme: str) -> torch.Tensor:
+    def _combine_rowwise(self, name: str, n: int, offset: int, thresholds: list[float], how: _Noise) -> torch.Tensor:
         """``ties_combine`` of the trimmed rows of one chunk, one row at a time (two passes over the rows)."""
         mass = torch.zeros(n, dtype=torch.float32)
         for r, threshold in enumerate(thresholds):
-            mass += self._trimmed(r, name, n, offset, threshold, scheme)
+            mass += self._trimmed(r, name, n, offset, threshold, how)
         elected = torch.sign(mass)
         total, count = torch.zeros(n, dtype=torch.float32), torch.zeros(n, dtype=torch.float32)
         for r, threshold in enumerate(thresholds):
-            trimmed = self._trimmed(r, name, n, offset, threshold, scheme)
+            trimmed = self._trimmed(r, name, n, offset, threshold, how)
             agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
             total += torch.where(agree, trimmed, torch.zeros_like(trimmed))
             count += agree

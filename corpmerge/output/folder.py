@@ -37,12 +37,16 @@ LINEAGE_VALUES_PER_ENTRY, LINEAGE_BYTES_PER_ENTRY = 14, 160
 MAX_LINEAGE_BYTES = MAX_RECIPE_BYTES + LINEAGE_BYTES_PER_ENTRY * recipes.MAX_POPULATION
 LINEAGE_TOO_BIG = f"a lineage file corpmerge writes stays under {MAX_LINEAGE_BYTES // 2**20} MiB; this is not one, rerun the merge"
 # what ``lineage_document`` writes one row of per entry, per elite or per shipped seed
-LINEAGE_LONG_LISTS = frozenset({("recipe", "population"), ("merge", "elite_seeds"), ("merge", "elite_weights"), ("lineage",)})
+LINEAGE_LONG_LISTS = frozenset(
+    {("recipe", "population"), ("recipe", "population", "entries"), ("merge", "elite_seeds"), ("merge", "elite_weights"), ("lineage",)}
+)
 
 
-def population_summary(entries: list[Entry]) -> dict[str, Any]:
+def population_summary(entries: list[Entry], rank: int | None = None) -> dict[str, Any]:
+    """Size, σ levels and reward range; ``rank`` (``population.rank``) only when the noise is rank-r."""
     rewards = np.array([e.reward for e in entries if e.reward is not None], dtype=float)
     return {
+        **({"rank": rank} if rank is not None else {}),
         "size": len(entries),
         "sigmas": dict(sorted(Counter(e.sigma for e in entries).items())),
         "reward_min": float(rewards.min()) if rewards.size else float("nan"),
@@ -62,12 +66,11 @@ def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult |
     """
     resolved = recipe.dump()
     estimates = estimates or {}
-    resolved["population"] = [
-        {"seed": e.seed, "sigma": e.sigma, **({"examples": estimates[i]} if i in estimates else {}), "reward": e.reward} for i, e in enumerate(entries)
-    ]
+    rows = [{"seed": e.seed, "sigma": e.sigma, **({"examples": estimates[i]} if i in estimates else {}), "reward": e.reward} for i, e in enumerate(entries)]
+    resolved["population"] = rows if recipe.rank is None else {"rank": recipe.rank, "entries": rows}
     head = {"corpmerge_version": __version__, "noise": recipe.noise, "recipe": resolved}
     if result is None:
-        return {**head, "merge": None, "population_summary": population_summary(entries), "lineage": None}
+        return {**head, "merge": None, "population_summary": population_summary(entries, recipe.rank), "lineage": None}
     amplitudes = result.final_amplitudes()
     return {
         **head,
@@ -80,7 +83,7 @@ def lineage_document(recipe: Recipe, entries: list[Entry], result: MergeResult |
             "elite_weights": [float(w) for w in result.weights] if result.offset is None else None,
             **({"info": result.info} if result.info else {}),
         },
-        "population_summary": population_summary(entries),
+        "population_summary": population_summary(entries, recipe.rank),
         "lineage": amplitudes.table() if amplitudes is not None else None,
     }
 
@@ -140,7 +143,7 @@ def write_output(
     skeleton = model_skeleton(BaseRef(str(folder)))
     aliases = tied_aliases(skeleton)
     names = [name for name in source.names() if name not in aliases]
-    perturbed = set(perturbed_names(skeleton, recipe.perturb)) if result is not None else set()
+    perturbed = set(perturbed_names(skeleton, recipe.perturb, recipe.rank)) if result is not None else set()
     missing = sorted(perturbed - set(names))
     if missing:
         raise CorpmergeError(f"base_model: the checkpoint has no tensor for parameter '{missing[0]}', so it cannot be written")
@@ -148,7 +151,7 @@ def write_output(
     scratch = torch.empty(max(largest, NOISE_BATCH), dtype=torch.float32)
 
     def delta(name: str, shape: torch.Size) -> torch.Tensor:
-        return result.delta(name, shape, scratch, recipe.noise)
+        return result.delta(name, shape, scratch, recipe.noise, recipe.rank)
 
     with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(names)) as advance:
         files = write_weights(tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance())

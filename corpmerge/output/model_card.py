@@ -84,7 +84,9 @@ def relation(lineage: dict[str, Any], base_model: str | None) -> str | None:
 def method_sentence(lineage: dict[str, Any]) -> str:
     """How the weights were made, in one paragraph, from the lineage's method and update."""
     kind = shipped_kind(lineage)
-    scheme = f"made with corpmerge {__version__} (noise scheme `{lineage.get('noise')}`)"
+    rank = (lineage.get("population_summary") or {}).get("rank")
+    low = f", rank-{rank} noise ε_r on the Linear weight matrices only (population.rank; docs/noise.md)" if rank is not None else ""
+    scheme = f"made with corpmerge {__version__} (noise scheme `{lineage.get('noise')}`{low})"
     if kind == "base":
         return f"No merged candidate passed corpmerge's validation gate, so this folder holds the base model's weights unchanged ({scheme}).\n"
     method = lineage["merge"]["method"]

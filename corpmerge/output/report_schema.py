@@ -29,6 +29,7 @@ OPTIONAL = frozenset({"chosen", "candidates", "stage2", "evaluation", "datasets"
 
 
 class Population(Part):
+    rank: int | None = None  # population.rank: the rank r of every perturbed matrix's noise (absent: full rank)
     size: int
     sigmas: dict[float, int]  # σ → number of entries
     reward_min: float

@@ -90,7 +90,7 @@ def output_bytes(recipe: Recipe, ref: BaseRef) -> int | None:
         return None
     weights, tensors, extra = sized
     population = recipe.population
-    entries = population.size if isinstance(population, SampledPopulation) else len(population)
+    entries = population.size if isinstance(population, SampledPopulation) else len(recipe.listed())
     return weights + PER_TENSOR * tensors + extra + PER_ENTRY * entries + FIXED
 
 

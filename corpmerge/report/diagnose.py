@@ -28,12 +28,14 @@ Lᵢᵢ ~ χ_{m−i} (0-based i), so a draw costs O(n²), not O(n·m).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from corpmerge.methods.weights import softmax
-from corpmerge.noise import DEFAULT_SCHEME, gaussian
+from corpmerge.noise import DEFAULT_SCHEME, gaussian, lowrank
 from corpmerge.population import Entry
 
 
@@ -48,10 +50,24 @@ class Statistic:
         return self.lower > 0
 
 
-def sketch(entries: list[Entry], names: list[str], coords: int = 32, sizes: dict[str, int] | None = None, scheme: str = DEFAULT_SCHEME) -> np.ndarray:
-    """Rows σᵢ·ε(sᵢ)[name][:coords] over ``names``, concatenated (float32), with noise ``scheme``."""
-    columns = [min(coords, (sizes or {}).get(name, coords)) for name in names]
-    rows = [np.concatenate([e.sigma * gaussian(e.seed, name, (c,), scheme=scheme).numpy() for name, c in zip(names, columns)]) for e in entries]
+def sketch(
+    entries: list[Entry],
+    names: list[str],
+    coords: int = 32,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    scheme: str = DEFAULT_SCHEME,
+    rank: int | None = None,
+) -> np.ndarray:
+    """Rows σᵢ·ε(sᵢ)[name][:coords] over ``names``, concatenated (float32), with noise ``scheme``; ``rank``: the first
+    elements of each matrix's rank-r noise ε_r (``lowrank.fill``; needs ``shapes``)."""
+    columns = [min(coords, math.prod((shapes or {}).get(name, (coords,)))) for name in names]
+
+    def first(seed: int, name: str, count: int) -> np.ndarray:
+        if rank is None:
+            return gaussian(seed, name, (count,), scheme=scheme).numpy()
+        return lowrank.fill(torch.empty(count, dtype=torch.float32), seed, name, 0, shapes[name], rank, scheme=scheme).numpy()
+
+    rows = [np.concatenate([e.sigma * first(e.seed, name, c) for name, c in zip(names, columns)]) for e in entries]
     return np.stack(rows).astype(np.float32)
 
 

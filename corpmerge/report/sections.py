@@ -16,10 +16,10 @@ from corpmerge.population import Entry
 from corpmerge.recipe import GateSpec, IterateSpec
 
 
-def population_section(entries: list[Entry], method: MergeMethod, decision: GateDecision) -> Population:
-    """Size, σ levels and fold-A rewards; with an accepted candidate, its elite threshold quantile_q(r)."""
+def population_section(entries: list[Entry], method: MergeMethod, decision: GateDecision, rank: int | None = None) -> Population:
+    """Size, σ levels (and ``population.rank``) and fold-A rewards; with an accepted candidate, its elite threshold quantile_q(r)."""
     rewards = [e.reward for e in entries]
-    fields: dict[str, Any] = {**population_summary(entries), "rewards": rewards}
+    fields: dict[str, Any] = {**population_summary(entries, rank), "rewards": rewards}
     quantile = method.elite_quantile(decision.accepted.params) if decision.accepted is not None else None
     if quantile is not None:
         fields["elite_threshold"] = float(np.quantile(rewards, quantile))

@@ -34,7 +34,9 @@ Values = Iterator[tuple[str, torch.Tensor]]
 
 
 class Update(Protocol):
-    def delta(self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = noise.DEFAULT_SCHEME) -> torch.Tensor: ...
+    def delta(
+        self, name: str, shape: torch.Size, scratch: torch.Tensor | None = None, scheme: str = noise.DEFAULT_SCHEME, rank: int | None = None
+    ) -> torch.Tensor: ...
 
 
 def entry_update(entry: Entry) -> Amplitudes:
@@ -69,6 +71,9 @@ class Scorer:
     unscaled Δ₁ instead, so every probe multiplier m costs one product Δ₁·m (the bits ``delta``
     computes). One model-sized slot holds either, when the budget allows it.
 
+    With ``rank`` (``population.rank``), every ε is the rank-r noise ε_r of its matrix (``noise.lowrank``) on every
+    path: the fused write, fresh draws, the noise cache (it holds ε_r), the kept Δ and the prefetch slot.
+
     Restoring θ₀ is lazy: the next update overwrites every perturbed tensor anyway, so θ₀ is
     handed back only before the base itself is evaluated (or on ``restore()``).
 
@@ -84,8 +89,10 @@ class Scorer:
         memory_budget: int = 0,
         prefetch: bool = False,
         scheme: str = noise.DEFAULT_SCHEME,
+        rank: int | None = None,
     ):
         self.backend, self.suite, self.theta0 = backend, suite, theta0
+        self.rank, self.shapes = rank, {name: tuple(t.shape) for name, t in theta0.items()}
         self.dtype, self.device = backend.dtype, torch.device(backend.device)
         self.scheme, self.noise = scheme, noise.scheme(scheme)
         numels = [t.numel() for t in theta0.values()]
@@ -93,13 +100,13 @@ class Scorer:
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.model_bytes = 4 * sum(numels)
         # the portable scheme is drawn where the backend holds its weights, and written there in one pass
-        self._headroom = headroom(theta0, self.dtype)
+        self._headroom, self._bound = headroom(theta0, self.dtype), noise_bound(rank)
         fused = scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False)
         self.in_place = fused
         if fused:
             backend.track(theta0)
         # an entry written by the fused kernel costs one pass: nothing to draw ahead
-        self.prefetch = Prefetch(theta0, scheme) if prefetch and not fused and memory_budget >= 2 * self.model_bytes else None
+        self.prefetch = Prefetch(theta0, scheme, rank) if prefetch and not fused and memory_budget >= 2 * self.model_bytes else None
         slots = 2 if self.prefetch is not None else 1
         self.noise_cache = NoiseCache(max(0, memory_budget - slots * self.model_bytes))
         self._last: tuple[Amplitudes, dict[str, torch.Tensor]] | None = None
@@ -144,12 +151,12 @@ class Scorer:
         """Set every perturbed parameter to θ₀ + Δ (refused before anything is written when Δ may not be finite there)."""
         amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
         if isinstance(amps, Amplitudes):
-            check_bounded(amps, self._headroom, self.dtype)
+            check_bounded(amps, self._headroom, self.dtype, self._bound)
         self._at_base = False
         fused = self._fused(amps)
         if fused is not None:
             self._last = None
-            self.backend.write(fused.seeds.tolist(), fused.values.tolist(), self.scheme)
+            self.backend.write(fused.seeds.tolist(), fused.values.tolist(), self.scheme, rank=self.rank)
             return
         self.backend.load(self._values(update))
 
@@ -184,13 +191,13 @@ class Scorer:
             yield from self._streamed(*streamed)
             return
         for name, theta in self.theta0.items():
-            yield name, self.value(name, update.delta(name, theta.shape, scheme=self.scheme))
+            yield name, self.value(name, update.delta(name, theta.shape, scheme=self.scheme, rank=self.rank))
 
-    def _streamed(self, key: str, unscaled: Callable[[str, torch.Size], torch.Tensor], multiplier: float) -> Values:
+    def _streamed(self, key: str, unscaled: Callable[..., torch.Tensor], multiplier: float) -> Values:
         """θ₀ + Δ₁·m, with Δ₁ computed once per key and kept."""
         if self._unscaled is None or self._unscaled[0] != key:
             self._last = self._unscaled = None  # one model-sized slot
-            self._unscaled = (key, {name: unscaled(name, theta.shape, self.scheme).to(self.device) for name, theta in self.theta0.items()})
+            self._unscaled = (key, {name: unscaled(name, theta.shape, self.scheme, self.rank).to(self.device) for name, theta in self.theta0.items()})
         for name in self.theta0:
             base = self._unscaled[1][name]
             yield name, self.value(name, base if multiplier == 1.0 else base * multiplier)
@@ -232,7 +239,7 @@ class Scorer:
             noises = [self.noise_cache.get(seed, name) for seed, _ in batch]
             draw = [(k, seed) for k, ((seed, _), noise) in enumerate(zip(batch, noises)) if noise is None]
             views = [self.noise_buffer[j * numel : (j + 1) * numel] for j in range(len(draw))]
-            noise.fill_many([(view, seed, name, 0) for view, (_, seed) in zip(views, draw)], self.scheme)
+            noise.fill_many([(view, seed, name, 0) for view, (_, seed) in zip(views, draw)], self.scheme, rank=self.rank, shapes=self.shapes)
             for view, (k, seed) in zip(views, draw):
                 kept = self.noise_cache.put(seed, name, view)
                 noises[k] = view if kept is None else kept
@@ -258,7 +265,7 @@ class Scorer:
                     size = self.theta0[gname].numel()
                     views.append((self.noise_buffer[offset : offset + size], gname))
                     offset += size
-                noise.fill_many([(view, seed, gname, 0) for view, gname in views], self.scheme)
+                noise.fill_many([(view, seed, gname, 0) for view, gname in views], self.scheme, rank=self.rank, shapes=self.shapes)
                 for view, gname in views:
                     yield gname, self.value(gname, torch.mul(view, amplitude, out=self.scratch[: view.numel()]))
                 group, used = [], 0
@@ -317,9 +324,14 @@ def headroom(theta0: dict[str, torch.Tensor], dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max) - top
 
 
-def check_bounded(amps: Amplitudes, room: float, dtype: torch.dtype) -> None:
-    """Refuse an update whose Δ may leave ``dtype``'s finite range: Σ|aₖ|·``noise.BOUND`` ≥ the headroom above θ₀."""
-    reach = float(np.abs(amps.values).sum()) * noise.BOUND
+def noise_bound(rank: int | None = None) -> float:
+    """A bound on |ε|: ``noise.BOUND`` at full rank; |ε_r| ≤ Σₖ|Uₖ|·|Vₖ|/√r < BOUND²·√r at rank r."""
+    return noise.BOUND if rank is None else noise.BOUND**2 * math.sqrt(rank)
+
+
+def check_bounded(amps: Amplitudes, room: float, dtype: torch.dtype, bound: float = noise.BOUND) -> None:
+    """Refuse an update whose Δ may leave ``dtype``'s finite range: Σ|aₖ|·``bound`` (on |ε|) ≥ the headroom above θ₀."""
+    reach = float(np.abs(amps.values).sum()) * bound
     if not reach < room:
         nz = amps.nonzero()
         what = f"entry seed {int(nz.seeds[0])}, σ = {float(nz.values[0]):g}" if nz.seeds.size == 1 else f"an update of {nz.seeds.size} seeds"
@@ -346,8 +358,8 @@ class Prefetch:
     The slot is on the host: worth it when the scheme draws there (``sfc64-zig-b64k-v1``).
     """
 
-    def __init__(self, theta0: dict[str, torch.Tensor], scheme: str):
-        self.shapes, self.scheme = {name: t.shape for name, t in theta0.items()}, scheme
+    def __init__(self, theta0: dict[str, torch.Tensor], scheme: str, rank: int | None = None):
+        self.shapes, self.scheme, self.rank = {name: t.shape for name, t in theta0.items()}, scheme, rank
         self._buffer: torch.Tensor | None = None
         self._thread: threading.Thread | None = None
         self._key: tuple[int, float] | None = None
@@ -364,7 +376,7 @@ class Prefetch:
     def _draw(self, seed: int, amplitude: float) -> None:
         try:
             views = self.views()
-            noise.fill_many([(view.view(-1), seed, name, 0) for name, view in views.items()], self.scheme)
+            noise.fill_many([(view.view(-1), seed, name, 0) for name, view in views.items()], self.scheme, rank=self.rank, shapes=self.shapes)
             for view in views.values():
                 view.mul_(amplitude)
         except BaseException as exc:  # handed to the caller by take()

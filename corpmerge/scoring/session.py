@@ -33,7 +33,7 @@ from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
 from corpmerge.scoring.memory import MemoryPlan, Shapes, plan
 from corpmerge.scoring.ray_evaluator import Deadlines, RayEvaluator
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
-from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore
+from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore, rank_identity
 from corpmerge.scoring.theta0 import Theta0, free_device_bytes, pinned_block, place
 from corpmerge.scoring.workers import Cluster, check_capacity, connect, driver_device, resources_per_worker, start_workers, stop_workers
 from corpmerge.sizes import parse_size
@@ -215,7 +215,7 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
     if tokenizer is None:
         raise CorpmergeError(f"base_model: '{recipe.base_model}' has no tokenizer, which scoring needs")
     skeleton = model_skeleton(BaseRef(str(folder)))
-    names = perturbed_names(skeleton, recipe.perturb)
+    names = perturbed_names(skeleton, recipe.perturb, recipe.rank)
     host = read_tensors(Checkpoint(folder), names)
     spec = recipe.scoring
     memory = memory_plan(recipe, skeleton, host, device)
@@ -237,6 +237,7 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
     suite = TaskSuite(spec)
     folds = assign_folds(suite_counts(suite), spec.support, suite.cluster_labels())
     identity = {
+        "rank": rank_identity(recipe.rank),  # first: at another rank the perturbed set, so the base fingerprint, differs too
         "base": base_fingerprint(host),
         "tasks": suite.fingerprint(),
         "folds": fold_fingerprint(folds),
@@ -272,7 +273,7 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
         budget = memory_budget(spec.memory_budget, 4 * sum(t.numel() for t in host.values()), 1 + spec.workers, free_device_bytes(backend.device))
     log.info("θ₀ on the %s; noise %s drawn on the %s", theta0.where, recipe.noise, backend.device if scheme(recipe.noise).on_device else "host")
     prefetch = use_prefetch(spec.prefetch, backend.device_type, recipe.noise)
-    scorer = Scorer(backend, theta0.tensors, suite, budget, prefetch=prefetch, scheme=recipe.noise)
+    scorer = Scorer(backend, theta0.tensors, suite, budget, prefetch=prefetch, scheme=recipe.noise, rank=recipe.rank)
     session = Session(recipe, ref, backend, tokenizer, suite, folds, store, scorer, theta0, identity)
     if pool is not None:
         deadlines = Deadlines(spec.stall_factor, spec.unit_timeout)

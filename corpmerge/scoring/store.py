@@ -5,7 +5,7 @@ evaluation of a subject on some examples of a fold is committed in one transacti
 killed run loses at most the evaluation in flight. A subject may hold only part of a fold
 (racing scores entries on growing prefixes of fold A): callers ask for the examples that are
 still ``missing``. The store is bound to an identity (base
-fingerprint, task config, fold assignment, noise scheme, perturbed parameters); opening it
+fingerprint, task config, fold assignment, noise scheme and rank, perturbed parameters); opening it
 with a different identity is refused.
 
 One run at a time: the store is held under an exclusive ``flock`` on ``<store>.lock`` from open
@@ -56,9 +56,22 @@ IDENTITY_LABELS = {
     "tasks": "task configuration",
     "folds": "fold assignment",
     "noise": "noise scheme",
+    "rank": "noise rank (population.rank)",
     "perturb": "set of perturbed parameters",
     "scoring": "scoring setup (backend, scoring dtype, device type)",
 }
+
+OPTIONAL_IDENTITY = {"rank": "full"}  # keys a store records only when not at this value (stores before them hold it)
+
+
+def rank_identity(rank: int | None) -> str:
+    """The store identity's ``rank``: ``full`` or r; scores at one rank are never those of another."""
+    return "full" if rank is None else str(rank)
+
+
+def with_optional_identity(stored: dict[str, str]) -> dict[str, str]:
+    """A store's recorded identity with the ``OPTIONAL_IDENTITY`` values it leaves out (a store without ``rank`` is full rank)."""
+    return {**OPTIONAL_IDENTITY, **stored} if stored else stored
 
 
 class ScoreStore:
@@ -95,7 +108,7 @@ class ScoreStore:
 
     def _bind(self, identity: dict[str, str]) -> None:
         with self._transaction():
-            stored = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            stored = with_optional_identity(dict(self.db.execute("SELECT key, value FROM meta").fetchall()))
             for key, value in identity.items():
                 if stored and key not in stored:
                     raise CorpmergeError(
@@ -109,7 +122,7 @@ class ScoreStore:
                         f"{self.path}: this score store was made for a different {label} ({stored[key]} ≠ {value}); "
                         f"{resume}set scoring.store (or output.work_dir) to a new path, or delete the file to start over"
                     )
-            rows = [(k, v) for k, v in identity.items() if k not in stored]
+            rows = [(k, v) for k, v in identity.items() if k not in stored and OPTIONAL_IDENTITY.get(k) != v]
             rows += [("created", str(time.time())), ("corpmerge_version", __version__)] if not stored else []
             self.db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", rows)
 

@@ -236,8 +236,9 @@ def open_run(recipe: Recipe) -> Tracking:
             log_traceback(f"tracker {tracker_name}, opening", exc)
             log.warning("tracking: %s could not start (%s); the run goes on without it", tracker_name, first_line(exc))
     config = recipe.dump()
-    if isinstance(config["population"], list) and len(config["population"]) > CONFIG_ENTRIES:
-        config["population"] = f"{len(config['population'])} listed entries"
+    listed = recipe.listed()
+    if len(listed) > CONFIG_ENTRIES:
+        config["population"] = f"{len(listed)} listed entries" + (f" at rank {recipe.rank}" if recipe.rank is not None else "")
     tracking = Tracking(trackers)
     tracking.config({"corpmerge_version": __version__, **config})
     return tracking

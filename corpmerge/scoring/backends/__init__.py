@@ -26,6 +26,10 @@ from corpmerge.recipe import BackendName
 
 # a backend's name is the recipe's choice; its class, ``<NAME>Backend`` in ``corpmerge.scoring.backends.<name>``
 BACKENDS = {name: f"{__name__}.{name}:{name.upper()}Backend" for name in get_args(BackendName)}
+RANK_ON_VLLM = (
+    "population.rank: is scored by the hf backend in this version (the vllm worker writes full-rank noise only); "
+    "set scoring.backend: hf, or leave population.rank out for full rank"
+)
 
 
 class Backend(Protocol):
@@ -63,9 +67,10 @@ class InPlace(Protocol):
         perturbed set. The backend keeps θ₀ of each where it writes it (it may read its own copy of the same bits
         from the checkpoint); a model it cannot write in place is a ``CorpmergeError`` here (one line)."""
 
-    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str) -> None:
+    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str, rank: int | None = None) -> None:
         """Set every tracked parameter to round(θ₀ + Σₖ aₖ·ε(sₖ)) — ``noise.write_update``'s arithmetic, one rounding to
-        ``dtype`` — and every other parameter to θ₀; drop every cache that depends on the weights. No seeds: θ₀."""
+        ``dtype`` — and every other parameter to θ₀; drop every cache that depends on the weights. No seeds: θ₀.
+        ``rank``: ε is each matrix's rank-r noise ε_r (``population.rank``); a backend that cannot write it refuses it."""
 
     def restore(self) -> None:
         """Every tracked parameter back to θ₀, bit-exactly (``write([], [], scheme)``)."""

@@ -42,11 +42,13 @@ class HFBackend:
         self._theta0 = dict(theta0)
 
     @torch.no_grad()
-    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str) -> None:
-        """Each tracked parameter ← round(θ₀ + Σₖ aₖ·ε(sₖ)) in place, by the fused kernel (one read of θ₀, one write)."""
+    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str, rank: int | None = None) -> None:
+        """Each tracked parameter ← round(θ₀ + Σₖ aₖ·ε(sₖ)) in place, by the fused kernel (one read of θ₀, one write);
+        with ``rank``, ε is each matrix's rank-r noise ε_r (``noise.lowrank``)."""
         for name, theta in self._theta0.items():
             theta = theta.to(self.device, non_blocking=True)
-            noise.write_update(self.params[name].view(-1), theta.view(-1), name, seeds, amplitudes, scheme_name=scheme)
+            low = {"rank": rank, "shape": tuple(theta.shape)} if rank is not None else {}
+            noise.write_update(self.params[name].view(-1), theta.view(-1), name, seeds, amplitudes, scheme_name=scheme, **low)
 
     def restore(self) -> None:
         self.write([], [], noise.DEFAULT_SCHEME)

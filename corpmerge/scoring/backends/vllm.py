@@ -39,6 +39,7 @@ from corpmerge.dtypes import DTYPE_NAMES
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.model_io import Checkpoint
 from corpmerge.noise import DEFAULT_SCHEME
+from corpmerge.scoring.backends import RANK_ON_VLLM
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +256,13 @@ class VLLMBackend:
             raise CorpmergeError(f"scoring.backend: vllm cannot write this model's weights in place ({problem}); use backend: hf")
 
     @torch.no_grad()
-    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str) -> None:
-        """Every tracked tensor ← round(θ₀ + Σₖ aₖ·ε(sₖ)), written by each worker into its own shards; reset the prefix cache."""
+    def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str, rank: int | None = None) -> None:
+        """Every tracked tensor ← round(θ₀ + Σₖ aₖ·ε(sₖ)), written by each worker into its own shards; reset the prefix cache.
+        Full-rank noise only (``check_recipe`` refuses ``population.rank`` with this backend)."""
         if not self.tracked:
             raise RuntimeError("VLLMBackend.write before track()")
+        if rank is not None:
+            raise CorpmergeError(RANK_ON_VLLM)
         self.scheme = scheme
         self.engine.collective_rpc("corpmerge_write", args=([int(s) for s in seeds], [float(a) for a in amplitudes], scheme))
         self.engine.reset_prefix_cache()
