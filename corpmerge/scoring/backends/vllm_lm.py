@@ -28,6 +28,17 @@ from corpmerge.errors import CorpmergeError
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's default
 
 
+def scoring_params() -> SamplingParams:
+    """One generated token and the log-probability of each of the prompt's own tokens (a fresh object: vLLM annotates it)."""
+    return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+
+
+def continuation_score(out: Any, ids: list[int], n: int) -> tuple[float, bool]:
+    """(Σ log p, every token greedy) of the last ``n`` tokens of the prompt ``ids`` from the engine's output ``out``."""
+    scored = [entry[token] for entry, token in zip(out.prompt_logprobs[-n:], ids[-n:])]
+    return float(sum(lp.logprob for lp in scored)), all(lp.rank == 1 for lp in scored)
+
+
 class VllmLM(TemplateLM):
     """lm-eval requests (generate_until, loglikelihood, loglikelihood_rolling) evaluated by ``engine``.
 
@@ -107,11 +118,14 @@ class VllmLM(TemplateLM):
             prompts.append(self._context_ids(context)[-(self.max_length - max_gen_toks) :])
             params.append(self._sampling(kwargs, until, max_gen_toks))
             stops.append(until)
-        outputs = self._run(prompts, params)
         return [
-            postprocess_generated_text(self.tokenizer.decode(out.outputs[0].token_ids, skip_special_tokens=True), until, None)
-            for out, until in zip(outputs, stops)
+            postprocess_generated_text(self.tokenizer.decode(ids, skip_special_tokens=True), until, None)
+            for ids, until in zip(self._generated(prompts, params), stops)
         ]
+
+    def _generated(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[int]]:
+        """The token ids the engine generates after each prompt."""
+        return [list(out.outputs[0].token_ids) for out in self._run(prompts, params)]
 
     @staticmethod
     def _sampling(kwargs: dict[str, Any], until: list[str], max_gen_toks: int) -> SamplingParams:
@@ -129,13 +143,12 @@ class VllmLM(TemplateLM):
         for _, context_enc, continuation_enc in requests:
             prompts.append((context_enc + continuation_enc)[-(self.max_length + 1) :])
             lengths.append(len(continuation_enc))
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self._run(prompts, [params] * len(prompts))
-        results = []
-        for out, ids, n in zip(outputs, prompts, lengths):
-            scored = [entry[token] for entry, token in zip(out.prompt_logprobs[-n:], ids[-n:])]
-            results.append((float(sum(lp.logprob for lp in scored)), all(lp.rank == 1 for lp in scored)))
-        return results
+        return self._scored(prompts, lengths)
+
+    def _scored(self, prompts: list[list[int]], lengths: list[int]) -> list[tuple[float, bool]]:
+        """(Σ log p, all greedy) over the last n tokens of each prompt."""
+        outputs = self._run(prompts, [scoring_params()] * len(prompts))
+        return [continuation_score(out, ids, n) for out, ids, n in zip(outputs, prompts, lengths)]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """HFLM's rolling windows over the whole string, each scored as a (context, continuation) pair."""
