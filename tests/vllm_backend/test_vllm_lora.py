@@ -18,7 +18,7 @@ from corpmerge import noise
 from corpmerge.errors import CorpmergeError
 from corpmerge.recipe import ScoringSpec
 from corpmerge.scoring.backends.vllm import VLLMBackend
-from corpmerge.scoring.backends.vllm_lora import VllmLoRA, engine_args
+from corpmerge.scoring.backends.vllm_lora import engine_args
 from corpmerge.scoring.lmeval import TaskSuite
 
 CPU, RANK, ENTRIES = torch.device("cpu"), 4, 4
@@ -39,7 +39,7 @@ def engine(vllm_model):
     matrices = {name: tuple(t.shape) for name, t in theta0.items() if name.endswith("_proj.weight")}
     args = {**ENGINE_ARGS, **engine_args(matrices, 3 * RANK, ENTRIES)}
     backend = VLLMBackend(checkpoint=vllm_model, tokenizer=AutoTokenizer.from_pretrained(vllm_model), device=CPU, dtype=torch.float32, model_args=args)
-    lora = VllmLoRA(backend, matrices, RANK, noise.DEFAULT_SCHEME)
+    lora = backend.lora(matrices, RANK, noise.DEFAULT_SCHEME)
     yield backend, lora, theta0, answers(backend.lm)
     lora.close()
     backend.close()

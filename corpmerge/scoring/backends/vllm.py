@@ -61,6 +61,7 @@ with warnings.catch_warnings():  # import-time deprecation chatter of vllm's dep
 from vllm.platforms import current_platform  # noqa: E402
 
 from corpmerge.scoring.backends.vllm_lm import VllmLM  # noqa: E402
+from corpmerge.scoring.backends.vllm_lora import VllmLoRA  # noqa: E402
 from corpmerge.scoring.backends.vllm_worker import QUALNAME, coverage_problem  # noqa: E402
 
 
@@ -270,6 +271,11 @@ class VLLMBackend:
     def restore(self) -> None:
         """Every tracked tensor back to θ₀, bit-exactly."""
         self.write([], [], self.scheme or DEFAULT_SCHEME)
+
+    def lora(self, matrices: Mapping[str, Sequence[int]], rank: int, scheme: str) -> VllmLoRA:
+        """Rank-r updates on ``matrices`` (name → (m, n)) scored through LoRA adapters, several per engine batch (``vllm_lora``;
+        the engine must have been started with ``vllm_lora.engine_args`` in its model_args); close it when done."""
+        return VllmLoRA(self, matrices, rank, scheme)
 
     def _completed(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """The given tensors, then θ₀ from the checkpoint for every tensor not given."""
