@@ -22,7 +22,7 @@ from corpmerge.scoring.folds import assign_folds, check_gate_fold_sizes, fold_fi
 from corpmerge.scoring.lmeval import TaskSuite, include_paths, quiet_third_party, task_manager
 from corpmerge.scoring.scorer import noise_bound
 from corpmerge.scoring.session import check_code_isolation, store_path, suite_counts
-from corpmerge.scoring.store import IDENTITY_LABELS, rank_identity, with_optional_identity
+from corpmerge.scoring.store import IDENTITY_LABELS, form_identity, rank_identity, with_optional_identity
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,12 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = 
                 raise
             unloaded = f"{exc}; so their splits and sizes were not checked here (`score` and `run` check them when they load the data)"
     method = get_method(recipe.merge_method)
+    if recipe.adapter_output and not method.linear:
+        linear = ", ".join(n for n in method_names() if get_method(n).linear)
+        raise CorpmergeError(
+            f"output.format: peft writes the merge as a LoRA adapter, a sum of the population's rank-r noise, and merge_method "
+            f"'{method.name}' computes its update tensor by tensor (not such a sum, full rank); use one of {linear}, or output.format: full"
+        )
     grid = method.grid(recipe.parameters)
     entries = recipe.entries()
     check_sigma_range(recipe, entries)
@@ -228,6 +234,7 @@ def check_store(recipe: Recipe, suite: TaskSuite | None = None) -> None:
     expected = {
         "noise": recipe.noise,
         "rank": rank_identity(recipe.rank),
+        "form": form_identity(recipe.adapter_output),
         "tasks": suite.fingerprint(),
         "folds": fold_fingerprint(assign_folds(suite_counts(suite), recipe.scoring.support, suite.cluster_labels())),
     }

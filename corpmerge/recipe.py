@@ -27,6 +27,13 @@ MAX_PATH_CHARS = 4096
 LINEAGE_CONTEXT = "lineage"  # validation context of a lineage's recipe: rewards as the run recorded them
 BackendName = Literal["hf", "vllm"]  # scoring.backend: corpmerge.scoring.backends.<name>, class <NAME>Backend
 TrackerName = Literal["tensorboard", "wandb"]  # tracking.report_to: corpmerge.tracking.<name>
+OutputFormat = Literal["full", "peft"]  # output.format: the full weights, or a PEFT LoRA adapter of the rank-r update
+PEFT_NEEDS_RANK = "output.format: peft writes a LoRA adapter of the rank-r merge; set population.rank, or use output.format: full"
+PEFT_ON_VLLM = "output.format: peft is scored through low-rank adapters by the hf backend in this version; set scoring.backend: hf, or use output.format: full"
+PEFT_ON_ABSTAIN = (
+    "output.write_on_abstain: an abstention writes the base unchanged, which is no LoRA adapter; with output.format: peft leave it false, "
+    "or use output.format: full"
+)
 
 
 def _path_field(value: str | None) -> str | None:
@@ -291,6 +298,10 @@ class OutputSpec(_Strict):
     work_dir: str | None = None
     write_on_abstain: bool = False
     verify: bool = Field(default=True, description="after writing, load the folder as a user would and re-score fold B; it must match what the gate scored")
+    format: OutputFormat = Field(
+        default="full",
+        description="full: the merged weights; peft: a PEFT LoRA adapter of the rank-r merge (needs population.rank), scored through adapters",
+    )
     push_to_hub: str | None = None
     private: bool = False
 
@@ -382,6 +393,23 @@ class Recipe(_Strict):
                     f"the grid (product of the list lengths) has more than {MAX_GRID:,} points; every point is a gate candidate, so give fewer values"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _peft_output(self) -> "Recipe":
+        """``output.format: peft`` needs a rank-r population, the hf backend, and a merge to write."""
+        if self.output.format == "peft":
+            if self.rank is None:
+                raise ValueError(PEFT_NEEDS_RANK)
+            if self.scoring is not None and self.scoring.backend == "vllm":
+                raise ValueError(PEFT_ON_VLLM)
+            if self.output.write_on_abstain:
+                raise ValueError(PEFT_ON_ABSTAIN)
+        return self
+
+    @property
+    def adapter_output(self) -> bool:
+        """``output.format: peft``: the run ships a LoRA adapter, so it scores every update through adapters."""
+        return self.output.format == "peft"
 
     def with_output(self, path: str | Path | None) -> "Recipe":
         """The recipe with ``output.path`` replaced (the work folder follows unless set explicitly)."""
@@ -494,7 +522,7 @@ def _format_error(err: dict[str, Any]) -> str:
         return f"{loc}: must be a finite number (got {excerpt(err.get('input'))})"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-        if msg.startswith("population["):
+        if msg.startswith("population[") or not err["loc"]:  # a check across fields names its field itself
             return msg
     return f"{loc}: {msg}"
 

@@ -98,7 +98,8 @@ class MergeMethod:
     """A registered method: its name, parameter model, function, and what the pipeline needs to know of it.
 
     ``linear``: the update is an amplitude table Δ = Σ aₛ·ε(s) (so it can be a stage-2 step, and its
-    norms and inner products are taken on amplitudes); otherwise it is computed tensor by tensor while streaming.
+    norms and inner products are taken on amplitudes; at ``population.rank`` r it is a LoRA of rank K·r, so it can
+    ship as ``output.format: peft``); otherwise it is computed tensor by tensor while streaming.
     ``elites``: the parameter q whose quantile of the rewards selects the elites (None: the method
     selects none by quantile). ``step``: the parameter α that scales Δ linearly (grid points that
     differ only in it are the same candidate with a different step). ``temperature``: the parameter

@@ -1,4 +1,5 @@
-"""The output folder: weights, config, tokenizer, model card and ``corpmerge.yaml`` lineage."""
+"""The output folder: weights and config (``output.format: full``) or a PEFT LoRA adapter (``peft``), tokenizer, model
+card and ``corpmerge.yaml`` lineage."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from corpmerge.noise import NOISE_BATCH
 from corpmerge.output.base_pin import pin_base
 from corpmerge.output.location import LINEAGE_FILE, check_output_location
 from corpmerge.output.model_card import render_abstain_card, render_model_card
+from corpmerge.output.peft_adapter import adapter_base, save_adapter
 from corpmerge.output.report_schema import REPORT_FILE, RunReport, ShippedCheck
 from corpmerge.output.safetensors_writer import staging_dir, write_weights
 from corpmerge.population import Entry
@@ -124,12 +126,13 @@ def write_output(
     lineage: dict[str, Any] | None = None,
     estimates: dict[int, int] | None = None,
 ) -> Path:
-    """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically.
+    """Write the merged model (``result=None`` writes the base unchanged) and publish it atomically: its full weights,
+    or with ``output.format: peft`` the update as a PEFT LoRA adapter on the base (``peft_adapter``), without weights or config.
 
     θ₀ is streamed from the base checkpoint's files on the host (``ref``: a folder, a Hub id, a
     converted GGUF), so the output never depends on the device scoring ran on or on the scorer's
     state. ``base`` is ``recipe.base_model`` as the command resolved it (``ref`` is its checkpoint),
-    pinned in the lineage. ``verify(staged folder)`` runs once weights, config and tokenizer are
+    pinned in the lineage. ``verify(staged folder)`` runs once weights and config (or the adapter) and the tokenizer are
     staged and before the card is written; its answer goes into ``report.shipped_check`` and the card.
     ``estimates``: as ``lineage_document`` takes them (racing's early-stopped entries and their examples).
     ``lineage``: the lineage document to write (``rebuild``: the shipped one, its base pinned again); default
@@ -147,15 +150,14 @@ def write_output(
     missing = sorted(perturbed - set(names))
     if missing:
         raise CorpmergeError(f"base_model: the checkpoint has no tensor for parameter '{missing[0]}', so it cannot be written")
-    largest = max(math.prod(source.info(name)[0]) for name in names)
-    scratch = torch.empty(max(largest, NOISE_BATCH), dtype=torch.float32)
-
-    def delta(name: str, shape: torch.Size) -> torch.Tensor:
-        return result.delta(name, shape, scratch, recipe.noise, recipe.rank)
-
-    with staging_dir(out_dir, overwrite) as tmp, task("writing weights", len(names)) as advance:
-        files = write_weights(tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance())
-        _save_config(folder, tmp, recipe.dtype)
+    adapter: dict[str, Any] | None = None
+    with staging_dir(out_dir, overwrite) as tmp:
+        if recipe.adapter_output and result is not None:
+            adapter = _stage_adapter(tmp, recipe, result, {name: source.info(name)[0] for name in names if name in perturbed}, base, ref)
+            written = f"a LoRA adapter of rank {adapter['r']}"
+        else:
+            written = f"{len(_stage_weights(tmp, recipe, result, source, names, perturbed))} weight file(s)"
+            _save_config(folder, tmp, recipe.dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
             _drop_load_options(tmp / "tokenizer_config.json")
@@ -170,13 +172,36 @@ def write_output(
             shown = "report.png"
         if result is not None:
             location = recipe.output.push_to_hub or str(out_dir.resolve())  # what the card's lm-eval command loads
-            (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown, location=location))
+            (tmp / "README.md").write_text(render_model_card(lineage, report, picture=shown, location=location, adapter=adapter))
         elif report is not None:
             (tmp / "README.md").write_text(render_abstain_card(lineage, report, picture=shown))
         if report is not None:
             report.write(tmp / REPORT_FILE)
-    log.info("wrote %s (%d weight file(s))", out_dir, len(files))
+    log.info("wrote %s (%s)", out_dir, written)
     return out_dir
+
+
+def _stage_weights(tmp: Path, recipe: Recipe, result: MergeResult | None, source: Checkpoint, names: list[str], perturbed: set[str]) -> list[str]:
+    """θ₀ + Δ of every tensor (θ₀ where unperturbed, or with ``result=None``), streamed into ``tmp``; the files written."""
+    largest = max(math.prod(source.info(name)[0]) for name in names)
+    scratch = torch.empty(max(largest, NOISE_BATCH), dtype=torch.float32)
+
+    def delta(name: str, shape: torch.Size) -> torch.Tensor:
+        return result.delta(name, shape, scratch, recipe.noise, recipe.rank)
+
+    with task("writing weights", len(names)) as advance:
+        return write_weights(tmp, source, names, delta, perturbed, recipe.dtype, recipe.output.shard_bytes, on_tensor=lambda _: advance())
+
+
+def _stage_adapter(tmp: Path, recipe: Recipe, result: MergeResult, matrices: dict[str, Any], base: BaseRef, ref: BaseRef) -> dict[str, Any]:
+    """``output.format: peft``: the update Σₖ aₖ·ε_r(sₖ) on the perturbed matrices as a PEFT LoRA adapter in ``tmp``
+    (no full weights, no config); its adapter config."""
+    update = result.final_amplitudes()
+    if update is None:
+        raise CorpmergeError(
+            f"output.format: peft writes a sum of the population's rank-r noise, and '{result.method}' made a tensor-wise update; use output.format: full"
+        )
+    return save_adapter(tmp, base=adapter_base(recipe.base_model, base, ref), matrices=matrices, rank=recipe.rank, scheme=recipe.noise, update=update)
 
 
 def read_lineage_text(text: str, path: Path) -> Any:

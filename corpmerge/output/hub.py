@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from corpmerge.errors import CorpmergeError, first_line
+from corpmerge.output.peft_adapter import CONFIG_FILE as ADAPTER_CONFIG
+from corpmerge.output.peft_adapter import WEIGHTS_FILE as ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -14,9 +17,13 @@ LOGIN_HINT = "run `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN"
 
 
 def check_complete(folder: Path) -> None:
-    """A push never starts from a folder that is not a complete corpmerge/HF model folder."""
+    """A push never starts from a folder that is not a complete corpmerge/HF model folder, or a complete PEFT adapter."""
     if not folder.is_dir():
         raise CorpmergeError(f"{folder}: no such output folder")
+    if (folder / ADAPTER_CONFIG).is_file():
+        if not (folder / ADAPTER_WEIGHTS).is_file():
+            raise CorpmergeError(f"{folder}: not a complete adapter folder ({ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} are needed)")
+        return
     has_weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     if not (folder / "config.json").is_file() or not has_weights:
         raise CorpmergeError(f"{folder}: not a complete model folder (config.json and safetensors weights are needed)")
@@ -28,13 +35,14 @@ def check_complete(folder: Path) -> None:
 
 
 def hub_card(folder: Path, repo_id: str) -> bytes | None:
-    """The folder's README.md with ``pretrained=<the folder's absolute path>`` (how the card's lm-eval command names a
-    local folder) replaced by ``pretrained=<repo_id>``; None when the card does not name the folder."""
+    """The folder's README.md with the folder's absolute path, where its commands name the model (``pretrained=`` or
+    ``peft=`` in lm-eval's, ``corpmerge=`` in vLLM's, quoted in Python), replaced by ``repo_id``; None when the card does not name the folder."""
     card = folder / "README.md"
-    local = f"pretrained={folder.resolve()}"
-    if not card.is_file() or local not in (text := card.read_text(encoding="utf-8")):
+    if not card.is_file():
         return None
-    return text.replace(local, f"pretrained={repo_id}").encode("utf-8")
+    local = re.compile(r"(?<=[=\"])" + re.escape(str(folder.resolve())) + r"(?=[\"'`,\s]|$)", re.MULTILINE)
+    text, found = local.subn(repo_id, card.read_text(encoding="utf-8"))
+    return text.encode("utf-8") if found else None
 
 
 def _redact(text: str, token: str | None) -> str:

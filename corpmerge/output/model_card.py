@@ -29,6 +29,7 @@ from corpmerge.output.report_schema import HeldOut, RunReport, ShippedCheck
 
 CORP_METHODS = frozenset({"corp"})  # methods whose update is CoRP's operator (tag `corp`)
 CORPMERGE_TASK_PREFIX = "corpmerge_"  # the tasks shipped in corpmerge.tasks (`corpmerge tasks`)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks, 0.32)
 CITATIONS = """## Citation
 
 CoRP, the method:
@@ -120,16 +121,17 @@ def _summary(method: str) -> str:
         return "see `corpmerge methods`"
 
 
-def _front_matter(lineage: dict[str, Any], report: RunReport | None, row: str) -> str:
-    """YAML front matter; ``row`` is the held-out row of the folder's weights (merged, or base on abstention)."""
+def _front_matter(lineage: dict[str, Any], report: RunReport | None, row: str, adapter: bool = False) -> str:
+    """YAML front matter; ``row`` is the held-out row of the folder's weights (merged, or base on abstention). ``adapter``:
+    the folder is a PEFT LoRA adapter (``library_name: peft``, relation ``adapter``, tag ``lora``)."""
     pin = lineage.get("base") or {}
     results = _eval_results(report, row)
     base_model = front_matter_base(pin)
     data = ModelCardData(
         base_model=base_model,
-        base_model_relation=relation(lineage, base_model),
-        library_name="transformers",
-        tags=card_tags(lineage),
+        base_model_relation=("adapter" if base_model else None) if adapter else relation(lineage, base_model),
+        library_name="peft" if adapter else "transformers",
+        tags=card_tags(lineage) + (["lora"] if adapter else []),
         license=pin.get("license"),
         datasets=sorted(set(report.datasets.values())) if report and report.datasets else None,
         model_name=_title_name(lineage) if results else None,
@@ -212,21 +214,25 @@ def render_model_card(
     max_rows: int = 20,
     picture: str | None = None,
     location: str | None = None,
+    adapter: dict[str, Any] | None = None,
 ) -> str:
     """Markdown model card from the lineage document (and the run report, when there is one).
 
     ``picture`` is the run report's image relative to the folder (e.g. ``report.png``), shown
     with the report; pass it only when the folder holds that file. ``location``: where a reader finds the
     model (the folder's absolute path, or the Hub repo id it is pushed to), named in the lm-eval command.
+    ``adapter``: the folder's PEFT adapter config when it holds a LoRA adapter (``output.format: peft``) instead of weights.
     """
     recipe = lineage["recipe"]
     merge = lineage["merge"]
     pop = lineage["population_summary"]
-    noun = "merge" if shipped_kind(lineage) == "merge" else "model"
+    noun = "LoRA adapter" if adapter else "merge" if shipped_kind(lineage) == "merge" else "model"
+    model = location or (recipe.get("output") or {}).get("push_to_hub") or os.path.abspath((recipe.get("output") or {}).get("path") or ".")
     parts = [
-        _front_matter(lineage, report, "merged"),
+        _front_matter(lineage, report, "merged", adapter=adapter is not None),
         f"# {_short_name(recipe['base_model'])} — corpmerge `{merge['method']}` {noun}\n",
         method_sentence(lineage),
+        *([adapter_section(adapter, model, scoring_dtype(recipe))] if adapter else []),
         _base_section(lineage),
         "## Merge\n",
         _table(
@@ -275,16 +281,52 @@ def render_model_card(
         "## Reproduce and evaluate\n\n`corpmerge.yaml` holds the resolved recipe (the population with its rewards) "
         "and the lineage: the base, the noise scheme and that table determine every weight; "
         "`corpmerge rebuild corpmerge.yaml -o DIR` writes the model again from them and the base and says whether "
-        "the bits equal these.\n\n" + evaluation_commands(recipe, location, report.evaluation if report else None)
+        "the bits equal these.\n\n" + evaluation_commands(recipe, model, report.evaluation if report else None, adapter)
     )
     parts.append(CITATIONS)
     return "\n".join(parts)
 
 
-def evaluation_commands(recipe: dict[str, Any], location: str | None = None, held: HeldOut | None = None) -> str:
+def scoring_dtype(recipe: dict[str, Any]) -> str | None:
+    """The dtype corpmerge scored in: ``scoring.dtype``, else the output ``dtype``."""
+    return (recipe.get("scoring") or {}).get("dtype") or recipe.get("dtype")
+
+
+def smallest_vllm_rank(rank: int) -> int | None:
+    """The smallest ``--max-lora-rank`` vLLM accepts that holds an adapter of ``rank`` (None: above vLLM's largest)."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+
+
+def adapter_section(config: dict[str, Any], location: str, dtype: str | None) -> str:
+    """What the adapter is (rank R = K·r, scaling α/R = 1, its matrices) and how to load it: PEFT, lm-eval, vLLM."""
+    base, rank, modules = config["base_model_name_or_path"], int(config["r"]), config["target_modules"]
+    torch_dtype = f", dtype=torch.{dtype}" if dtype else ""
+    vllm_rank = smallest_vllm_rank(rank)
+    vllm = (
+        f"vLLM serves it beside the base with LoRA on: `vllm serve {shlex.quote(base)} --enable-lora --max-lora-rank {vllm_rank} "
+        f"--lora-modules corpmerge={shlex.quote(location)}` (vLLM's smallest accepted `--max-lora-rank` that holds rank {rank}), "
+        "then ask for model `corpmerge`."
+        if vllm_rank is not None
+        else f"vLLM cannot load it: its rank {rank} is above vLLM's largest `--max-lora-rank` ({VLLM_LORA_RANKS[-1]})."
+    )
+    return (
+        "## Load the adapter\n\n"
+        f"This folder is a PEFT LoRA adapter, not a full model: rank R = K·r = {rank} (K seeds of the merge × the population's rank r), "
+        f"`lora_alpha` = R so the scaling α/R is 1, float32 factors A and B on {len(modules)} Linear weight matrices of the base, "
+        f"`{base}` (`base_model_name_or_path`); every other weight is the base's. Each matrix computes W·x + B·(A·x), "
+        "with B·A = Σₛ aₛ·ε_r(s), the update of the lineage below (corpmerge's docs/lowrank.md).\n\n"
+        "```python\nimport torch\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base}"{torch_dtype})\n'
+        f'model = PeftModel.from_pretrained(base, "{location}")  # model.merge_and_unload() gives the full weights\n```\n\n'
+        f"{vllm}\n"
+    )
+
+
+def evaluation_commands(recipe: dict[str, Any], location: str | None = None, held: HeldOut | None = None, adapter: dict[str, Any] | None = None) -> str:
     """How to evaluate the model with lm-eval as corpmerge did, as shell lines a reader can paste.
 
     The model is ``location`` (default: the recipe's ``output.push_to_hub``, else its ``output.path`` made absolute);
+    an adapter (``adapter``: its config) is loaded on its base with ``pretrained=BASE,peft=location``;
     every setting that changes a score is passed: the dtype corpmerge scored in, few-shot, chat template,
     ``task_args`` (as ``--metadata``) and ``evaluate.limit``. corpmerge's own tasks (named ``corpmerge_*``) come with
     the corpmerge package: lm-eval finds them through ``--include_path``, the folder ``corpmerge tasks --path``
@@ -300,8 +342,9 @@ def evaluation_commands(recipe: dict[str, Any], location: str | None = None, hel
     where = shlex.quote(include) if include and not own else '"$(corpmerge tasks --path)"'
     task_list = ",".join(names) if names else "<task>"
     model = location or output.get("push_to_hub") or os.path.abspath(output.get("path") or ".")
-    dtype = scoring.get("dtype") or recipe.get("dtype")
-    args = [f"--model_args {shlex.quote(f'pretrained={model}' + (f',dtype={dtype}' if dtype else ''))}", f"--include_path {where}", f"--tasks {task_list}"]
+    dtype = scoring_dtype(recipe)
+    loaded = f"pretrained={adapter['base_model_name_or_path']},peft={model}" if adapter else f"pretrained={model}"
+    args = [f"--model_args {shlex.quote(loaded + (f',dtype={dtype}' if dtype else ''))}", f"--include_path {where}", f"--tasks {task_list}"]
     if scoring.get("num_fewshot") is not None:
         args.append(f"--num_fewshot {int(scoring['num_fewshot'])}")
     if scoring.get("apply_chat_template"):

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.errors import CorpmergeError
+from corpmerge.model_io import BaseRef
 from corpmerge.noise import lowrank
 from corpmerge.output.safetensors_writer import staging_dir
 
@@ -68,11 +69,16 @@ def adapter_tensors(matrices: Mapping[str, Sequence[int]], rank: int, scheme: st
     return tensors
 
 
-def write_adapter(
-    out_dir: Path, *, base: str, matrices: Mapping[str, Sequence[int]], rank: int, scheme: str, update: Amplitudes, overwrite: bool = False
-) -> tuple[Path, int]:
+def adapter_base(base_model: str, base: BaseRef, ref: BaseRef) -> str:
+    """The adapter's ``base_model_name_or_path``: what ``AutoModelForCausalLM.from_pretrained`` loads θ₀ from. A Hub id
+    as the recipe names it; a local base as an absolute path: its folder, or for a GGUF file (or an embedded alias) the
+    float32 checkpoint corpmerge converted it to (``ref``), since ``from_pretrained`` does not load a GGUF file alone."""
+    return str(Path(ref.source).resolve()) if base.is_local or base.gguf_file is not None else base_model
+
+
+def save_adapter(folder: Path, *, base: str, matrices: Mapping[str, Sequence[int]], rank: int, scheme: str, update: Amplitudes) -> dict[str, Any]:
     """Write ``update`` on ``matrices`` (parameter name → (m, n)) as a PEFT LoRA adapter of rank K·``rank`` for the base
-    model ``base`` (a hub id or a path) into ``out_dir``, atomically; returns the folder and its size in bytes."""
+    model ``base`` (``adapter_base``) into the existing ``folder``; returns its config."""
     k = int((update.values != 0).sum())
     if k == 0:
         raise CorpmergeError("output: the merged update is zero, so there is no adapter to write")
@@ -80,9 +86,18 @@ def write_adapter(
         raise CorpmergeError("output: no perturbed matrix, so there is no adapter to write")
     tensors = adapter_tensors(matrices, rank, scheme, update)
     config = adapter_config(base, [module_name(name) for name in matrices], k * rank)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    log.info("LoRA adapter of rank %d (%d seeds × rank %d) on %d matrices", k * rank, k, rank, len(matrices))
+    return config
+
+
+def write_adapter(
+    out_dir: Path, *, base: str, matrices: Mapping[str, Sequence[int]], rank: int, scheme: str, update: Amplitudes, overwrite: bool = False
+) -> tuple[Path, int]:
+    """``save_adapter`` into ``out_dir``, published atomically; returns the folder and its size in bytes."""
     with staging_dir(Path(out_dir), overwrite) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_adapter(tmp, base=base, matrices=matrices, rank=rank, scheme=scheme, update=update)
     size = sum(f.stat().st_size for f in Path(out_dir).iterdir() if f.is_file())
-    log.info("wrote a LoRA adapter of rank %d (%d seeds × rank %d) on %d matrices to %s (%d bytes)", k * rank, k, rank, len(matrices), out_dir, size)
+    log.info("wrote %s (%d bytes)", out_dir, size)
     return Path(out_dir), size

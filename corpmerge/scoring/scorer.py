@@ -72,7 +72,9 @@ class Scorer:
     computes). One model-sized slot holds either, when the budget allows it.
 
     With ``rank`` (``population.rank``), every ε is the rank-r noise ε_r of its matrix (``noise.lowrank``) on every
-    path: the fused write, fresh draws, the noise cache (it holds ε_r), the kept Δ and the prefetch slot.
+    path: the fused write, fresh draws, the noise cache (it holds ε_r), the kept Δ and the prefetch slot. With a backend
+    that scores through adapters (``output.format: peft``), every amplitude update goes to its ``write`` (adapters on θ₀,
+    whatever the noise scheme) and ``restore`` removes them: the weights are never written.
 
     Restoring θ₀ is lazy: the next update overwrites every perturbed tensor anyway, so θ₀ is
     handed back only before the base itself is evaluated (or on ``restore()``).
@@ -101,7 +103,8 @@ class Scorer:
         self.model_bytes = 4 * sum(numels)
         # the portable scheme is drawn where the backend holds its weights, and written there in one pass
         self._headroom, self._bound = headroom(theta0, self.dtype), noise_bound(rank)
-        fused = scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False)
+        self.adapters = getattr(backend, "adapters", False)  # every amplitude update set as adapters (output.format: peft)
+        fused = self.adapters or (scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False))
         self.in_place = fused
         if fused:
             backend.track(theta0)
@@ -163,10 +166,15 @@ class Scorer:
     def _fused(self, amps: object) -> Amplitudes | None:
         """The update's amplitudes when the fused kernel writes it into the backend's parameters in place (one read of θ₀,
         one write per element): a population entry; on an accelerator also a sum of seeds that is not a 2ᵏ multiple of
-        the last one (the host keeps the noise cache, whose reuse of drawn noise pays there)."""
+        the last one (the host keeps the noise cache, whose reuse of drawn noise pays there). Through adapters: every
+        amplitude update (the weights never leave θ₀)."""
+        if self.adapters and not isinstance(amps, Amplitudes):
+            raise CorpmergeError("output.format: peft scores updates through adapters, and a tensor-wise update is not one; use output.format: full")
         if not self.in_place or not isinstance(amps, Amplitudes):
             return None
         nz = amps.nonzero()
+        if self.adapters:
+            return nz
         if nz.seeds.size == 1 or (self.device.type != "cpu" and self._power_of_two_multiple(nz) is None):
             return nz
         return None

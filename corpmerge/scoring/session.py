@@ -33,7 +33,7 @@ from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
 from corpmerge.scoring.memory import MemoryPlan, Shapes, plan
 from corpmerge.scoring.ray_evaluator import Deadlines, RayEvaluator
 from corpmerge.scoring.scorer import Scorer, base_fingerprint, scratch_bytes
-from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore, rank_identity
+from corpmerge.scoring.store import IDENTITY_LABELS, Scores, ScoreStore, form_identity, rank_identity
 from corpmerge.scoring.theta0 import Theta0, free_device_bytes, pinned_block, place
 from corpmerge.scoring.workers import Cluster, check_capacity, connect, driver_device, resources_per_worker, start_workers, stop_workers
 from corpmerge.sizes import parse_size
@@ -234,10 +234,13 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
         model_args=model_args,
         batch_size=spec.batch_size,
     )
+    if recipe.adapter_output:  # the gate scores what ships: an adapter through adapters, full weights as written (hf only)
+        backend.use_adapters()
     suite = TaskSuite(spec)
     folds = assign_folds(suite_counts(suite), spec.support, suite.cluster_labels())
     identity = {
         "rank": rank_identity(recipe.rank),  # first: at another rank the perturbed set, so the base fingerprint, differs too
+        "form": form_identity(recipe.adapter_output),
         "base": base_fingerprint(host),
         "tasks": suite.fingerprint(),
         "folds": fold_fingerprint(folds),

@@ -5,7 +5,7 @@ evaluation of a subject on some examples of a fold is committed in one transacti
 killed run loses at most the evaluation in flight. A subject may hold only part of a fold
 (racing scores entries on growing prefixes of fold A): callers ask for the examples that are
 still ``missing``. The store is bound to an identity (base
-fingerprint, task config, fold assignment, noise scheme and rank, perturbed parameters); opening it
+fingerprint, task config, fold assignment, noise scheme and rank, form of a scored update, perturbed parameters); opening it
 with a different identity is refused.
 
 One run at a time: the store is held under an exclusive ``flock`` on ``<store>.lock`` from open
@@ -57,16 +57,24 @@ IDENTITY_LABELS = {
     "folds": "fold assignment",
     "noise": "noise scheme",
     "rank": "noise rank (population.rank)",
+    "form": "form of a scored update (weights, or low-rank adapters for output.format: peft)",
     "perturb": "set of perturbed parameters",
     "scoring": "scoring setup (backend, scoring dtype, device type)",
 }
 
-OPTIONAL_IDENTITY = {"rank": "full"}  # keys a store records only when not at this value (stores before them hold it)
+# keys a store records only when not at this value (stores before them hold it)
+OPTIONAL_IDENTITY = {"rank": "full", "form": "weights"}
 
 
 def rank_identity(rank: int | None) -> str:
     """The store identity's ``rank``: ``full`` or r; scores at one rank are never those of another."""
     return "full" if rank is None else str(rank)
+
+
+def form_identity(adapters: bool) -> str:
+    """The store identity's ``form``: ``weights`` (θ₀ + Δ written, rounded once) or ``adapters`` (W·x + B·(A·x) on θ₀),
+    whose scores agree to float tolerance, not bit for bit, so one is never taken for the other."""
+    return "adapters" if adapters else "weights"
 
 
 def with_optional_identity(stored: dict[str, str]) -> dict[str, str]:
