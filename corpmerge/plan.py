@@ -17,7 +17,7 @@ from corpmerge.model_io import BaseRef, Checkpoint, checkpoint_folder, model_ske
 from corpmerge.noise import check_scheme
 from corpmerge.population import Entry
 from corpmerge.recipe import Recipe, SampledPopulation
-from corpmerge.scoring.backends import RANK_ON_VLLM
+from corpmerge.scoring.backends import RANK_ON_VLLM_WORKERS
 from corpmerge.scoring.folds import assign_folds, check_gate_fold_sizes, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, include_paths, quiet_third_party, task_manager
 from corpmerge.scoring.scorer import noise_bound
@@ -55,8 +55,8 @@ def check_recipe(recipe: Recipe, *, needs_rewards: bool, base: BaseRef | None = 
     check_scheme(recipe.noise)
     base = base or resolve_base(recipe.base_model)
     unloaded = None
-    if recipe.rank is not None and recipe.scoring is not None and recipe.scoring.backend == "vllm":
-        raise CorpmergeError(RANK_ON_VLLM)
+    if recipe.rank is not None and recipe.scoring is not None and recipe.scoring.backend == "vllm" and recipe.scoring.workers:
+        raise CorpmergeError(RANK_ON_VLLM_WORKERS)
     if recipe.scoring is not None:
         check_task_names(recipe)
         check_code_isolation(recipe)  # before any task's data is loaded, as the session does

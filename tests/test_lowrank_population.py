@@ -117,11 +117,14 @@ def test_rank_r_perturbs_the_linear_matrices_and_refuses_a_selection_without_one
         perturbed_names(model_skeleton(BaseRef(str(tiny_model))), PerturbSpec(include=["*norm*", "*embed*"]), RANK)
 
 
-def test_the_vllm_backend_refuses_a_rank_r_population_in_one_line(tmp_path, tiny_model, tiny_task):
+def test_the_vllm_backend_refuses_a_rank_r_population_on_ray_workers_in_one_line(tmp_path, tiny_model, tiny_task):
     data = scoring_recipe(tiny_model, tiny_task, tmp_path / "out", population={"size": 4, "sigmas": [0.01], "rank": RANK})
     data["scoring"]["backend"] = "vllm"
-    with pytest.raises(CorpmergeError, match=r"^population.rank: is scored by the hf backend in this version"):
+    check_recipe(parse_recipe(data), needs_rewards=False)  # in this process: LoRA batches (tests/vllm_backend/test_vllm_rank_run.py)
+    data["scoring"]["workers"] = 1
+    with pytest.raises(CorpmergeError, match=r"^scoring.workers: population.rank with the vllm backend is scored in this process") as caught:
         check_recipe(parse_recipe(data), needs_rewards=False)
+    assert "\n" not in str(caught.value)
 
 
 def test_a_store_keeps_scores_of_one_rank_only(tmp_path):

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import math
 import threading
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from corpmerge import noise
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.errors import CorpmergeError
 from corpmerge.population import Entry
-from corpmerge.scoring.backends import Backend
+from corpmerge.scoring.backends import Backend, lora_slots
 from corpmerge.scoring.folds import Docs
 from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.store import Scores
@@ -74,7 +74,9 @@ class Scorer:
     With ``rank`` (``population.rank``), every ε is the rank-r noise ε_r of its matrix (``noise.lowrank``) on every
     path: the fused write, fresh draws, the noise cache (it holds ε_r), the kept Δ and the prefetch slot. With a backend
     that scores through adapters (``output.format: peft``), every amplitude update goes to its ``write`` (adapters on θ₀,
-    whatever the noise scheme) and ``restore`` removes them: the weights are never written.
+    whatever the noise scheme) and ``restore`` removes them: the weights are never written. With a backend that scores
+    rank-r updates in LoRA batches (``lora_slots``), ``evaluate_many`` scores up to ``batch_limit`` of them at once on the
+    base weights, and every other update goes through ``load`` of round(θ₀ + Δ) (never written in place).
 
     Restoring θ₀ is lazy: the next update overwrites every perturbed tensor anyway, so θ₀ is
     handed back only before the base itself is evaluated (or on ``restore()``).
@@ -104,7 +106,9 @@ class Scorer:
         # the portable scheme is drawn where the backend holds its weights, and written there in one pass
         self._headroom, self._bound = headroom(theta0, self.dtype), noise_bound(rank)
         self.adapters = getattr(backend, "adapters", False)  # every amplitude update set as adapters (output.format: peft)
-        fused = self.adapters or (scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False))
+        self.batch_limit = lora_slots(backend) if rank is not None else 0
+        self.lora = backend.lora(self.shapes, rank, scheme) if self.batch_limit else None
+        fused = self.adapters or (not self.batch_limit and scheme == noise.DEFAULT_SCHEME and getattr(backend, "in_place", False))
         self.in_place = fused
         if fused:
             backend.track(theta0)
@@ -189,7 +193,9 @@ class Scorer:
         amps = update.final_amplitudes() if hasattr(update, "final_amplitudes") else update
         if isinstance(amps, Amplitudes):
             nz = amps.nonzero()
-            if nz.seeds.size == 1 and not self.noise_cache.has_seed(int(nz.seeds[0])):
+            if nz.seeds.size == 0:  # every amplitude cancelled (a mirrored pair's two halves): θ₀, as restore writes it
+                yield from ((name, self._theta(name).to(self.dtype)) for name in self.theta0)
+            elif nz.seeds.size == 1 and not self.noise_cache.has_seed(int(nz.seeds[0])):
                 yield from self._single_seed(int(nz.seeds[0]), float(nz.values[0]))
             else:
                 yield from self._amplitudes(nz)
@@ -289,6 +295,8 @@ class Scorer:
             self.prefetch = None
         self.noise_cache.clear()
         self._last = self._unscaled = self._buffers = None
+        if self.lora is not None:
+            self.lora.close()
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -315,6 +323,23 @@ class Scorer:
         self.evaluations += 1
         self.examples_evaluated += len(scores)
         return scores
+
+    def evaluate_many(self, updates: Sequence[Amplitudes], docs: Docs, suite: TaskSuite | None = None) -> list[Scores]:
+        """Evaluate up to ``batch_limit`` rank-r amplitude updates θ₀ + Σₖ aₖ·ε_r(sₖ) on ``docs`` together: each a LoRA
+        adapter Δ = B·A on the base weights (y = W·x + B·(A·x)), so each scores as ``evaluate`` does to the engine's float
+        tolerance, not bit for bit (``evaluate`` forms round(θ₀ + Δ))."""
+        if self.lora is None or len(updates) > self.batch_limit:
+            raise RuntimeError(f"evaluate_many: {len(updates)} updates, and this scorer's backend takes {self.batch_limit} per batch")
+        nonzero = [update.nonzero() for update in updates]
+        for amps in nonzero:
+            check_bounded(amps, self._headroom, self.dtype, self._bound)
+        if not self._at_base:
+            self.restore()  # the adapters act on the base weights
+        with self.lora.batch([(amps.seeds.tolist(), amps.values.tolist()) for amps in nonzero]) as lms:
+            out = [(suite or self.suite).evaluate(lm, docs) for lm in lms]
+        self.evaluations += len(out)
+        self.examples_evaluated += sum(map(len, out))
+        return out
 
 
 def headroom(theta0: dict[str, torch.Tensor], dtype: torch.dtype) -> float:

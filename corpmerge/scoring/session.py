@@ -26,7 +26,7 @@ from corpmerge.model_io import (
 from corpmerge.noise import DEFAULT_SCHEME, check_scheme, fused_kernel, scheme
 from corpmerge.recipe import Recipe
 from corpmerge.rewards.sandbox import allow_unsandboxed, isolation_problem
-from corpmerge.scoring.backends import Backend, make_backend
+from corpmerge.scoring.backends import Backend, engine_options, make_backend
 from corpmerge.scoring.evaluator import Evaluator, LocalEvaluator, Request
 from corpmerge.scoring.folds import Docs, assign_folds, check_gate_fold_sizes, count, fold_fingerprint
 from corpmerge.scoring.lmeval import TaskSuite, code_tasks, quiet_third_party
@@ -221,7 +221,7 @@ def _load(recipe: Recipe, base: BaseRef | None, device: torch.device, cluster: C
     memory = memory_plan(recipe, skeleton, host, device)
     for line in memory.lines():
         log.info(line)
-    model_args = dict(spec.model_args)
+    model_args = {**engine_options(spec.backend, names, recipe.rank), **spec.model_args}  # vllm at rank r: LoRA batches
     if memory.engine_share is not None:
         model_args["gpu_memory_utilization"] = memory.engine_share  # decided before the engine sizes its KV cache
     log.info("loading base %s (%s backend, %s on %s)", recipe.base_model, spec.backend, recipe.scoring_dtype, device)

@@ -20,10 +20,17 @@ import numpy as np
 from corpmerge.amplitudes import Amplitudes
 from corpmerge.population import Entry
 
+ENTRY = "entry:"
+
 
 def entry_subject(entry: Entry) -> str:
     """A population entry, by its seed and σ."""
-    return f"entry:{entry.seed}:{entry.sigma!r}"
+    return f"{ENTRY}{entry.seed}:{entry.sigma!r}"
+
+
+def is_entry(subject: str) -> bool:
+    """Whether ``subject`` names a population entry θ₀ + σ·ε(s) (a mirror's σ is negative)."""
+    return subject.startswith(ENTRY)
 
 
 def update_subject(update: Any) -> str:

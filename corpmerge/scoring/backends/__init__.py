@@ -10,6 +10,10 @@ calls ``track`` once with the perturbed tensors' θ₀, then ``write(seeds, ampl
 update and ``restore()`` for θ₀ — a few numbers per update instead of model-sized tensors; the
 written values are ``noise.write_update``'s, so the same bits as ``load`` of the scorer's θ₀ + Δ.
 Updates that are not amplitudes (a tensor-by-tensor ``ties`` update) still go through ``load``.
+
+A backend that scores several rank-r updates in one batch says so with ``max_loras`` > 0 (``lora_slots``) and a method
+``lora(matrices, rank, scheme)`` whose ``batch([(seeds, amplitudes), …])`` yields one lm-eval LM per update, each scoring
+y = W·x + B·(A·x) with Δ = B·A on the base weights (``vllm_lora``); the engine takes ``engine_options`` for it.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from corpmerge.recipe import BackendName
 
 # a backend's name is the recipe's choice; its class, ``<NAME>Backend`` in ``corpmerge.scoring.backends.<name>``
 BACKENDS = {name: f"{__name__}.{name}:{name.upper()}Backend" for name in get_args(BackendName)}
-RANK_ON_VLLM = (
-    "population.rank: is scored by the hf backend in this version (the vllm worker writes full-rank noise only); "
-    "set scoring.backend: hf, or leave population.rank out for full rank"
+RANK_ON_VLLM_WORKERS = (
+    "scoring.workers: population.rank with the vllm backend is scored in this process (LoRA batches on its one engine) in this "
+    "version; leave scoring.workers out, or use scoring.backend: hf"
 )
+LORA_ENTRIES = 8  # rank-r updates per vLLM batch (max_loras) unless scoring.model_args sets it
 
 
 class Backend(Protocol):
@@ -93,3 +98,19 @@ def make_backend(
     except ImportError as exc:
         raise CorpmergeError(f"scoring.backend: '{kind}' needs a package that is not installed ({exc.name}); see docs/backends.md") from None
     return cls(checkpoint=checkpoint, tokenizer=tokenizer, device=device, dtype=dtype, model_args=model_args, batch_size=batch_size)
+
+
+def lora_slots(backend: Any) -> int:
+    """How many rank-r updates ``backend`` scores in one batch through LoRA adapters (its ``lora`` method); 0: none."""
+    return int(getattr(backend, "max_loras", 0)) if callable(getattr(backend, "lora", None)) else 0
+
+
+def engine_options(kind: str, names: Sequence[str], rank: int | None) -> dict[str, Any]:
+    """The engine settings a run at ``population.rank`` r needs from backend ``kind``: on vllm, LoRA batches of
+    ``LORA_ENTRIES`` adapters of rank r on the matrices ``names`` (``vllm_lora.engine_args``; scoring.model_args
+    override them); nothing otherwise."""
+    if rank is None or kind != "vllm":
+        return {}
+    from corpmerge.scoring.backends.vllm_lora import engine_args  # imports vllm: only when it is the backend
+
+    return engine_args(names, rank, LORA_ENTRIES)

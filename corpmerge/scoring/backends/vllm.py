@@ -39,12 +39,12 @@ from corpmerge.dtypes import DTYPE_NAMES
 from corpmerge.errors import CorpmergeError, first_line
 from corpmerge.model_io import Checkpoint
 from corpmerge.noise import DEFAULT_SCHEME
-from corpmerge.scoring.backends import RANK_ON_VLLM
 
 log = logging.getLogger(__name__)
 
 RESERVED_ARGS = ("model", "tokenizer", "dtype", "worker_extension_cls")  # corpmerge sets these (base_model, scoring.dtype, its weight writer)
 CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves most of the machine's memory
+RANK_IN_PLACE = "vllm backend: its workers write full-rank noise only; rank-r updates go through LoRA adapters (engine_options)"
 
 
 def _prepare_environment() -> None:
@@ -259,11 +259,11 @@ class VLLMBackend:
     @torch.no_grad()
     def write(self, seeds: Sequence[int], amplitudes: Sequence[float], scheme: str, rank: int | None = None) -> None:
         """Every tracked tensor ← round(θ₀ + Σₖ aₖ·ε(sₖ)), written by each worker into its own shards; reset the prefix cache.
-        Full-rank noise only (``check_recipe`` refuses ``population.rank`` with this backend)."""
+        Full-rank noise only: at ``population.rank`` the scorer sends entries through ``lora`` and every other update to ``load``."""
         if not self.tracked:
             raise RuntimeError("VLLMBackend.write before track()")
         if rank is not None:
-            raise CorpmergeError(RANK_ON_VLLM)
+            raise CorpmergeError(RANK_IN_PLACE)
         self.scheme = scheme
         self.engine.collective_rpc("corpmerge_write", args=([int(s) for s in seeds], [float(a) for a in amplitudes], scheme))
         self.engine.reset_prefix_cache()
@@ -271,6 +271,12 @@ class VLLMBackend:
     def restore(self) -> None:
         """Every tracked tensor back to θ₀, bit-exactly."""
         self.write([], [], self.scheme or DEFAULT_SCHEME)
+
+    @property
+    def max_loras(self) -> int:
+        """Rank-r updates per ``lora`` batch: the engine's ``max_loras``; 0 when it was started without LoRA."""
+        config = self.engine.llm_engine.vllm_config.lora_config
+        return 0 if config is None else int(config.max_loras)
 
     def lora(self, matrices: Mapping[str, Sequence[int]], rank: int, scheme: str) -> VllmLoRA:
         """Rank-r updates on ``matrices`` (name → (m, n)) scored through LoRA adapters, several per engine batch (``vllm_lora``;
