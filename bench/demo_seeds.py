@@ -63,7 +63,8 @@ def variant_recipe(base: dict[str, Any], variant: str, pop_seed: int, split_seed
 
 
 def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
-    """A finished run's report and its shipped model's test vector (an abstention ships the base); None if not run.
+    """A finished run's report and, per held-out task, the test vectors of the base, the shipped model (an abstention
+    ships the base) and RandOpt K=1 (None when its entry cannot be told apart); None if not run.
 
     The shipped model's subject is its lineage's update (what the output folder holds), so its per-example
     scores are read from the store the run wrote them to."""
@@ -74,12 +75,23 @@ def read_run(recipe: dict[str, Any]) -> dict[str, Any] | None:
         return None
     report = reports[0]
     store = work / "scores.sqlite"
-    keys, base = test_vector(store, "base")
+    main = recipe["scoring"]["tasks"][0]
     subject = shipped_subject(out, report["gate"]["accepted"])
-    shipped = base if subject == "base" else test_vector(store, subject)[1]
-    if shipped.size != base.size:
-        raise SystemExit(f"{store}: the shipped model has {shipped.size} test scores, the base {base.size}")
-    return {"report": report, "keys": keys, "base": base, "shipped": shipped, "store": store}
+    k1_row = report["evaluation"]["rows"].get("best_entry")
+    k1 = entry_with_accuracy(store, k1_row["accuracy"], main) if k1_row else None
+    vectors: dict[str, dict[str, Any]] = {}
+    for task in [main, *other_tasks(recipe)]:
+        keys, base = test_vector(store, "base", task)
+        shipped = base if subject == "base" else test_vector(store, subject, task)[1]
+        if shipped.size != base.size:
+            raise SystemExit(f"{store}: the shipped model has {shipped.size} test scores on {task}, the base {base.size}")
+        vectors[task] = {"keys": keys, "base": base, "shipped": shipped, "k1": test_vector(store, k1, task)[1] if k1 else None}
+    return {"report": report, "store": store, "tasks": vectors, **vectors[main]}
+
+
+def other_tasks(recipe: dict[str, Any]) -> list[str]:
+    """The held-out tasks the support does not train (``evaluate.tasks`` beyond ``scoring.tasks``)."""
+    return [t for t in recipe.get("evaluate", {}).get("tasks", []) if t not in recipe["scoring"]["tasks"]]
 
 
 def is_run_of(report: dict[str, Any], recipe: dict[str, Any]) -> bool:
@@ -123,16 +135,21 @@ def width_ratio(base: np.ndarray, shipped: np.ndarray, clusters: list[str]) -> f
     return (high - low) / (plain_high - plain_low)
 
 
-def k1_cell(report: dict[str, Any], store: Path, base: np.ndarray, clusters: list[str] | None) -> str:
+def k1_cell(report: dict[str, Any], base: np.ndarray, k1: np.ndarray | None, clusters: list[str] | None) -> str:
     """RandOpt K=1's Δ vs the base, clustered like the others when its entry's test scores can be told apart in the
     store; else the report's own interval, marked † (per-example in reports written before ``cluster_by``)."""
     row = report["evaluation"]["rows"].get("best_entry")
     if not row:
         return ""
-    vector = entry_with_accuracy(store, row["accuracy"])
-    if vector is None or vector.size != base.size:
+    if k1 is None or k1.size != base.size:
         return fmt(row["diff"], row["ci_low"], row["ci_high"]) + " †"
-    return fmt(*clustered_interval(base, vector, clusters))
+    return fmt(*clustered_interval(base, k1, clusters))
+
+
+def power(low: float, high: float, gain: float = 0.04) -> float:
+    """Power of a two-sided 95% test for ``gain`` given a measured 95% interval (its half-width / 1.96 is the SE)."""
+    se = (high - low) / (2 * 1.96)
+    return float(0.5 * (1 + math.erf((gain / se - 1.96) / math.sqrt(2))))
 
 
 def gate_text(report: dict[str, Any]) -> str:
@@ -154,73 +171,101 @@ def main() -> None:
     ap.add_argument("--work", default="demo-seeds.work")
     ap.add_argument("--out", default="demo-seeds.md")
     ap.add_argument("--table-only", action="store_true", help="build the tables from the finished runs in --work; run nothing")
+    ap.add_argument("--resume", action="store_true", help="run only what has no finished run (and wall time) in --work yet")
     args = ap.parse_args()
     base_recipe = yaml.safe_load(Path(args.recipe).read_text())
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    main_task, others = base_recipe["scoring"]["tasks"][0], other_tasks(base_recipe)
+    split = base_recipe["evaluate"]["split"]
+    other_head = "".join(f" | {t}: shipped Δ | {t}: K=1 Δ" for t in others)
     lines = [
         f"`python bench/demo_seeds.py {shlex.join(sys.argv[1:])}`",
         "",
-        "| seed | variant | gate (fold B → fold C) | shipped on test (Δ vs base) | vs corp | RandOpt K=1 (Δ vs base) | example evaluations | wall |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Held-out test split of {main_task}; Δ vs the base in points with its 95% interval (clustered by question where the task declares it)."
+        + (f" Beside it, {', '.join(others)}: held-out tasks the support does not train." if others else ""),
+        "",
+        f"| seed | variant | gate (fold B → fold C) | shipped on test (Δ vs base) | vs corp | RandOpt K=1 (Δ vs base){other_head} | example evaluations | wall |",
+        "|---|---|---|---|---|---" + "|---|---" * len(others) + "|---|---|",
     ]
-    diffs: dict[str, list[np.ndarray]] = {v: [] for v in args.variants}
+    pooled: dict[tuple[str, str, str], list[tuple[np.ndarray, np.ndarray]]] = {}
     widths: list[str] = []
-    keys0: list[tuple[str, int]] | None = None
-    clusters: list[str] | None = None
+    halves: list[str] = []
+    keys0: dict[str, list[tuple[str, int]]] = {}
+    clusters: dict[str, list[str] | None] = {}
     for pair in args.pairs:
         s, t = (int(x) for x in pair.split("/"))
         corp_vec = None
         for variant in args.variants:
             recipe = variant_recipe(base_recipe, variant, s, t, work, args.es_size)
-            if args.table_only:
-                got = read_run(recipe)
-                if got is None:
-                    continue
-                wall_file = work / f"{s}-{t}-{variant}.wall"
+            wall_file = work / f"{s}-{t}-{variant}.wall"
+            got = read_run(recipe) if args.table_only or (args.resume and wall_file.exists()) else None
+            if got is not None:
                 got["wall"] = float(wall_file.read_text()) if wall_file.exists() else float("nan")
+            elif args.table_only:
+                continue
             else:
                 print(f"[{time.strftime('%H:%M:%S')}] {pair} {variant} …", flush=True)
                 got = run_one(recipe, work / f"{s}-{t}-{variant}.yaml")
             if "failed" in got:
-                lines.append(f"| {pair} | {variant} | failed: {got['failed']} | | | | | {got['wall']:.0f} s |")
+                lines.append(f"| {pair} | {variant} | failed: {got['failed']} |" + " |" * (5 + 2 * len(others)) + f" {got['wall']:.0f} s |")
                 print(lines[-1], flush=True)
                 continue
-            rep, base, shipped = got["report"], got["base"], got["shipped"]
-            if keys0 is None:
-                keys0, clusters = got["keys"], question_clusters(got["keys"], base_recipe["scoring"]["tasks"], base_recipe["evaluate"]["split"])
-            if got["keys"] != keys0:
-                raise SystemExit("the test examples differ between runs; the pooled estimate needs the same ones")
-            d = shipped - base
-            diffs[variant].append(d)
-            if clusters is not None:
-                widths.append(
-                    f"| {pair} | {variant} | {width_ratio(base, shipped, clusters):.2f} | {width_ratio(base[:500], shipped[:500], clusters[:500]):.2f} |"
-                )
-            vs_corp = fmt(*clustered_interval(corp_vec, shipped, clusters)) if corp_vec is not None and variant != "corp" else ""
-            if variant == "corp":
-                corp_vec = shipped
-            k1_text = k1_cell(rep, got["store"], base, clusters)
-            acc = shipped.mean()
-            lines.append(
-                f"| {pair} | {variant} | {gate_text(rep)} | {100 * acc:.1f}% ({fmt(*clustered_interval(base, shipped, clusters))}) | {vs_corp} | {k1_text} "
-                f"| {rep.get('example_evaluations', 0):,} | {wall_text(got['wall'])} |"
-            )
+            rep = got["report"]
+            cells = []
+            for task, v in got["tasks"].items():
+                if task not in keys0:
+                    keys0[task], clusters[task] = v["keys"], question_clusters(v["keys"], [task], split)
+                if v["keys"] != keys0[task]:
+                    raise SystemExit(f"the test examples of {task} differ between runs; the pooled estimate needs the same ones")
+                cl = clusters[task]
+                pooled.setdefault((task, variant, "shipped"), []).append((v["base"], v["shipped"]))
+                if v["k1"] is not None:
+                    pooled.setdefault((task, variant, "RandOpt K=1"), []).append((v["base"], v["k1"]))
+                shipped_ci = clustered_interval(v["base"], v["shipped"], cl)
+                k1_text = k1_cell(rep, v["base"], v["k1"], cl)
+                if task == main_task:
+                    if cl is not None:
+                        widths.append(
+                            f"| {pair} | {variant} | {width_ratio(v['base'], v['shipped'], cl):.2f} | {width_ratio(v['base'][:500], v['shipped'][:500], cl[:500]):.2f} |"
+                        )
+                    vs_corp = fmt(*clustered_interval(corp_vec, v["shipped"], cl)) if corp_vec is not None and variant != "corp" else ""
+                    if variant == "corp":
+                        corp_vec = v["shipped"]
+                    ref = v["k1"] if v["k1"] is not None else v["shipped"]
+                    _, low, high = clustered_interval(v["base"], ref, cl)
+                    halves.append(f"| {pair} | {variant} | ±{50 * (high - low):.1f} | {100 * power(low, high):.0f}% |")
+                    cells = [gate_text(rep), f"{100 * v['shipped'].mean():.1f}% ({fmt(*shipped_ci)})", vs_corp, k1_text, *cells]
+                else:
+                    cells += [fmt(*shipped_ci), k1_text]
+            lines.append(f"| {pair} | {variant} | " + " | ".join(cells) + f" | {rep.get('example_evaluations', 0):,} | {wall_text(got['wall'])} |")
             print(lines[-1], flush=True)
-    lines += ["", f"Pooled over the pairs run (each test example's mean difference over them; n = {len(keys0 or [])}):", ""]
-    lines += ["| variant | pairs | pooled Δ vs base (paired 95%) | clustered by question |", "|---|---|---|---|"]
-    for variant, ds in diffs.items():
-        if not ds:
-            continue
-        pooled = np.mean(ds, axis=0)
-        zero = np.zeros_like(pooled)
-        plain = fmt(*paired_interval(zero, pooled))
-        by_q = fmt(*clustered_interval(zero, pooled, clusters)) if clusters else "n/a"
-        lines.append(f"| {variant} | {len(ds)} | {plain} | {by_q} |")
-    if keys0 and clusters:
-        lines.append(f"\nTest questions: {len(set(clusters))} distinct among {len(clusters)} examples.")
+    lines += ["", "Pooled over the pairs run (each test example's mean difference over them; an abstention ships the base, a difference of 0):", ""]
+    lines += [
+        "| task | variant | model | pairs | n | pooled Δ vs base (paired 95%) | clustered by question | power for +4 points |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, variant, model), pairs in pooled.items():
+        d = np.mean([x - b for b, x in pairs], axis=0)
+        zero = np.zeros_like(d)
+        plain = paired_interval(zero, d)
+        cl = clusters[task]
+        by_q = clustered_interval(zero, d, cl) if cl else None
+        _, low, high = by_q or plain
+        lines.append(
+            f"| {task} | {variant} | {model} | {len(pairs)} | {d.size} | {fmt(*plain)} | {fmt(*by_q) if by_q else 'n/a'} | {100 * power(low, high):.0f}% |"
+        )
+    lines += [
+        "",
+        f"Power of one pair's held-out interval on {main_task} for a +4-point gain, from the measured half-width (RandOpt K=1's, the shipped model's where K=1 is absent):",
+        "",
+    ]
+    lines += ["| seed | variant | measured half-width (points) | power for +4 points |", "|---|---|---|---|", *halves]
+    cl = clusters.get(main_task)
+    if cl:
+        lines.append(f"\nTest questions of {main_task}: {len(set(cl))} distinct among {len(cl)} examples.")
         lines += ["", "Clustered ÷ per-example interval width (its square is the design effect):", ""]
-        lines += [f"| seed | variant | all {len(clusters)} | first 500 |", "|---|---|---|---|", *widths]
+        lines += [f"| seed | variant | all {len(cl)} | first 500 |", "|---|---|---|---|", *widths]
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     print(text)

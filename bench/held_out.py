@@ -16,12 +16,16 @@ from corpmerge.scoring.lmeval import TaskSuite
 from corpmerge.scoring.subjects import update_subject
 
 
-def test_vector(store: Path, subject: str) -> tuple[list[tuple[str, int]], np.ndarray]:
-    """(task, doc_id) keys and 0/1 correctness of ``subject`` on the store's test fold (``T:…``), in key order."""
+def test_vector(store: Path, subject: str, task: str | None = None) -> tuple[list[tuple[str, int]], np.ndarray]:
+    """(task, doc_id) keys and 0/1 correctness of ``subject`` on the store's test fold (``T:…``) of ``task`` (the one
+    test fold when None), in key order."""
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM units WHERE fold LIKE 'T:%' AND subject = 'base'")}
+        if task:
+            folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM scores WHERE fold LIKE 'T:%' AND subject = 'base' AND task = ?", (task,))}
+        else:
+            folds = {f for (f,) in db.execute("SELECT DISTINCT fold FROM units WHERE fold LIKE 'T:%' AND subject = 'base'")}
         if len(folds) != 1:
-            raise SystemExit(f"{store}: expected one test fold for the base, found {sorted(folds)}")
+            raise SystemExit(f"{store}: expected one test fold for the base{f' on {task}' if task else ''}, found {sorted(folds)}")
         rows = db.execute("SELECT task, doc_id, correct FROM scores WHERE subject = ? AND fold = ? ORDER BY task, doc_id", (subject, folds.pop())).fetchall()
     return [(t, d) for t, d, _ in rows], np.array([c for _, _, c in rows], dtype=float)
 
@@ -43,11 +47,10 @@ def question_clusters(keys: list[tuple[str, int]], tasks: list[str], split: str)
     return _suite(tuple(tasks), split).clusters(keys)
 
 
-def entry_with_accuracy(store: Path, accuracy: float) -> np.ndarray | None:
-    """The test vector of the one population entry (``entry:…`` subject) whose test accuracy is ``accuracy`` — a
-    report's RandOpt K=1 row names its accuracy, not its entry; None when no entry, or more than one, has it."""
+def entry_with_accuracy(store: Path, accuracy: float, task: str | None = None) -> str | None:
+    """The one population entry (``entry:…`` subject) whose test accuracy on ``task`` is ``accuracy`` — a report's
+    RandOpt K=1 row names its accuracy, not its entry; None when no entry, or more than one, has it."""
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
         subjects = [s for (s,) in db.execute("SELECT DISTINCT subject FROM scores WHERE subject LIKE 'entry:%' AND fold LIKE 'T:%'")]
-    vectors = [test_vector(store, s)[1] for s in subjects]
-    found = [v for v in vectors if abs(v.mean() - accuracy) < 1e-12]
+    found = [s for s in subjects if abs(test_vector(store, s, task)[1].mean() - accuracy) < 1e-12]
     return found[0] if len(found) == 1 else None
