@@ -172,3 +172,17 @@ def test_a_mirrored_pair_is_one_anti_parallel_direction_for_every_method():
     w /= w.sum()
     avg = get_method("reward_avg")(cloud, get_method("reward_avg").point({"quantile": 0.0, "beta": 5})).final_amplitudes()
     assert avg.values[0] == pytest.approx(w[0] * 0.02 - w[1] * 0.02, rel=1e-12)
+
+
+def test_corp_on_elites_that_cancel_is_a_zero_update_not_nan():
+    """The two halves of a mirrored pair as the only elites, at equal reward: the proposal m is 0, which has no
+    direction; CoRP's alignment is then 0 for every elite (no NaN), and the update Σ w²ᵢvᵢ cancels to θ₀."""
+    from corpmerge.amplitudes import Cloud
+    from corpmerge.methods import get_method
+
+    cloud = Cloud.from_entries([Entry(7, 0.02, 0.9), Entry(7, -0.02, 0.9), Entry(8, 0.03, 0.1), Entry(9, 0.01, 0.2)])
+    corp = get_method("corp")
+    result = corp(cloud, corp.point({"quantile": 0.7, "beta": 5, "alpha": 2}))
+    values = result.final_amplitudes().values
+    assert np.all(np.isfinite(values)) and np.all(np.isfinite(result.weights))
+    assert result.final_amplitudes().nonzero().seeds.size == 0

@@ -20,11 +20,13 @@ class CorpParams(MethodParams):
 
 def compatibility(vectors: np.ndarray | Cloud, proposal: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Alignment aᵢ = cos(vᵢ, m) and dispersion dᵢ = ‖vᵢ‖² − ⟨vᵢ, m̂⟩², over the rows of a matrix or of a cloud
-    (``rows`` of it; all by default)."""
+    (``rows`` of it; all by default). A zero proposal (elites that cancel: the two halves of a mirrored pair at equal
+    weight) has no direction: every aᵢ = 0 and dᵢ = ‖vᵢ‖²."""
     cloud = vectors if isinstance(vectors, Cloud) else Cloud(np.arange(vectors.shape[1]), vectors, np.zeros(len(vectors)))
     rows = np.arange(cloud.size) if rows is None else rows
     norms = cloud.norms(rows)
-    projection = cloud.dot(rows, proposal) / np.linalg.norm(proposal)
+    length = np.linalg.norm(proposal)
+    projection = cloud.dot(rows, proposal) / length if length > 0 else np.zeros(len(rows))
     return projection / norms, norms**2 - projection**2
 
 
