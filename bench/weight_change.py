@@ -62,9 +62,10 @@ class InPlaceModel(LiveModel):
         self.theta0 = theta0
 
     @torch.no_grad()
-    def write(self, seeds, amplitudes, scheme: str) -> None:
+    def write(self, seeds, amplitudes, scheme: str, rank: int | None = None) -> None:
         for name, theta in self.theta0.items():
-            noise.write_update(self.params[name].view(-1), theta.view(-1), name, seeds, amplitudes, scheme_name=scheme)
+            low = {"rank": rank, "shape": tuple(theta.shape)} if rank is not None else {}
+            noise.write_update(self.params[name].view(-1), theta.view(-1), name, seeds, amplitudes, scheme_name=scheme, **low)
 
     def restore(self) -> None:
         self.write([], [], noise.DEFAULT_SCHEME)

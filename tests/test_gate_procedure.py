@@ -216,9 +216,9 @@ def test_a_ties_update_is_computed_once_and_rescaled_to_the_same_bits(tmp_path, 
         computed = []
 
         class Counted(TiesDelta):
-            def __call__(self, name, shape, scheme=DEFAULT_SCHEME):
+            def __call__(self, name, shape, scheme=DEFAULT_SCHEME, rank=None):
                 computed.append(name)
-                return super().__call__(name, shape, scheme)
+                return super().__call__(name, shape, scheme, rank)
 
         ties = Counted(np.array([5, 6, 7], dtype=np.int64), vectors, 0.5)
         result = MergeResult("ties", {}, np.arange(2), np.full(2, 0.5), tensor_delta=ties, multiplier=2.0)
